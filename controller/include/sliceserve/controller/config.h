@@ -1,0 +1,77 @@
+#pragma once
+// sliceserved's configuration: the TOML file, parsed and validated. Every key is documented in
+// docs/config.md. Errors name the file, the line and the key.
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sliceserve/shm/status.h"
+#include "sliceserve/shm/tensor_spec.h"
+
+namespace sliceserve::controller {
+
+enum class CpuMode { kProcess, kAffinity };
+
+struct TensorConfig {
+  std::string name;
+  shm::DataType dtype = shm::DataType::kFp32;
+  std::vector<int64_t> shape;   // per item, without the batch dimension
+};
+
+struct ModelConfig {
+  std::string name;              // [A-Za-z0-9_-]{1,48}, unique
+  std::string kind = "synthetic";  // "synthetic" | "null" (later: "onnx")
+  std::string path;              // model file, for kinds that load one (resolved against the
+                                 // config file's folder); must exist when given
+  double slo_ms = 100;           // p99 latency objective, > 0
+  double slice = 0;              // initial share, percent of the device, (0, 100]
+  uint32_t max_batch = 8;        // 1..shm::kMaxBatch
+  uint32_t max_queue_delay_us = 1000;  // how long a partial batch waits for more requests
+  double flops_per_item = 1e6;   // synthetic kind: arithmetic per item (FMA = 2 flops), >= 0
+  uint32_t working_set_kb = 256; // synthetic kind: per-thread working set, >= 1
+  std::vector<TensorConfig> inputs;    // at least one, at most shm::kMaxTensors
+  std::vector<TensorConfig> outputs;   // at least one, at most shm::kMaxTensors
+  uint32_t lanes = 16;           // client lanes in the segment, 1..shm::kMaxLanes
+  uint32_t slots_per_lane = 16;  // in-flight requests per client lane, 1..shm::kMaxSlotsPerLane
+  uint32_t source_line = 0;      // line of the [[model]] table, for later error messages
+};
+
+struct ServerConfig {
+  std::string instance = "default";   // namespaces the segments: /sliceserve.<instance>.<model>
+  std::string backend = "cpu";        // only "cpu" is available in this build
+  uint32_t policy_interval_ms = 500;  // > 0
+  std::string log_level = "info";     // trace|debug|info|warn|error|off
+  std::string tcp = "127.0.0.1:8700";   // reserved for the TCP front-end (not served yet)
+  std::string http = "127.0.0.1:8000";  // reserved for the HTTP front-end (not served yet)
+  std::string worker_binary;          // empty: sliceserve-worker next to sliceserved
+  uint32_t restart_backoff_min_ms = 200;   // first restart delay after a worker death
+  uint32_t restart_backoff_max_ms = 10000; // doubling stops here
+  uint32_t worker_ready_timeout_ms = 30000; // a worker that is not READY by then is killed
+  uint32_t shutdown_grace_ms = 3000;  // SIGTERM -> SIGKILL delay for workers at stop
+};
+
+struct CpuBackendConfig {
+  CpuMode mode = CpuMode::kProcess;
+  uint32_t cores = 0;                 // 0: all online cores of the machine
+};
+
+struct Config {
+  std::string source_path;            // the file it came from (empty when parsed from text)
+  ServerConfig server;
+  CpuBackendConfig cpu;
+  std::vector<ModelConfig> models;    // at least one
+
+  const ModelConfig* find_model(std::string_view name) const;
+};
+
+// Reads and validates a config file. Errors: "FILE:LINE: key 'model[1].slice': must be ..."
+Result<Config> load_config(const std::string& path);
+// Same, from text; `source_name` stands for the file in messages and relative paths.
+Result<Config> parse_config(std::string_view text, const std::string& source_name);
+
+std::string_view cpu_mode_name(CpuMode mode);
+
+}  // namespace sliceserve::controller
