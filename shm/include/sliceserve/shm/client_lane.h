@@ -34,8 +34,13 @@ class ClientLane {
   // must be filled before. Returns kBusy only if the ring is full of stale entries.
   Status submit(const SlotTicket& ticket, uint64_t request_id);
   bool is_done(const SlotTicket& ticket) const;
-  // Waits until some slot of this lane completes (or the timeout passes). False on timeout.
-  bool wait_completion(int64_t timeout_ns, const SlotTicket* watch = nullptr);
+  // Completion waiting: take a token, check is_done() on the slots of interest, then wait with
+  // the token; it returns once any slot of this lane completed after the token was taken
+  // (true) or the timeout passed (false).
+  uint32_t completion_token() const;
+  bool wait_completion(uint32_t token, int64_t timeout_ns);
+  // True while the server is up (segment open, controller alive).
+  bool server_alive() const;
   // DONE -> FREE (generation + 1). Returns false if the slot is not DONE with that generation.
   bool release(const SlotTicket& ticket);
   // Withdraws a request not yet claimed (QUEUED -> FREE, generation + 1): true on success; false

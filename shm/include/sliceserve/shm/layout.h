@@ -47,7 +47,11 @@ constexpr uint32_t ring_entry_slot(uint64_t e) { return uint32_t(e); }
 constexpr uint32_t ring_entry_generation(uint64_t e) { return uint32_t(e >> 32); }
 
 // Identity of a process that survives pid reuse: pid | (start time in clock ticks, low 32) << 32.
+// Bit 63 is always set, so no identity equals 0 (free) or kLaneRetired.
 using ProcessIdentity = uint64_t;
+// Lane owner value of a lane its client gave up while a worker still held some of its slots:
+// the controller frees them once they are DONE, like a dead client's.
+inline constexpr ProcessIdentity kLaneRetired = 1;
 
 enum class Lifecycle : uint32_t { kInitializing = 0, kOpen = 1, kClosing = 2 };
 
@@ -149,6 +153,7 @@ struct alignas(64) WorkerStats {
   std::atomic<uint64_t> epoch;          // which worker epoch the block belongs to; 0 = unused
   std::atomic<uint32_t> state;          // WorkerState
   std::atomic<int32_t> pid;
+  std::atomic<uint64_t> identity;       // ProcessIdentity, to tell a dead epoch from a live one
   std::atomic<uint32_t> slice_percent;  // slice the worker is running at
   std::atomic<uint32_t> max_batch;      // batch limit in force
   std::atomic<uint64_t> heartbeat_ns;   // CLOCK_MONOTONIC, refreshed every loop

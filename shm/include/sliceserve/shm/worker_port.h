@@ -29,17 +29,20 @@ class WorkerPort {
   // Sleeps until owner_epoch == epoch, the timeout passes, or `stop` turns true between polls.
   bool wait_for_ownership(int64_t timeout_ns, const std::atomic<bool>* stop = nullptr);
 
-  // Takes over slots CLAIMED by older epochs (a crashed or retired owner): CLAIMED(old) ->
+  // Takes over slots CLAIMED by other epochs whose worker is gone: CLAIMED(old) ->
   // CLAIMED(ours). They are re-run; completion stays exactly-once because DONE is a CAS on
-  // the generation. Call once after becoming owner.
+  // the generation. The owner calls it on taking the ring and then periodically, since a
+  // worker that handed over may still die holding its last batch.
   std::vector<ClaimedSlot> recover_orphans();
 
   // Pops up to out.size() requests (round robin over active lanes), QUEUED -> CLAIMED(ours).
   // Stale ring entries (cancelled or reclaimed slots) are skipped. Returns how many were taken.
   // Claims nothing once this worker no longer owns the ring.
   size_t claim(std::span<ClaimedSlot> out);
-  // Sleeps until a client rings or timeout_ns passes. True if work may be there.
-  bool wait_for_work(int64_t timeout_ns);
+  // Sleeping for work: take a token, claim(), and if nothing came wait with the token until a
+  // client (or the controller: handover, command, close) rings, or timeout_ns passes.
+  uint32_t work_token() const;
+  bool wait_for_work(uint32_t token, int64_t timeout_ns);
 
   // CLAIMED(ours, generation) -> DONE and wakes the lane's client. False if the slot moved on
   // (it cannot, unless the invariants are broken; counted in stats as failed).
