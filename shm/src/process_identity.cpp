@@ -42,8 +42,15 @@ ProcessIdentity make_identity(pid_t pid, uint64_t start) {
 }  // namespace
 
 ProcessIdentity self_identity() {
-  static const ProcessIdentity identity = identity_of(getpid());
-  return identity;
+  // Cached per pid: a forked child must not inherit its parent's identity.
+  thread_local pid_t cached_pid = 0;
+  thread_local ProcessIdentity cached = 0;
+  pid_t pid = getpid();
+  if (pid != cached_pid) {
+    cached = identity_of(pid);
+    cached_pid = pid;
+  }
+  return cached;
 }
 
 ProcessIdentity identity_of(pid_t pid) {

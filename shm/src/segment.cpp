@@ -265,7 +265,8 @@ Result<Segment> Segment::attach(std::string_view name_view) {
   Segment segment(name, static_cast<std::byte*>(p), size_t(st.st_size), false);
 
   const SegmentHeader& h = segment.header();
-  if (h.lifecycle.load(std::memory_order_acquire) == uint32_t(Lifecycle::kInitializing)) {
+  if (h.magic == 0 &&
+      h.lifecycle.load(std::memory_order_acquire) == uint32_t(Lifecycle::kInitializing)) {
     return Status(ErrorCode::kUnavailable, "segment " + name + " is still being created");
   }
   if (h.magic != kSegmentMagic) {
