@@ -1,0 +1,46 @@
+#pragma once
+// sliceserved's core, independent of signals and argv so tests can run it in-process: creates
+// one segment and supervisor per model, ticks them, publishes summaries, and stops cleanly.
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sliceserve/controller/config.h"
+#include "sliceserve/controller/model_supervisor.h"
+
+namespace sliceserve::controller {
+
+// sliceserve-worker next to the running executable, unless the config names one.
+std::string default_worker_binary();
+
+// Where each model's threads start: shares are laid out one after another over the cores.
+std::vector<Placement> place_models(const Config& config, unsigned machine_cores);
+
+class Daemon {
+ public:
+  // Creates every segment (refusing to start if one belongs to a running daemon) but starts no
+  // worker yet. On error nothing is left behind.
+  static Result<std::unique_ptr<Daemon>> create(Config config);
+
+  // Starts the workers and supervises them until request_stop(); then stops every worker
+  // (SIGTERM, SIGKILL after shutdown_grace_ms) and removes every segment.
+  Status run();
+  // Thread- and signal-safe.
+  void request_stop() { stop_.store(true, std::memory_order_relaxed); }
+
+  const Config& config() const { return *config_; }
+  ModelSupervisor* find(const std::string& model);
+
+ private:
+  explicit Daemon(std::unique_ptr<Config> config) : config_(std::move(config)) {}
+  void shutdown();
+
+  std::unique_ptr<Config> config_;  // stable address: supervisors keep a reference
+  std::vector<std::unique_ptr<ModelSupervisor>> models_;
+  std::atomic<bool> stop_{false};
+  static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
+};
+
+}  // namespace sliceserve::controller

@@ -1,0 +1,100 @@
+#include "sliceserve/controller/worker_process.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <utility>
+
+#include "sliceserve/shm/check.h"
+
+extern char** environ;
+
+namespace sliceserve::controller {
+namespace {
+
+ExitInfo decode(int status) {
+  ExitInfo info;
+  if (WIFEXITED(status)) info.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) info.signal = WTERMSIG(status);
+  return info;
+}
+
+}  // namespace
+
+std::string ExitInfo::describe() const {
+  if (signal != 0) return std::string("killed by SIG") + sigabbrev_np(signal);
+  return "exit code " + std::to_string(exit_code);
+}
+
+Result<WorkerProcess> WorkerProcess::spawn(const std::string& binary,
+                                           const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(binary.c_str()));
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  // The child starts with default signal dispositions and an empty mask, whatever the
+  // controller blocked for its own signal handling.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, binary.c_str(), nullptr, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    return errno_status(("posix_spawn(" + binary + ")").c_str(), rc, __FILE__, __LINE__);
+  }
+  return WorkerProcess(pid);
+}
+
+WorkerProcess::WorkerProcess(WorkerProcess&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)) {}
+
+WorkerProcess& WorkerProcess::operator=(WorkerProcess&& other) noexcept {
+  if (this != &other) {
+    if (running()) {
+      signal(SIGKILL);
+      reap();
+    }
+    pid_ = std::exchange(other.pid_, -1);
+  }
+  return *this;
+}
+
+WorkerProcess::~WorkerProcess() {
+  if (running()) {
+    signal(SIGKILL);
+    reap();
+  }
+}
+
+void WorkerProcess::signal(int sig) const {
+  if (running()) kill(pid_, sig);
+}
+
+std::optional<ExitInfo> WorkerProcess::try_reap() {
+  if (!running()) return std::nullopt;
+  int status = 0;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r != pid_) return std::nullopt;
+  pid_ = -1;
+  return decode(status);
+}
+
+ExitInfo WorkerProcess::reap() {
+  int status = 0;
+  pid_t r;
+  do {
+    r = waitpid(pid_, &status, 0);
+  } while (r == -1 && errno == EINTR);
+  pid_ = -1;
+  return decode(status);
+}
+
+}  // namespace sliceserve::controller
