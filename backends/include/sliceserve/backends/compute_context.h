@@ -1,0 +1,23 @@
+#pragma once
+// What a model or executor computes through. Every backend implements it; a model never knows
+// which device share it runs on, only how many threads it may use and how to fan work out.
+
+#include <cstddef>
+#include <functional>
+
+namespace sliceserve::backends {
+
+class ComputeContext {
+ public:
+  virtual ~ComputeContext() = default;
+
+  // Compute threads available now (the calling thread included).
+  virtual unsigned concurrency() const = 0;
+
+  // Runs fn(begin, end) over [0, n) split into at most concurrency() contiguous chunks on the
+  // context's threads, returns when all are done. The calling thread takes part. Not reentrant:
+  // fn must not call parallel_for on the same context.
+  virtual void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn) = 0;
+};
+
+}  // namespace sliceserve::backends

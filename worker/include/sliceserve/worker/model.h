@@ -1,0 +1,71 @@
+#pragma once
+// A model as the worker runs it: a declared spec (shm::ModelSpec) and a batch computation on a
+// backend's compute context. Kinds:
+//
+// "null"       No compute: output 0 receives input 0's bytes (truncated, or zero-filled up to the
+//              output's size); every other output is zero-filled. With no inputs all outputs are
+//              zeros. For latency benchmarks of the request ring.
+//
+// "synthetic"  Deterministic load with real arithmetic. Each item costs flops_per_item floating
+//              point operations: an FMA loop x[i] = 0.5f * x[i] + 0.5f over a per-thread working
+//              set of working_set_kb KiB of floats (one per compute thread, allocated the first
+//              time that thread computes, i.e. at warm-up, and reused), repeated until the flops
+//              are spent (2 flops per element and pass). An item's flops are split into
+//              ctx.concurrency() equal parts and all parts of all items are spread over
+//              ctx.parallel_for, so even a batch of one item speeds up with more threads.
+//              Outputs, a function of input 0 only (needs >= 1 input and >= 1 output):
+//
+//                  output_j[k] = to_dtype_j( 2 * from_dtype_0( input_0[k mod n0] ) + 1 )
+//
+//              for every output j and element k, n0 being input 0's element count. from_dtype:
+//              the element's value as a double (BOOL: 0 or 1; FP16: IEEE binary16). to_dtype:
+//              FP32/FP64 a plain conversion; FP16 IEEE binary16, round to nearest even; integers
+//              saturate to the type's range, then truncate toward zero, NaN -> 0; BOOL: 1 if
+//              non-zero, NaN -> 0. The arithmetic is folded into the result so the compiler
+//              cannot drop it (a comparison with a value the loop can never produce) without
+//              changing it.
+//
+// "onnx"       Reserved for the engine (needs `path`); not built yet: kUnavailable.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "sliceserve/backends/compute_context.h"
+#include "sliceserve/shm/status.h"
+#include "sliceserve/shm/tensor_spec.h"
+
+namespace sliceserve::worker {
+
+// One request of a batch, inside its shm slot.
+struct ItemIO {
+  std::span<const std::byte* const> inputs;  // one pointer per declared input, spec order
+  std::span<std::byte* const> outputs;       // one pointer per declared output
+};
+
+struct ModelOptions {
+  std::string kind;               // "null" | "synthetic" | "onnx"
+  std::string path;               // model file, for kinds that load one
+  double flops_per_item = 1e6;    // synthetic: floating point operations per item, >= 0
+  uint32_t working_set_kb = 256;  // synthetic: per-thread working set, 1 KiB .. 1 GiB
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const shm::ModelSpec& spec() const = 0;
+  // Runs once on zero inputs (allocating per-thread state on every compute thread).
+  virtual Status warm_up(backends::ComputeContext& ctx) = 0;
+  // Computes every item of the batch in place; inputs were validated against spec().
+  // kInvalidArgument if an item does not carry one pointer per declared tensor.
+  virtual Status run(std::span<const ItemIO> batch, backends::ComputeContext& ctx) = 0;
+};
+
+// kInvalidArgument for an unknown kind, a kind needing a path without one, bad options or a spec
+// the kind cannot serve.
+Result<std::unique_ptr<Model>> create_model(const ModelOptions& options,
+                                            const shm::ModelSpec& spec);
+
+}  // namespace sliceserve::worker

@@ -1,0 +1,123 @@
+#include "synthetic_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "batch_io.h"
+#include "tensor_elements.h"
+
+namespace sliceserve::worker {
+namespace {
+
+constexpr uint32_t kMaxWorkingSetKb = 1u << 20;  // 1 GiB
+constexpr double kMaxFlopsPerItem = 1e15;
+constexpr float kScale = 0.5f;  // x <- kScale * x + kOffset keeps x in [0.5, 1] from [0, 1]
+constexpr float kOffset = 0.5f;
+
+// Each compute thread's working set, allocated the first time the thread computes (at warm-up)
+// and reused by every later batch; shared by the models of a process (its contents are scratch).
+thread_local std::vector<float> tl_working_set;
+// Where each part's checksum goes, so that the loop has an observable effect.
+thread_local volatile float tl_sink = 0;
+
+float* working_set(size_t floats) {
+  if (tl_working_set.size() < floats) {
+    const size_t old = tl_working_set.size();
+    tl_working_set.resize(floats);
+    for (size_t i = old; i < floats; ++i) tl_working_set[i] = float(i % 1024) / 1024.0f;
+  }
+  return tl_working_set.data();
+}
+
+// Spends `elements` FMA updates (2 flops each) over a working set of `floats` floats; returns a
+// checksum that always lies in [0, 2] (each x stays in [0, 1]).
+float burn(size_t elements, size_t floats) {
+  float* x = working_set(floats);
+  while (elements > 0) {
+    const size_t count = std::min(elements, floats);
+    for (size_t i = 0; i < count; ++i) x[i] = kScale * x[i] + kOffset;  // vectorisable
+    elements -= count;
+  }
+  const float checksum = x[0] + x[floats - 1];
+  tl_sink = checksum;
+  return checksum;
+}
+
+class SyntheticModel final : public Model {
+ public:
+  SyntheticModel(const ModelOptions& options, const shm::ModelSpec& spec)
+      : spec_(spec),
+        flops_per_item_(options.flops_per_item),
+        working_set_floats_(size_t{options.working_set_kb} * 1024 / sizeof(float)) {}
+
+  const shm::ModelSpec& spec() const override { return spec_; }
+
+  Status warm_up(backends::ComputeContext& ctx) override {
+    // One item split into concurrency() parts gives every compute thread a part, so each one
+    // allocates its working set now rather than during the first real batch.
+    ZeroItem zeros(spec_);
+    const ItemIO item = zeros.item();
+    return run({&item, 1}, ctx);
+  }
+
+  Status run(std::span<const ItemIO> batch, backends::ComputeContext& ctx) override {
+    RETURN_IF_ERROR(check_batch(batch, spec_));
+    const size_t parts = std::max(1u, ctx.concurrency());
+    const double flops_per_part = flops_per_item_ / double(parts);
+    const size_t elements_per_part = size_t(std::llround(flops_per_part / 2.0));
+    ctx.parallel_for(batch.size() * parts, [&](size_t begin, size_t end) {
+      for (size_t unit = begin; unit < end; ++unit) {
+        const float checksum = burn(elements_per_part, working_set_floats_);
+        if (unit % parts == 0) write_outputs(batch[unit / parts], checksum);
+      }
+    });
+    return Status::ok();
+  }
+
+ private:
+  void write_outputs(const ItemIO& item, float checksum) const {
+    const shm::TensorSpec& input = spec_.inputs[0];
+    const size_t n_in = input.element_count();
+    // The checksum is never NaN (see burn), so this never changes the value, but the compiler
+    // cannot know that: the arithmetic stays live.
+    const bool impossible = std::isnan(checksum);
+    for (uint32_t j = 0; j < spec_.n_outputs; ++j) {
+      const shm::TensorSpec& output = spec_.outputs[j];
+      const size_t n_out = output.element_count();
+      for (size_t k = 0; k < n_out; ++k) {
+        double value = 2.0 * load_element(input.dtype, item.inputs[0], k % n_in) + 1.0;
+        if (impossible) value = double(checksum);
+        store_element(output.dtype, item.outputs[j], k, value);
+      }
+    }
+  }
+
+  shm::ModelSpec spec_;
+  double flops_per_item_;
+  size_t working_set_floats_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> create_synthetic_model(const ModelOptions& options,
+                                                      const shm::ModelSpec& spec) {
+  if (spec.n_inputs < 1 || spec.n_outputs < 1) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "the synthetic model needs at least one input and one output");
+  }
+  if (!(options.flops_per_item >= 0.0 && options.flops_per_item <= kMaxFlopsPerItem)) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "synthetic flops_per_item must be in [0, 1e15], got " +
+                      std::to_string(options.flops_per_item));
+  }
+  if (options.working_set_kb < 1 || options.working_set_kb > kMaxWorkingSetKb) {
+    return Status(ErrorCode::kInvalidArgument, "synthetic working_set_kb must be in [1, " +
+                                                   std::to_string(kMaxWorkingSetKb) + "], got " +
+                                                   std::to_string(options.working_set_kb));
+  }
+  return std::unique_ptr<Model>(std::make_unique<SyntheticModel>(options, spec));
+}
+
+}  // namespace sliceserve::worker

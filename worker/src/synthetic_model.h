@@ -1,0 +1,18 @@
+#pragma once
+// Kind "synthetic": configurable FLOPs per item on per-thread working sets, outputs a documented
+// function of input 0 (see sliceserve/worker/model.h).
+
+#include <memory>
+
+#include "sliceserve/shm/status.h"
+#include "sliceserve/shm/tensor_spec.h"
+#include "sliceserve/worker/model.h"
+
+namespace sliceserve::worker {
+
+// kInvalidArgument unless the spec has at least one input and one output, flops_per_item is
+// finite and >= 0, and working_set_kb is in [1, 1 GiB / 1 KiB].
+Result<std::unique_ptr<Model>> create_synthetic_model(const ModelOptions& options,
+                                                      const shm::ModelSpec& spec);
+
+}  // namespace sliceserve::worker
