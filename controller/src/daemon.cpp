@@ -55,8 +55,8 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
     if (!supervisor.is_ok()) return supervisor.status();  // earlier segments unlink themselves
     daemon->models_.push_back(std::move(supervisor).value());
   }
-  spdlog::info("instance {}: {} models on {} cores, worker {}", c.server.instance,
-               c.models.size(), cores, binary);
+  spdlog::info("instance {}: {} models on {} cores, worker {}", c.server.instance, c.models.size(),
+               cores, binary);
   return daemon;
 }
 

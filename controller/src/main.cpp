@@ -1,9 +1,9 @@
 // sliceserved: the SliceServe controller daemon.
 
 #include <signal.h>
+#include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
-#include <spdlog/spdlog.h>
 
 #include "sliceserve/controller/config.h"
 #include "sliceserve/controller/daemon.h"
@@ -22,8 +22,7 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::string log_level;
   CLI::App app{"sliceserved: serves DNN models on slices of one device"};
-  app.add_option("-c,--config", config_path, "TOML config file (see docs/config.md)")
-      ->required();
+  app.add_option("-c,--config", config_path, "TOML config file (see docs/config.md)")->required();
   app.add_option("--log-level", log_level, "Overrides [server] log_level");
   CLI11_PARSE(app, argc, argv);
 

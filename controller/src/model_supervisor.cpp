@@ -26,13 +26,20 @@ std::string format_number(double v) {
 
 const char* worker_state_name(uint32_t state) {
   switch (shm::WorkerState(state)) {
-    case shm::WorkerState::kUnused: return "unused";
-    case shm::WorkerState::kLoading: return "loading";
-    case shm::WorkerState::kReady: return "ready";
-    case shm::WorkerState::kServing: return "serving";
-    case shm::WorkerState::kDraining: return "draining";
-    case shm::WorkerState::kExited: return "exited";
-    case shm::WorkerState::kFailed: return "failed";
+    case shm::WorkerState::kUnused:
+      return "unused";
+    case shm::WorkerState::kLoading:
+      return "loading";
+    case shm::WorkerState::kReady:
+      return "ready";
+    case shm::WorkerState::kServing:
+      return "serving";
+    case shm::WorkerState::kDraining:
+      return "draining";
+    case shm::WorkerState::kExited:
+      return "exited";
+    case shm::WorkerState::kFailed:
+      return "failed";
   }
   return "?";
 }
@@ -47,8 +54,8 @@ Result<shm::ModelSpec> model_spec(const ModelConfig& model) {
       return Status(ErrorCode::kInvalidArgument, "a model needs 1 to 8 inputs and outputs");
     }
     for (size_t i = 0; i < tensors.size(); ++i) {
-      ASSIGN_OR_RETURN(out[i], shm::make_tensor_spec(tensors[i].name, tensors[i].dtype,
-                                                     tensors[i].shape));
+      ASSIGN_OR_RETURN(out[i],
+                       shm::make_tensor_spec(tensors[i].name, tensors[i].dtype, tensors[i].shape));
     }
     count = uint32_t(tensors.size());
     return Status::ok();
@@ -62,19 +69,32 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
                                           const std::string& segment, uint64_t epoch,
                                           const Placement& placement) {
   std::vector<std::string> args = {
-      "--segment", segment,
-      "--epoch", std::to_string(epoch),
-      "--backend", config.server.backend,
-      "--cpu-mode", std::string(cpu_mode_name(config.cpu.mode)),
-      "--slice", format_number(model.slice),
-      "--cores", std::to_string(placement.machine_cores),
-      "--first-core", std::to_string(placement.first_core),
-      "--max-batch", std::to_string(model.max_batch),
-      "--max-queue-delay-us", std::to_string(model.max_queue_delay_us),
-      "--model-kind", model.kind,
-      "--flops-per-item", format_number(model.flops_per_item),
-      "--working-set-kb", std::to_string(model.working_set_kb),
-      "--log-level", config.server.log_level,
+      "--segment",
+      segment,
+      "--epoch",
+      std::to_string(epoch),
+      "--backend",
+      config.server.backend,
+      "--cpu-mode",
+      std::string(cpu_mode_name(config.cpu.mode)),
+      "--slice",
+      format_number(model.slice),
+      "--cores",
+      std::to_string(placement.machine_cores),
+      "--first-core",
+      std::to_string(placement.first_core),
+      "--max-batch",
+      std::to_string(model.max_batch),
+      "--max-queue-delay-us",
+      std::to_string(model.max_queue_delay_us),
+      "--model-kind",
+      model.kind,
+      "--flops-per-item",
+      format_number(model.flops_per_item),
+      "--working-set-kb",
+      std::to_string(model.working_set_kb),
+      "--log-level",
+      config.server.log_level,
   };
   if (!model.path.empty()) {
     args.push_back("--model-path");
@@ -97,8 +117,8 @@ Result<std::unique_ptr<ModelSupervisor>> ModelSupervisor::create(const Config& c
   options.slots_per_lane = model.slots_per_lane;
   auto segment = shm::Segment::create(options);
   if (!segment.is_ok()) return segment.status().with_context("model '" + model.name + "'");
-  return std::unique_ptr<ModelSupervisor>(new ModelSupervisor(
-      config, model, worker_binary, placement, std::move(segment).value()));
+  return std::unique_ptr<ModelSupervisor>(
+      new ModelSupervisor(config, model, worker_binary, placement, std::move(segment).value()));
 }
 
 ModelSupervisor::ModelSupervisor(const Config& config, const ModelConfig& model,
@@ -147,8 +167,8 @@ void ModelSupervisor::on_worker_exit(const ExitInfo& info, uint64_t now_ns) {
   ++restarts_;
   segment_.header().summary.restarts.store(restarts_, std::memory_order_relaxed);
   uint64_t delay_ms = config_.server.restart_backoff_min_ms;
-  for (uint32_t i = 1; i < consecutive_failures_ && delay_ms < config_.server.restart_backoff_max_ms;
-       ++i) {
+  for (uint32_t i = 1;
+       i < consecutive_failures_ && delay_ms < config_.server.restart_backoff_max_ms; ++i) {
     delay_ms *= 2;
   }
   delay_ms = std::min<uint64_t>(delay_ms, config_.server.restart_backoff_max_ms);
@@ -177,8 +197,7 @@ void ModelSupervisor::tick(uint64_t now_ns) {
                    ws == uint32_t(shm::WorkerState::kReady))) {
         state_ = State::kServing;
         serving_since_ns_ = now_ns;
-        spdlog::info("model {}: worker epoch {} is {}", model_.name, epoch_,
-                     worker_state_name(ws));
+        spdlog::info("model {}: worker epoch {} is {}", model_.name, epoch_, worker_state_name(ws));
       } else if (now_ns - started_ns_ > uint64_t(config_.server.worker_ready_timeout_ms) * kMs) {
         spdlog::error("model {}: worker epoch {} not ready after {} ms; killing it", model_.name,
                       epoch_, config_.server.worker_ready_timeout_ms);

@@ -60,7 +60,8 @@ ClientLane::~ClientLane() {
         held = true;
         break;
       }
-      if (state.compare_exchange_weak(w, pack_slot_word(slot_generation(w) + 1, 0, SlotState::kFree),
+      if (state.compare_exchange_weak(w,
+                                      pack_slot_word(slot_generation(w) + 1, 0, SlotState::kFree),
                                       std::memory_order_acq_rel)) {
         break;
       }
@@ -97,16 +98,17 @@ Status ClientLane::submit(const SlotTicket& ticket, uint64_t request_id) {
   const uint32_t capacity = segment_->geometry().ring_capacity;
   uint64_t tail = l.tail.load(std::memory_order_relaxed);  // we are the only writer
   if (tail - l.head.load(std::memory_order_acquire) >= capacity) {
-    return Status(ErrorCode::kBusy, "submission ring of lane " + std::to_string(lane_) + " is full");
+    return Status(ErrorCode::kBusy,
+                  "submission ring of lane " + std::to_string(lane_) + " is full");
   }
   SlotHeader& slot = segment_->slot(ticket.slot);
   slot.request_id = request_id;
   slot.enqueue_ns = monotonic_ns();
   uint64_t expected = pack_slot_word(ticket.generation, 0, SlotState::kWriting);
   // Release: the request's header and tensors are visible to the worker that claims it.
-  if (!slot.state.compare_exchange_strong(
-          expected, pack_slot_word(ticket.generation, 0, SlotState::kQueued),
-          std::memory_order_release)) {
+  if (!slot.state.compare_exchange_strong(expected,
+                                          pack_slot_word(ticket.generation, 0, SlotState::kQueued),
+                                          std::memory_order_release)) {
     return Status(ErrorCode::kInternal, "slot " + std::to_string(ticket.slot) +
                                             " left WRITING under its client (reclaimed?)");
   }

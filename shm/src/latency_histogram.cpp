@@ -4,14 +4,14 @@
 
 namespace sliceserve::shm {
 namespace {
-constexpr uint64_t kLinear = 16;       // buckets 0..15 are exact microseconds
-constexpr uint64_t kSubBuckets = 8;    // per power of two above that
+constexpr uint64_t kLinear = 16;     // buckets 0..15 are exact microseconds
+constexpr uint64_t kSubBuckets = 8;  // per power of two above that
 }  // namespace
 
 size_t latency_bucket(uint64_t micros) {
   if (micros < kLinear) return size_t(micros);
-  unsigned log2 = 63 - unsigned(std::countl_zero(micros));      // >= 4
-  uint64_t sub = (micros >> (log2 - 3)) & (kSubBuckets - 1);     // next 3 bits
+  unsigned log2 = 63 - unsigned(std::countl_zero(micros));    // >= 4
+  uint64_t sub = (micros >> (log2 - 3)) & (kSubBuckets - 1);  // next 3 bits
   size_t bucket = kLinear + (log2 - 4) * kSubBuckets + sub;
   return bucket < kLatencyBuckets ? bucket : kLatencyBuckets - 1;
 }

@@ -99,8 +99,8 @@ Status validate_name_part(std::string_view what, std::string_view value) {
                 c == '_' || c == '-');
   }
   if (ok) return Status::ok();
-  return Status(ErrorCode::kInvalidArgument, std::string(what) + " '" + std::string(value) +
-                                                 "' must match [A-Za-z0-9_-]{1,48}");
+  return Status(ErrorCode::kInvalidArgument,
+                std::string(what) + " '" + std::string(value) + "' must match [A-Za-z0-9_-]{1,48}");
 }
 
 Result<std::string> segment_name(std::string_view instance, std::string_view model) {
@@ -128,15 +128,15 @@ std::vector<std::string> list_segment_models(std::string_view instance) {
 Result<SegmentGeometry> compute_geometry(const SegmentOptions& options) {
   RETURN_IF_ERROR(validate_spec(options.spec));
   if (options.lanes == 0 || options.lanes > kMaxLanes) {
-    return Status(ErrorCode::kInvalidArgument,
-                  "lanes must be in 1.." + std::to_string(kMaxLanes));
+    return Status(ErrorCode::kInvalidArgument, "lanes must be in 1.." + std::to_string(kMaxLanes));
   }
   if (options.slots_per_lane == 0 || options.slots_per_lane > kMaxSlotsPerLane) {
     return Status(ErrorCode::kInvalidArgument,
                   "slots_per_lane must be in 1.." + std::to_string(kMaxSlotsPerLane));
   }
   uint64_t needed = std::max<uint64_t>(64, aligned_item_bytes(options.spec));
-  uint64_t slot_bytes = options.slot_data_bytes == 0 ? needed : align_up(options.slot_data_bytes, 64);
+  uint64_t slot_bytes =
+      options.slot_data_bytes == 0 ? needed : align_up(options.slot_data_bytes, 64);
   if (slot_bytes < needed) {
     return Status(ErrorCode::kInvalidArgument, "slot_data_bytes " + std::to_string(slot_bytes) +
                                                    " is smaller than one item (" +
@@ -157,8 +157,8 @@ Result<SegmentGeometry> compute_geometry(const SegmentOptions& options) {
   g.total_bytes = align_up(g.slot_data_offset + uint64_t(g.slot_count()) * slot_bytes, 4096);
   if (g.total_bytes > kMaxSegmentBytes) {
     return Status(ErrorCode::kInvalidArgument,
-                  "segment would need " + std::to_string(g.total_bytes >> 20) +
-                      " MiB (limit " + std::to_string(kMaxSegmentBytes >> 20) +
+                  "segment would need " + std::to_string(g.total_bytes >> 20) + " MiB (limit " +
+                      std::to_string(kMaxSegmentBytes >> 20) +
                       " MiB): reduce lanes, slots_per_lane or the tensor sizes");
   }
   return g;
@@ -166,12 +166,12 @@ Result<SegmentGeometry> compute_geometry(const SegmentOptions& options) {
 
 uint64_t layout_checksum(const SegmentGeometry& g, const ModelSpec& spec) {
   Fnv f;
-  for (uint64_t v : {uint64_t(kLayoutVersion), uint64_t(sizeof(SegmentHeader)),
-                     uint64_t(sizeof(LaneHeader)), uint64_t(sizeof(SlotHeader)),
-                     uint64_t(sizeof(WorkerStats)), uint64_t(sizeof(Mailbox)), uint64_t(g.lanes),
-                     uint64_t(g.slots_per_lane), uint64_t(g.ring_capacity), g.slot_data_bytes,
-                     g.lanes_offset, g.ring_entries_offset, g.slots_offset, g.stats_offset,
-                     g.mailbox_offset, g.slot_data_offset, g.total_bytes}) {
+  for (uint64_t v :
+       {uint64_t(kLayoutVersion), uint64_t(sizeof(SegmentHeader)), uint64_t(sizeof(LaneHeader)),
+        uint64_t(sizeof(SlotHeader)), uint64_t(sizeof(WorkerStats)), uint64_t(sizeof(Mailbox)),
+        uint64_t(g.lanes), uint64_t(g.slots_per_lane), uint64_t(g.ring_capacity), g.slot_data_bytes,
+        g.lanes_offset, g.ring_entries_offset, g.slots_offset, g.stats_offset, g.mailbox_offset,
+        g.slot_data_offset, g.total_bytes}) {
     f.add_u64(v);
   }
   f.add_u64(spec.n_inputs);
@@ -184,8 +184,8 @@ uint64_t layout_checksum(const SegmentGeometry& g, const ModelSpec& spec) {
 Result<Segment> Segment::create(const SegmentOptions& options) {
   if (options.name.size() < 2 || options.name[0] != '/' ||
       options.name.find('/', 1) != std::string::npos || options.name.size() > 200) {
-    return Status(ErrorCode::kInvalidArgument, "segment name '" + options.name +
-                                                   "' must be '/' followed by a file name");
+    return Status(ErrorCode::kInvalidArgument,
+                  "segment name '" + options.name + "' must be '/' followed by a file name");
   }
   RETURN_IF_ERROR(validate_name_part("model name", options.model_name));
   ASSIGN_OR_RETURN(SegmentGeometry g, compute_geometry(options));

@@ -42,8 +42,8 @@ ReclaimReport reclaim_dead_lanes(Segment& segment) {
         }
         // WRITING, QUEUED or DONE of a dead client. The generation bump makes any ring entry
         // for it stale; the CAS loses cleanly to a worker claiming a QUEUED slot.
-        if (state.compare_exchange_weak(w, pack_slot_word(slot_generation(w) + 1, 0,
-                                                          SlotState::kFree),
+        if (state.compare_exchange_weak(w,
+                                        pack_slot_word(slot_generation(w) + 1, 0, SlotState::kFree),
                                         std::memory_order_acq_rel)) {
           ++report.slots_freed;
           break;
@@ -66,11 +66,21 @@ SlotCensus slot_census(const Segment& segment) {
   SlotCensus c;
   for (uint32_t s = 0; s < segment.slot_count(); ++s) {
     switch (slot_state(segment.slot(s).state.load(std::memory_order_acquire))) {
-      case SlotState::kFree: ++c.free; break;
-      case SlotState::kWriting: ++c.writing; break;
-      case SlotState::kQueued: ++c.queued; break;
-      case SlotState::kClaimed: ++c.claimed; break;
-      case SlotState::kDone: ++c.done; break;
+      case SlotState::kFree:
+        ++c.free;
+        break;
+      case SlotState::kWriting:
+        ++c.writing;
+        break;
+      case SlotState::kQueued:
+        ++c.queued;
+        break;
+      case SlotState::kClaimed:
+        ++c.claimed;
+        break;
+      case SlotState::kDone:
+        ++c.done;
+        break;
     }
   }
   return c;
@@ -92,8 +102,8 @@ Result<std::string> send_command(Segment& segment, uint64_t target_epoch, Comman
   const uint64_t deadline = monotonic_ns() + uint64_t(timeout_ns);
   while (m.ack_seq.load(std::memory_order_acquire) != seq + 1) {
     if (monotonic_ns() >= deadline) {
-      return Status(ErrorCode::kTimeout, "worker epoch " + std::to_string(target_epoch) +
-                                             " did not answer the command");
+      return Status(ErrorCode::kTimeout,
+                    "worker epoch " + std::to_string(target_epoch) + " did not answer the command");
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }

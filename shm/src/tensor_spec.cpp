@@ -14,7 +14,7 @@ struct TypeName {
 };
 
 constexpr TypeName kTypes[] = {
-    {DataType::kBool, "BOOL", "bool", 1},      {DataType::kUint8, "UINT8", "uint8", 1},
+    {DataType::kBool, "BOOL", "bool", 1},       {DataType::kUint8, "UINT8", "uint8", 1},
     {DataType::kUint16, "UINT16", "uint16", 2}, {DataType::kUint32, "UINT32", "uint32", 4},
     {DataType::kUint64, "UINT64", "uint64", 8}, {DataType::kInt8, "INT8", "int8", 1},
     {DataType::kInt16, "INT16", "int16", 2},    {DataType::kInt32, "INT32", "int32", 4},
@@ -50,9 +50,7 @@ size_t data_type_size(DataType dtype) {
   return t ? t->size : 0;
 }
 
-std::string_view TensorSpec::name_view() const {
-  return {name, strnlen(name, kMaxTensorName)};
-}
+std::string_view TensorSpec::name_view() const { return {name, strnlen(name, kMaxTensorName)}; }
 
 size_t TensorSpec::element_count() const {
   size_t n = 1;
@@ -63,15 +61,16 @@ size_t TensorSpec::element_count() const {
 Result<TensorSpec> make_tensor_spec(std::string_view name, DataType dtype,
                                     std::span<const int64_t> shape) {
   if (name.empty() || name.size() >= kMaxTensorName) {
-    return Status(ErrorCode::kInvalidArgument, "tensor name must have 1 to " +
-                                                   std::to_string(kMaxTensorName - 1) +
-                                                   " characters");
+    return Status(
+        ErrorCode::kInvalidArgument,
+        "tensor name must have 1 to " + std::to_string(kMaxTensorName - 1) + " characters");
   }
   if (data_type_size(dtype) == 0) {
     return Status(ErrorCode::kInvalidArgument, "tensor '" + std::string(name) + "': no dtype");
   }
   if (shape.empty() || shape.size() > kMaxDims) {
-    return Status(ErrorCode::kInvalidArgument, "tensor '" + std::string(name) + "': shape must have 1 to " +
+    return Status(ErrorCode::kInvalidArgument, "tensor '" + std::string(name) +
+                                                   "': shape must have 1 to " +
                                                    std::to_string(kMaxDims) + " dimensions");
   }
   TensorSpec spec;

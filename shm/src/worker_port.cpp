@@ -38,8 +38,8 @@ void WorkerPort::publish_state(WorkerState state) {
     // Take the block over from an older epoch: clear the counters first, then claim it with
     // release so readers that see our epoch see zeroed counters.
     st.epoch.store(0, std::memory_order_relaxed);
-    for (auto* c : {&st.claimed, &st.completed, &st.failed, &st.recovered, &st.batches,
-                    &st.busy_ns, &st.queue_ns, &st.compute_ns}) {
+    for (auto* c : {&st.claimed, &st.completed, &st.failed, &st.recovered, &st.batches, &st.busy_ns,
+                    &st.queue_ns, &st.compute_ns}) {
       c->store(0, std::memory_order_relaxed);
     }
     for (auto& b : st.batch_hist) b.store(0, std::memory_order_relaxed);
@@ -85,9 +85,9 @@ std::vector<ClaimedSlot> WorkerPort::recover_orphans() {
     uint64_t w = state.load(std::memory_order_acquire);
     if (slot_state(w) != SlotState::kClaimed || slot_epoch(w) == mine) continue;
     if (!epoch_is_gone(segment_, slot_epoch(w))) continue;  // a retiring worker finishes it
-    if (state.compare_exchange_strong(w, pack_slot_word(slot_generation(w), epoch_,
-                                                        SlotState::kClaimed),
-                                      std::memory_order_acq_rel)) {
+    if (state.compare_exchange_strong(
+            w, pack_slot_word(slot_generation(w), epoch_, SlotState::kClaimed),
+            std::memory_order_acq_rel)) {
       segment_.slot(s).claim_ns = monotonic_ns();
       recovered.push_back({s, slot_generation(w)});
     }
@@ -114,8 +114,8 @@ size_t WorkerPort::claim(std::span<ClaimedSlot> out) {
       // Acquire: the entries before tail (and the slots they name) are visible.
       const uint64_t tail = l.tail.load(std::memory_order_acquire);
       while (head < tail) {
-        uint64_t entry = segment_.lane_ring(lane)[head & (g.ring_capacity - 1)].load(
-            std::memory_order_relaxed);
+        uint64_t entry =
+            segment_.lane_ring(lane)[head & (g.ring_capacity - 1)].load(std::memory_order_relaxed);
         ++head;
         uint32_t s = ring_entry_slot(entry);
         uint32_t gen = ring_entry_generation(entry);

@@ -10,8 +10,8 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::DaemonProcess;
-using testing::TempDir;
 using testing::read_file;
+using testing::TempDir;
 using testing::unique_instance;
 using testing::wait_serving;
 
@@ -81,9 +81,9 @@ TEST_F(DaemonTest, KilledWorkerIsRestartedWithANewEpoch) {
 }
 
 TEST_F(DaemonTest, WorkerThatKeepsFailingIsRestartedWithBackoff) {
-  std::string config = dir_.write(
-      "failing.toml", config_text(instance_, "worker_binary = \"/bin/false\"\n"
-                                             "restart_backoff_max_ms = 400\n"));
+  std::string config = dir_.write("failing.toml", config_text(instance_,
+                                                              "worker_binary = \"/bin/false\"\n"
+                                                              "restart_backoff_max_ms = 400\n"));
   DaemonProcess daemon(config, dir_.path() + "/log");
   std::this_thread::sleep_for(1500ms);
   EXPECT_EQ(daemon.stop(), 0);

@@ -1,9 +1,8 @@
 // Cross-process proof of the ring invariants: no request lost, none completed twice, no slot
 // leaked, while workers and clients are killed with SIGKILL at random moments.
 
-#include <sys/mman.h>
-
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <random>
 #include <vector>
@@ -116,8 +115,8 @@ class ShmCrashTest : public ::testing::Test {
     auto s = Segment::create(test_segment_options("crash", kMaxClients, 8));
     ASSERT_TRUE(s.is_ok()) << s.status().to_string();
     segment_.emplace(std::move(s).value());
-    void* p = mmap(nullptr, sizeof(Audit), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
+    void* p =
+        mmap(nullptr, sizeof(Audit), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     ASSERT_NE(p, MAP_FAILED);
     audit_ = static_cast<Audit*>(p);
   }

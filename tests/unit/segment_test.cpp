@@ -1,10 +1,9 @@
 #include "sliceserve/shm/segment.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-
-#include <gtest/gtest.h>
 
 #include "sliceserve/shm/process_identity.h"
 #include "sliceserve/shm/segment_control.h"

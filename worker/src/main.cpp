@@ -2,11 +2,10 @@
 // sliceserved; see docs/architecture.md for the life cycle (LOADING -> READY -> SERVING).
 
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 
 #include <CLI/CLI.hpp>
-#include <spdlog/spdlog.h>
-
 #include <atomic>
 
 #include "sliceserve/backends/cpu/cpu_slice.h"
@@ -54,22 +53,23 @@ int serve(const Args& args) {
   };
 
   if (args.backend != "cpu") {
-    return fail(Status(ErrorCode::kUnavailable, "backend '" + args.backend +
-                                                    "' is not available in this build"),
+    return fail(Status(ErrorCode::kUnavailable,
+                       "backend '" + args.backend + "' is not available in this build"),
                 "backend");
   }
-  auto slice = backends::create_cpu_slice(
-      {.percent = args.slice, .mode = args.cpu_mode, .machine_cores = args.cores,
-       .first_core = args.first_core});
+  auto slice = backends::create_cpu_slice({.percent = args.slice,
+                                           .mode = args.cpu_mode,
+                                           .machine_cores = args.cores,
+                                           .first_core = args.first_core});
   if (!slice.is_ok()) return fail(slice.status(), "slice");
   auto model = worker::create_model(args.model, segment->spec());
   if (!model.is_ok()) return fail(model.status(), "model");
   Status warm = (*model)->warm_up(**slice);
   if (!warm.is_ok()) return fail(warm, "warm-up");
 
-  worker::ServeLoop loop(*segment, port, **model, **slice,
-                         {.max_batch = args.max_batch,
-                          .max_queue_delay_us = args.max_queue_delay_us});
+  worker::ServeLoop loop(
+      *segment, port, **model, **slice,
+      {.max_batch = args.max_batch, .max_queue_delay_us = args.max_queue_delay_us});
   port.publish_state(shm::WorkerState::kReady);
   spdlog::info("ready: {} threads, {}", (*slice)->info().threads, (*slice)->info().placement);
   // The controller gives us the ring (first start, restart, or a handover to this shadow).
@@ -91,7 +91,8 @@ int main(int argc, char** argv) {
   Args args;
   CLI::App app{"sliceserve-worker: serves one model from its shared-memory segment"};
   app.add_option("--segment", args.segment, "Shared-memory segment name")->required();
-  app.add_option("--epoch", args.epoch, "Ownership epoch of this worker")->required()
+  app.add_option("--epoch", args.epoch, "Ownership epoch of this worker")
+      ->required()
       ->check(CLI::PositiveNumber);
   app.add_option("--backend", args.backend, "Backend (cpu)");
   app.add_option("--cpu-mode", args.cpu_mode, "cpu backend mode")
@@ -118,7 +119,7 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
 
   spdlog::set_level(spdlog::level::from_str(args.log_level));
-  spdlog::set_pattern(fmt::format("%Y-%m-%d %H:%M:%S.%e [worker {} e{} pid %P] [%l] %v",
-                                  args.segment, args.epoch));
+  spdlog::set_pattern(
+      fmt::format("%Y-%m-%d %H:%M:%S.%e [worker {} e{} pid %P] [%l] %v", args.segment, args.epoch));
   return serve(args);
 }

@@ -15,9 +15,10 @@ Status validate_request(const shm::ModelSpec& spec, const shm::SlotHeader& slot)
     const shm::RequestTensor& got = slot.inputs[i];
     const std::string name(want.name_view());
     if (got.dtype != want.dtype) {
-      return Status(ErrorCode::kWrongDtype,
-                    "input '" + name + "' has dtype " + std::string(shm::data_type_name(got.dtype)) +
-                        ", expected " + std::string(shm::data_type_name(want.dtype)));
+      return Status(ErrorCode::kWrongDtype, "input '" + name + "' has dtype " +
+                                                std::string(shm::data_type_name(got.dtype)) +
+                                                ", expected " +
+                                                std::string(shm::data_type_name(want.dtype)));
     }
     bool same_shape = got.ndims == want.ndims;
     for (uint8_t d = 0; same_shape && d < want.ndims; ++d) same_shape = got.dims[d] == want.dims[d];
@@ -28,9 +29,9 @@ Status validate_request(const shm::ModelSpec& spec, const shm::SlotHeader& slot)
                                                 ", expected " + shm::shape_to_string(want.shape()));
     }
     if (got.bytes != want.byte_size()) {
-      return Status(ErrorCode::kTensorTooLarge, "input '" + name + "' carries " +
-                                                    std::to_string(got.bytes) + " bytes, expected " +
-                                                    std::to_string(want.byte_size()));
+      return Status(ErrorCode::kTensorTooLarge,
+                    "input '" + name + "' carries " + std::to_string(got.bytes) +
+                        " bytes, expected " + std::to_string(want.byte_size()));
     }
   }
   return Status::ok();

@@ -14,9 +14,9 @@
 namespace sliceserve::worker {
 namespace {
 
-constexpr uint64_t kRecoveryPeriodNs = 100'000'000;   // look for orphans of dead epochs
-constexpr uint64_t kLivenessPeriodNs = 500'000'000;   // check the controller still runs
-constexpr int64_t kIdleWaitNs = 50'000'000;           // longest sleep without re-checking
+constexpr uint64_t kRecoveryPeriodNs = 100'000'000;  // look for orphans of dead epochs
+constexpr uint64_t kLivenessPeriodNs = 500'000'000;  // check the controller still runs
+constexpr int64_t kIdleWaitNs = 50'000'000;          // longest sleep without re-checking
 
 void write_text(char* dst, size_t size, const std::string& text) {
   size_t n = std::min(text.size(), size - 1);
@@ -28,11 +28,16 @@ void write_text(char* dst, size_t size, const std::string& text) {
 
 const char* serve_exit_name(ServeExit exit) {
   switch (exit) {
-    case ServeExit::kStopped: return "stopped";
-    case ServeExit::kHandedOver: return "handed over";
-    case ServeExit::kDrained: return "drained";
-    case ServeExit::kSegmentClosed: return "segment closed";
-    case ServeExit::kControllerGone: return "controller gone";
+    case ServeExit::kStopped:
+      return "stopped";
+    case ServeExit::kHandedOver:
+      return "handed over";
+    case ServeExit::kDrained:
+      return "drained";
+    case ServeExit::kSegmentClosed:
+      return "segment closed";
+    case ServeExit::kControllerGone:
+      return "controller gone";
   }
   return "?";
 }
@@ -159,8 +164,7 @@ void ServeLoop::run_batch() {
   slice_.end_batch();
 }
 
-void ServeLoop::finish(const shm::ClaimedSlot& claimed, const Status& status,
-                       uint64_t compute_ns) {
+void ServeLoop::finish(const shm::ClaimedSlot& claimed, const Status& status, uint64_t compute_ns) {
   shm::SlotHeader& slot = segment_.slot(claimed.slot);
   slot.status_code = int32_t(status.code());
   if (!status.is_ok()) write_text(slot.error, sizeof slot.error, status.message());

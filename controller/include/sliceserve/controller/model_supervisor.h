@@ -17,8 +17,8 @@
 namespace sliceserve::controller {
 
 struct Placement {
-  unsigned machine_cores = 0;   // cores the cpu backend slices
-  unsigned first_core = 0;      // where this model's threads start
+  unsigned machine_cores = 0;  // cores the cpu backend slices
+  unsigned first_core = 0;     // where this model's threads start
 };
 
 // The command line of a worker; pure, for tests.
@@ -69,7 +69,7 @@ class ModelSupervisor {
   State state_ = State::kBackoff;
   std::optional<WorkerProcess> worker_;
   uint64_t epoch_ = 0;
-  uint64_t started_ns_ = 0;       // spawn time of the current worker
+  uint64_t started_ns_ = 0;  // spawn time of the current worker
   uint64_t serving_since_ns_ = 0;
   uint64_t restart_at_ns_ = 0;
   uint32_t consecutive_failures_ = 0;

@@ -14,8 +14,8 @@ namespace sliceserve::controller {
 struct StatsSample {
   uint64_t time_ns = 0;
   uint64_t epoch = 0;
-  uint64_t arrivals = 0;     // requests ever submitted (all lanes)
-  uint64_t completed = 0;    // of this epoch
+  uint64_t arrivals = 0;   // requests ever submitted (all lanes)
+  uint64_t completed = 0;  // of this epoch
   uint64_t failed = 0;
   uint64_t batches = 0;
   uint64_t busy_ns = 0;
@@ -32,8 +32,8 @@ struct ModelRates {
   uint64_t p50_us = 0;
   uint64_t p99_us = 0;
   double mean_batch = 0;
-  double busy_fraction = 0;   // share of wall time the worker spent running batches
-  uint64_t completed = 0;     // in the window
+  double busy_fraction = 0;  // share of wall time the worker spent running batches
+  uint64_t completed = 0;    // in the window
 };
 
 class StatsWindow {
@@ -50,8 +50,8 @@ class StatsWindow {
   };
   uint64_t window_ns_;
   std::deque<Totals> history_;
-  Totals base_;             // sum of finished epochs
-  StatsSample last_{};      // last raw sample, to close an epoch
+  Totals base_;         // sum of finished epochs
+  StatsSample last_{};  // last raw sample, to close an epoch
 };
 
 }  // namespace sliceserve::controller

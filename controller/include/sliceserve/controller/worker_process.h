@@ -12,14 +12,15 @@
 namespace sliceserve::controller {
 
 struct ExitInfo {
-  int exit_code = -1;   // when it exited
-  int signal = 0;       // when a signal killed it
+  int exit_code = -1;            // when it exited
+  int signal = 0;                // when a signal killed it
   std::string describe() const;  // "exit code 2" / "killed by SIGKILL"
 };
 
 class WorkerProcess {
  public:
-  static Result<WorkerProcess> spawn(const std::string& binary, const std::vector<std::string>& args);
+  static Result<WorkerProcess> spawn(const std::string& binary,
+                                     const std::vector<std::string>& args);
 
   WorkerProcess(WorkerProcess&& other) noexcept;
   WorkerProcess& operator=(WorkerProcess&& other) noexcept;

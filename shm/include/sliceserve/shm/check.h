@@ -17,8 +17,8 @@ Status errno_status(const char* call, int err, const char* file, int line);
 }  // namespace sliceserve
 
 // Evaluates a call returning -1 on error; returns a Status from the enclosing function on failure.
-#define SS_SYSCALL(call)                                                          \
-  do {                                                                            \
+#define SS_SYSCALL(call)                                                                   \
+  do {                                                                                     \
     if ((call) == -1) return ::sliceserve::errno_status(#call, errno, __FILE__, __LINE__); \
   } while (0)
 

@@ -11,7 +11,7 @@ namespace sliceserve::shm {
 
 struct SlotTicket {
   uint32_t slot = 0;
-  uint32_t generation = 0;   // generation the slot had when this client took it
+  uint32_t generation = 0;  // generation the slot had when this client took it
 };
 
 class ClientLane {

@@ -20,9 +20,9 @@ namespace sliceserve::shm {
 
 inline constexpr uint64_t kSegmentMagic = 0x53'4C'49'43'45'53'45'31ULL;  // "SLICESE1"
 inline constexpr uint32_t kLayoutVersion = 1;
-inline constexpr uint32_t kMaxLanes = 64;            // active_lanes is one 64-bit mask
+inline constexpr uint32_t kMaxLanes = 64;  // active_lanes is one 64-bit mask
 inline constexpr uint32_t kMaxSlotsPerLane = 1024;
-inline constexpr uint32_t kStatsBlocks = 4;          // live, shadow and two retired epochs
+inline constexpr uint32_t kStatsBlocks = 4;  // live, shadow and two retired epochs
 inline constexpr uint32_t kMaxBatch = 256;
 inline constexpr size_t kMaxModelName = 64;
 inline constexpr size_t kErrorText = 160;
@@ -56,15 +56,21 @@ inline constexpr ProcessIdentity kLaneRetired = 1;
 enum class Lifecycle : uint32_t { kInitializing = 0, kOpen = 1, kClosing = 2 };
 
 enum class WorkerState : uint32_t {
-  kUnused = 0, kLoading = 1, kReady = 2, kServing = 3, kDraining = 4, kExited = 5, kFailed = 6,
+  kUnused = 0,
+  kLoading = 1,
+  kReady = 2,
+  kServing = 3,
+  kDraining = 4,
+  kExited = 5,
+  kFailed = 6,
 };
 
 struct SegmentGeometry {
   uint32_t lanes = 0;
   uint32_t slots_per_lane = 0;
-  uint32_t ring_capacity = 0;       // per lane, power of two >= 2 * slots_per_lane
+  uint32_t ring_capacity = 0;  // per lane, power of two >= 2 * slots_per_lane
   uint32_t reserved = 0;
-  uint64_t slot_data_bytes = 0;     // per slot, multiple of 64
+  uint64_t slot_data_bytes = 0;  // per slot, multiple of 64
   uint64_t lanes_offset = 0;
   uint64_t ring_entries_offset = 0;
   uint64_t slots_offset = 0;
@@ -79,7 +85,7 @@ struct SegmentGeometry {
 // Rates and percentiles the controller computes every interval, for slicectl status. Each
 // field is its own relaxed atomic: a reader may see fields of two neighbouring intervals.
 struct ControllerSummary {
-  std::atomic<uint64_t> updated_ns;           // CLOCK_MONOTONIC
+  std::atomic<uint64_t> updated_ns;  // CLOCK_MONOTONIC
   std::atomic<uint64_t> arrival_milli_rps;
   std::atomic<uint64_t> completion_milli_rps;
   std::atomic<uint64_t> p50_us;
@@ -95,17 +101,17 @@ struct SegmentHeader {
   uint64_t magic;
   uint32_t layout_version;
   uint32_t header_bytes;
-  uint64_t layout_checksum;          // over version, struct sizes, geometry and spec
+  uint64_t layout_checksum;  // over version, struct sizes, geometry and spec
   SegmentGeometry geometry;
-  ProcessIdentity controller;        // the creating controller, for stale-segment detection
+  ProcessIdentity controller;  // the creating controller, for stale-segment detection
   char model_name[kMaxModelName];
   ModelSpec spec;
-  std::atomic<uint32_t> lifecycle;   // Lifecycle; kOpen is stored last, with release
+  std::atomic<uint32_t> lifecycle;  // Lifecycle; kOpen is stored last, with release
 
   // Ownership: only the worker whose epoch equals owner_epoch may claim slots.
   alignas(64) std::atomic<uint64_t> owner_epoch;
-  std::atomic<uint64_t> handover_to;   // set by the controller to ask the owner to hand over
-  std::atomic<uint32_t> epoch_bell;    // futex word, bumped on every ownership change
+  std::atomic<uint64_t> handover_to;  // set by the controller to ask the owner to hand over
+  std::atomic<uint32_t> epoch_bell;   // futex word, bumped on every ownership change
 
   // Submission doorbell: clients add 2 after a push; bit 0 says a worker sleeps on it.
   alignas(64) std::atomic<uint32_t> submit_bell;
@@ -116,8 +122,8 @@ struct SegmentHeader {
 };
 
 struct alignas(64) LaneHeader {
-  std::atomic<ProcessIdentity> owner;    // 0 = free
-  std::atomic<uint64_t> submitted;       // requests ever pushed (arrival counter)
+  std::atomic<ProcessIdentity> owner;      // 0 = free
+  std::atomic<uint64_t> submitted;         // requests ever pushed (arrival counter)
   alignas(64) std::atomic<uint64_t> tail;  // written by the lane's client only
   alignas(64) std::atomic<uint64_t> head;  // written by the owning worker only
   // Completion doorbell: the worker adds 2 after a slot of this lane turns DONE; bit 0 says
@@ -134,14 +140,14 @@ struct RequestTensor {
 };
 
 struct alignas(64) SlotHeader {
-  std::atomic<uint64_t> state;   // pack_slot_word(...)
-  uint64_t request_id;           // client's id, echoed
-  uint64_t enqueue_ns;           // client, just before QUEUED
-  uint64_t claim_ns;             // worker, at CLAIMED
-  uint64_t done_ns;              // worker, just before DONE
+  std::atomic<uint64_t> state;  // pack_slot_word(...)
+  uint64_t request_id;          // client's id, echoed
+  uint64_t enqueue_ns;          // client, just before QUEUED
+  uint64_t claim_ns;            // worker, at CLAIMED
+  uint64_t done_ns;             // worker, just before DONE
   uint32_t n_inputs;
-  int32_t status_code;           // ErrorCode of the result
-  uint32_t batch_size;           // size of the batch the request ran in
+  int32_t status_code;  // ErrorCode of the result
+  uint32_t batch_size;  // size of the batch the request ran in
   uint32_t reserved;
   RequestTensor inputs[kMaxTensors];
   char error[kErrorText];
@@ -150,8 +156,8 @@ struct alignas(64) SlotHeader {
 inline constexpr size_t kLatencyBuckets = 160;
 
 struct alignas(64) WorkerStats {
-  std::atomic<uint64_t> epoch;          // which worker epoch the block belongs to; 0 = unused
-  std::atomic<uint32_t> state;          // WorkerState
+  std::atomic<uint64_t> epoch;  // which worker epoch the block belongs to; 0 = unused
+  std::atomic<uint32_t> state;  // WorkerState
   std::atomic<int32_t> pid;
   std::atomic<uint64_t> identity;       // ProcessIdentity, to tell a dead epoch from a live one
   std::atomic<uint32_t> slice_percent;  // slice the worker is running at
@@ -160,14 +166,14 @@ struct alignas(64) WorkerStats {
   std::atomic<uint64_t> claimed;
   std::atomic<uint64_t> completed;
   std::atomic<uint64_t> failed;
-  std::atomic<uint64_t> recovered;      // slots taken over from a dead epoch
+  std::atomic<uint64_t> recovered;  // slots taken over from a dead epoch
   std::atomic<uint64_t> batches;
-  std::atomic<uint64_t> busy_ns;        // time spent running the model
-  std::atomic<uint64_t> queue_ns;       // sum of enqueue -> claim
-  std::atomic<uint64_t> compute_ns;     // sum over requests of the batch run time
+  std::atomic<uint64_t> busy_ns;     // time spent running the model
+  std::atomic<uint64_t> queue_ns;    // sum of enqueue -> claim
+  std::atomic<uint64_t> compute_ns;  // sum over requests of the batch run time
   std::atomic<uint64_t> batch_hist[kMaxBatch + 1];
   std::atomic<uint64_t> latency_hist[kLatencyBuckets];  // enqueue -> done, see histogram.h
-  char message[kErrorText];             // why the worker failed, when it did
+  char message[kErrorText];                             // why the worker failed, when it did
 };
 
 enum class Command : uint32_t { kNone = 0, kPing = 1, kSetMaxBatch = 2, kSetSlice = 3, kDrain = 4 };
@@ -182,7 +188,7 @@ struct alignas(64) Mailbox {
   uint64_t target_epoch;
   int64_t args[4];
   alignas(64) std::atomic<uint64_t> ack_seq;
-  int32_t result;                      // ErrorCode
+  int32_t result;  // ErrorCode
   char message[kErrorText];
 };
 

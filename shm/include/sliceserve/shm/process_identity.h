@@ -8,7 +8,7 @@
 namespace sliceserve::shm {
 
 ProcessIdentity self_identity();
-ProcessIdentity identity_of(pid_t pid);       // 0 if the process does not exist
+ProcessIdentity identity_of(pid_t pid);  // 0 if the process does not exist
 pid_t identity_pid(ProcessIdentity identity);
 // True while the process named by the identity runs (same pid and same start time).
 bool is_alive(ProcessIdentity identity);

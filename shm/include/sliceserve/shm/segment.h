@@ -13,12 +13,12 @@
 namespace sliceserve::shm {
 
 struct SegmentOptions {
-  std::string name;                 // shm_open name, see segment_name()
+  std::string name;  // shm_open name, see segment_name()
   std::string model_name;
   ModelSpec spec;
   uint32_t lanes = 16;
   uint32_t slots_per_lane = 16;
-  uint64_t slot_data_bytes = 0;     // 0: spec.item_bytes() rounded up to 64
+  uint64_t slot_data_bytes = 0;  // 0: spec.item_bytes() rounded up to 64
   uint32_t mode = 0600;
 };
 

@@ -17,7 +17,7 @@ void request_handover(Segment& segment, uint64_t epoch);
 struct ReclaimReport {
   uint32_t lanes_released = 0;
   uint32_t slots_freed = 0;
-  uint32_t slots_waiting = 0;    // still CLAIMED by a worker; freed on a later sweep
+  uint32_t slots_waiting = 0;  // still CLAIMED by a worker; freed on a later sweep
 };
 // Frees the slots of lanes whose owning process is gone, then releases those lanes.
 ReclaimReport reclaim_dead_lanes(Segment& segment);

@@ -11,21 +11,21 @@ namespace sliceserve {
 
 enum class ErrorCode {
   kOk = 0,
-  kInvalidArgument,   // bad input from the caller: config, command line, request
-  kNotFound,          // no such model / segment / file
-  kAlreadyExists,     // a live owner holds the name
-  kUnknownModel,      // client: no model of that name is served
-  kServerGone,        // client: the controller or segment went away
-  kTensorTooLarge,    // client: request does not fit a slot
-  kWrongShape,        // request tensor shape differs from the model's declaration
-  kWrongDtype,        // request tensor dtype differs from the model's declaration
-  kUnknownTensor,     // request names a tensor the model does not declare
-  kTimeout,           // deadline passed before completion
-  kBusy,              // no free slot / lane
-  kModelError,        // the model failed to run the request
-  kIncompatible,      // layout version or checksum mismatch
-  kUnavailable,       // resource missing on this machine (device, cgroup, ...)
-  kInternal,          // a system call failed
+  kInvalidArgument,  // bad input from the caller: config, command line, request
+  kNotFound,         // no such model / segment / file
+  kAlreadyExists,    // a live owner holds the name
+  kUnknownModel,     // client: no model of that name is served
+  kServerGone,       // client: the controller or segment went away
+  kTensorTooLarge,   // client: request does not fit a slot
+  kWrongShape,       // request tensor shape differs from the model's declaration
+  kWrongDtype,       // request tensor dtype differs from the model's declaration
+  kUnknownTensor,    // request names a tensor the model does not declare
+  kTimeout,          // deadline passed before completion
+  kBusy,             // no free slot / lane
+  kModelError,       // the model failed to run the request
+  kIncompatible,     // layout version or checksum mismatch
+  kUnavailable,      // resource missing on this machine (device, cgroup, ...)
+  kInternal,         // a system call failed
 };
 
 std::string_view error_code_name(ErrorCode code);
@@ -53,7 +53,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : value_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool is_ok() const { return std::holds_alternative<T>(value_); }
@@ -76,10 +76,10 @@ class [[nodiscard]] Result {
 #define SS_CONCAT_INNER(a, b) a##b
 #define SS_CONCAT(a, b) SS_CONCAT_INNER(a, b)
 
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::sliceserve::Status ss_status_ = (expr);      \
-    if (!ss_status_.is_ok()) return ss_status_;    \
+#define RETURN_IF_ERROR(expr)                   \
+  do {                                          \
+    ::sliceserve::Status ss_status_ = (expr);   \
+    if (!ss_status_.is_ok()) return ss_status_; \
   } while (0)
 
 #define SS_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

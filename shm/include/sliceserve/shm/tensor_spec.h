@@ -16,12 +16,23 @@ namespace sliceserve::shm {
 
 enum class DataType : uint8_t {
   kInvalid = 0,
-  kBool, kUint8, kUint16, kUint32, kUint64, kInt8, kInt16, kInt32, kInt64, kFp16, kFp32, kFp64,
+  kBool,
+  kUint8,
+  kUint16,
+  kUint32,
+  kUint64,
+  kInt8,
+  kInt16,
+  kInt32,
+  kInt64,
+  kFp16,
+  kFp32,
+  kFp64,
 };
 
 inline constexpr size_t kMaxDims = 8;
-inline constexpr size_t kMaxTensorName = 32;   // including the terminating NUL
-inline constexpr size_t kMaxTensors = 8;       // per direction (inputs, outputs)
+inline constexpr size_t kMaxTensorName = 32;  // including the terminating NUL
+inline constexpr size_t kMaxTensors = 8;      // per direction (inputs, outputs)
 
 // KServe v2 datatype names: "FP32", "INT64", ...
 std::string_view data_type_name(DataType dtype);

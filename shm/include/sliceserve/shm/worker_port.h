@@ -57,7 +57,7 @@ class WorkerPort {
  private:
   Segment& segment_;
   uint64_t epoch_;
-  uint32_t next_lane_ = 0;   // round-robin cursor
+  uint32_t next_lane_ = 0;  // round-robin cursor
 };
 
 }  // namespace sliceserve::shm

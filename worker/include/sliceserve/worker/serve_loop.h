@@ -14,9 +14,9 @@
 namespace sliceserve::worker {
 
 struct ServeOptions {
-  uint32_t max_batch = 8;             // 1..shm::kMaxBatch
-  uint32_t max_queue_delay_us = 1000; // a partial batch waits at most this long after its first
-                                      // request was enqueued
+  uint32_t max_batch = 8;              // 1..shm::kMaxBatch
+  uint32_t max_queue_delay_us = 1000;  // a partial batch waits at most this long after its first
+                                       // request was enqueued
 };
 
 enum class ServeExit { kStopped, kHandedOver, kDrained, kSegmentClosed, kControllerGone };
