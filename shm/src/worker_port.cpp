@@ -139,7 +139,7 @@ size_t WorkerPort::claim(std::span<ClaimedSlot> out) {
     }
     next_lane_ = (next_lane_ + 1) % g.lanes;
   }
-  stats().claimed.fetch_add(taken, std::memory_order_relaxed);
+  if (taken > 0) stats().claimed.fetch_add(taken, std::memory_order_relaxed);
   return taken;
 }
 
