@@ -1,6 +1,8 @@
 #pragma once
 // The client's side of a model segment: one lane (a submission ring and its own slots).
-// Not thread-safe: the client library serialises calls on one lane.
+// take_slot, submit, release and cancel change the lane and must be serialised by the caller;
+// is_done, completion_token, wait_completion and server_alive only read (or sleep on) shared
+// words and may run on any thread alongside them.
 
 #include <cstdint>
 #include <optional>
