@@ -18,26 +18,6 @@
 namespace sliceserve::slicectl {
 namespace {
 
-const char* worker_state_word(uint32_t state) {
-  switch (shm::WorkerState(state)) {
-    case shm::WorkerState::kUnused:
-      return "unused";
-    case shm::WorkerState::kLoading:
-      return "loading";
-    case shm::WorkerState::kReady:
-      return "ready";
-    case shm::WorkerState::kServing:
-      return "serving";
-    case shm::WorkerState::kDraining:
-      return "draining";
-    case shm::WorkerState::kExited:
-      return "exited";
-    case shm::WorkerState::kFailed:
-      return "failed";
-  }
-  return "unknown";
-}
-
 struct WorkerInfo {
   uint64_t epoch = 0;
   int32_t pid = 0;
@@ -55,7 +35,7 @@ std::optional<WorkerInfo> worker_info(const shm::Segment& segment, uint64_t epoc
   WorkerInfo w;
   w.epoch = epoch;
   w.pid = st.pid.load(std::memory_order_relaxed);
-  w.state = worker_state_word(st.state.load(std::memory_order_relaxed));
+  w.state = shm::worker_state_name(st.state.load(std::memory_order_relaxed));
   w.slice_percent = st.slice_percent.load(std::memory_order_relaxed);
   w.max_batch = st.max_batch.load(std::memory_order_relaxed);
   return w;

@@ -24,26 +24,6 @@ std::string format_number(double v) {
   return buf;
 }
 
-const char* worker_state_name(uint32_t state) {
-  switch (shm::WorkerState(state)) {
-    case shm::WorkerState::kUnused:
-      return "unused";
-    case shm::WorkerState::kLoading:
-      return "loading";
-    case shm::WorkerState::kReady:
-      return "ready";
-    case shm::WorkerState::kServing:
-      return "serving";
-    case shm::WorkerState::kDraining:
-      return "draining";
-    case shm::WorkerState::kExited:
-      return "exited";
-    case shm::WorkerState::kFailed:
-      return "failed";
-  }
-  return "?";
-}
-
 }  // namespace
 
 Result<shm::ModelSpec> model_spec(const ModelConfig& model) {
@@ -197,7 +177,8 @@ void ModelSupervisor::tick(uint64_t now_ns) {
                    ws == uint32_t(shm::WorkerState::kReady))) {
         state_ = State::kServing;
         serving_since_ns_ = now_ns;
-        spdlog::info("model {}: worker epoch {} is {}", model_.name, epoch_, worker_state_name(ws));
+        spdlog::info("model {}: worker epoch {} is {}", model_.name, epoch_,
+                     shm::worker_state_name(ws));
       } else if (now_ns - started_ns_ > uint64_t(config_.server.worker_ready_timeout_ms) * kMs) {
         spdlog::error("model {}: worker epoch {} not ready after {} ms; killing it", model_.name,
                       epoch_, config_.server.worker_ready_timeout_ms);

@@ -65,6 +65,9 @@ enum class WorkerState : uint32_t {
   kFailed = 6,
 };
 
+// "loading", "serving", ...; "unknown" for a value outside the enum (read from shared memory).
+const char* worker_state_name(uint32_t state);
+
 struct SegmentGeometry {
   uint32_t lanes = 0;
   uint32_t slots_per_lane = 0;
