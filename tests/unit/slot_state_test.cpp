@@ -3,6 +3,8 @@
 #include "sliceserve/shm/latency_histogram.h"
 #include "sliceserve/shm/layout.h"
 
+#include <string>
+
 namespace sliceserve::shm {
 namespace {
 
@@ -48,6 +50,24 @@ TEST(LatencyHistogramTest, PercentilesOfUniformCounts) {
   EXPECT_GE(p99, 990u);
   EXPECT_LE(p99, 1130u);
   EXPECT_EQ(percentile_us(LatencyCounts{}, 0.5), 0u);
+}
+
+}  // namespace
+}  // namespace sliceserve::shm
+
+namespace sliceserve::shm {
+namespace {
+
+TEST(SharedTextTest, RoundTripsAndCutsLongText) {
+  SharedText text{};
+  EXPECT_EQ(load_text(text), "");
+  store_text(text, "grow 30->45: p99 52ms > 0.8*50ms");
+  EXPECT_EQ(load_text(text), "grow 30->45: p99 52ms > 0.8*50ms");
+  store_text(text, "short");
+  EXPECT_EQ(load_text(text), "short");
+  std::string long_text(500, 'x');
+  store_text(text, long_text);
+  EXPECT_EQ(load_text(text), std::string(SharedText::kWords * 8 - 1, 'x'));
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <type_traits>
 
 #include "sliceserve/shm/tensor_spec.h"
@@ -85,6 +87,17 @@ struct SegmentGeometry {
   uint32_t slot_count() const { return lanes * slots_per_lane; }
 };
 
+// A short text one side writes and others read while it may change: a seqlock over atomic
+// words, so readers never see a torn string and no access is a data race.
+struct SharedText {
+  static constexpr size_t kWords = 24;  // 192 bytes, NUL-padded
+  std::atomic<uint64_t> seq;            // odd while a write is in progress
+  std::atomic<uint64_t> words[kWords];
+};
+// Single writer. Text longer than the capacity is cut.
+void store_text(SharedText& text, std::string_view value);
+std::string load_text(const SharedText& text);
+
 // Rates and percentiles the controller computes every interval, for slicectl status. Each
 // field is its own relaxed atomic: a reader may see fields of two neighbouring intervals.
 struct ControllerSummary {
@@ -98,6 +111,15 @@ struct ControllerSummary {
   std::atomic<uint32_t> max_batch;
   std::atomic<uint32_t> restarts;
   std::atomic<int32_t> worker_pid;
+  std::atomic<uint32_t> policy_on;            // 0: pinned by `slicectl policy MODEL off`
+  std::atomic<uint32_t> resizes;              // completed resizes (shadow or instant)
+  std::atomic<uint32_t> failed_resizes;
+  std::atomic<uint64_t> shadow_epoch;         // 0 when no shadow is loading
+  std::atomic<int32_t> shadow_pid;
+  std::atomic<uint64_t> completed_total;      // completions over every epoch so far
+  SharedText backend;                         // e.g. "cpu mode=process"
+  SharedText last_decision;                   // the policy's last decision with its inputs
+  SharedText last_resize;                     // outcome of the last resize, or why it failed
 };
 
 struct SegmentHeader {
@@ -175,7 +197,12 @@ struct alignas(64) WorkerStats {
   std::atomic<uint64_t> queue_ns;    // sum of enqueue -> claim
   std::atomic<uint64_t> compute_ns;  // sum over requests of the batch run time
   std::atomic<uint64_t> batch_hist[kMaxBatch + 1];
+  std::atomic<uint64_t> batch_exec_ns[kMaxBatch + 1];   // run time summed per batch size
   std::atomic<uint64_t> latency_hist[kLatencyBuckets];  // enqueue -> done, see histogram.h
+  std::atomic<uint64_t> slice_changed_ns;   // when the slice in force took effect
+  std::atomic<uint64_t> first_batch_at_slice_ns;  // start of the first batch at that slice
+  std::atomic<uint64_t> weight_bytes;       // model weights this worker maps
+  std::atomic<uint64_t> weight_private_bytes;  // of which it holds its own copy (not shared)
   char message[kErrorText];                             // why the worker failed, when it did
 };
 
