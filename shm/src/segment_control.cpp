@@ -86,8 +86,8 @@ SlotCensus slot_census(const Segment& segment) {
   return c;
 }
 
-Result<std::string> send_command(Segment& segment, uint64_t target_epoch, Command command,
-                                 int64_t arg0, int64_t timeout_ns) {
+Result<uint64_t> post_command(Segment& segment, uint64_t target_epoch, Command command,
+                              int64_t arg0) {
   Mailbox& m = segment.mailbox();
   uint64_t seq = m.request_seq.load(std::memory_order_relaxed);
   if (m.ack_seq.load(std::memory_order_acquire) != seq) {
@@ -98,18 +98,38 @@ Result<std::string> send_command(Segment& segment, uint64_t target_epoch, Comman
   m.args[0] = arg0;
   // Release: the worker that acquires request_seq sees the command and its arguments.
   m.request_seq.store(seq + 1, std::memory_order_release);
-  ring_bell(segment.header().submit_bell);
+  ring_bell(segment.header().submit_bell);  // the worker may sleep waiting for requests
+  return seq + 1;
+}
+
+std::optional<Result<std::string>> poll_command(const Segment& segment, uint64_t seq) {
+  const Mailbox& m = segment.mailbox();
+  // Acquire pairs with the worker's release of ack_seq: result and message are written.
+  if (m.ack_seq.load(std::memory_order_acquire) < seq) return std::nullopt;
+  std::string message(m.message, strnlen(m.message, sizeof m.message));
+  if (m.result != 0) return Result<std::string>(Status(ErrorCode(m.result), message));
+  return Result<std::string>(message);
+}
+
+void abandon_command(Segment& segment, uint64_t seq) {
+  Mailbox& m = segment.mailbox();
+  uint64_t expected = seq - 1;
+  // Only if still unanswered; a late answer from a worker is harmless either way.
+  m.ack_seq.compare_exchange_strong(expected, seq, std::memory_order_acq_rel);
+}
+
+Result<std::string> send_command(Segment& segment, uint64_t target_epoch, Command command,
+                                 int64_t arg0, int64_t timeout_ns) {
+  ASSIGN_OR_RETURN(uint64_t seq, post_command(segment, target_epoch, command, arg0));
   const uint64_t deadline = monotonic_ns() + uint64_t(timeout_ns);
-  while (m.ack_seq.load(std::memory_order_acquire) != seq + 1) {
+  for (;;) {
+    if (auto answer = poll_command(segment, seq)) return *answer;
     if (monotonic_ns() >= deadline) {
-      return Status(ErrorCode::kTimeout,
-                    "worker epoch " + std::to_string(target_epoch) + " did not answer the command");
+      return Status(ErrorCode::kTimeout, "worker epoch " + std::to_string(target_epoch) +
+                                             " did not answer the command");
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  std::string message(m.message, strnlen(m.message, sizeof m.message));
-  if (m.result != 0) return Status(ErrorCode(m.result), message);
-  return message;
 }
 
 void close_segment(Segment& segment) {

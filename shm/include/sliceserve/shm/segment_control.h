@@ -3,6 +3,7 @@
 // commands through the mailbox, close.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "sliceserve/shm/segment.h"
@@ -27,6 +28,16 @@ struct SlotCensus {
   uint32_t free = 0, writing = 0, queued = 0, claimed = 0, done = 0;
 };
 SlotCensus slot_census(const Segment& segment);
+
+// Posts a command to the worker of target_epoch without waiting; returns its sequence number.
+// kBusy while the previous command is unanswered.
+Result<uint64_t> post_command(Segment& segment, uint64_t target_epoch, Command command,
+                              int64_t arg0);
+// The answer to command `seq`: nullopt while the worker has not answered; the worker's reply
+// text, or its error as a Status.
+std::optional<Result<std::string>> poll_command(const Segment& segment, uint64_t seq);
+// Withdraws an unanswered command (its worker is gone), so the mailbox takes new ones.
+void abandon_command(Segment& segment, uint64_t seq);
 
 // Sends a command to the worker of target_epoch and waits for its ack (or timeout).
 Result<std::string> send_command(Segment& segment, uint64_t target_epoch, Command command,
