@@ -3,9 +3,12 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -292,49 +295,133 @@ TEST_F(CpuSliceTest, AffinityModeResizesLive) {
   if (machine_.size() < 2) GTEST_SKIP() << "needs two cpus";
   auto slice = make(50, "affinity", 2);
   ASSERT_TRUE(slice);
+  EXPECT_TRUE(slice->resizes_in_place());
   EXPECT_EQ(slice->concurrency(), 1u);
-  ASSERT_TRUE(slice->resize(100).is_ok());
+  ASSERT_TRUE(resize_in_place(*slice, 100).is_ok());
   EXPECT_EQ(slice->concurrency(), 2u);
   EXPECT_EQ(slice->info().threads, 2u);
   EXPECT_DOUBLE_EQ(slice->info().percent, 100);
   auto seen = chunk_affinity(*slice, 2);
   EXPECT_EQ(seen[1], (std::vector<unsigned>{machine_[1]}));
-  ASSERT_TRUE(slice->resize(70).is_ok());
+  ASSERT_TRUE(resize_in_place(*slice, 70).is_ok());
   EXPECT_EQ(slice->concurrency(), 2u);
   EXPECT_NE(slice->info().placement.find("quota 70%"), std::string::npos);
-  ASSERT_TRUE(slice->resize(30).is_ok());
+  ASSERT_TRUE(resize_in_place(*slice, 30).is_ok());
   EXPECT_EQ(slice->concurrency(), 1u);
   EXPECT_NE(slice->info().placement.find("quota 60%"), std::string::npos)
       << slice->info().placement;
   EXPECT_EQ(chunk_affinity(*slice, 3)[2], (std::vector<unsigned>{machine_[0]}));
   expect_duty(*slice, 0.6, milliseconds(2), milliseconds(60));
 
-  Status bad = slice->resize(0);
+  Status bad = resize_in_place(*slice, 0);
   EXPECT_EQ(bad.code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(slice->concurrency(), 1u);  // unchanged
   EXPECT_DOUBLE_EQ(slice->info().percent, 30);
+  EXPECT_EQ(slice->pool(), (std::vector<double>{50, 100, 70, 30}));
 }
 
 TEST_F(CpuSliceTest, AffinityModeGrowsToEightSimulatedCores) {
   auto slice = make(10, "affinity", 8);
   ASSERT_TRUE(slice);
   EXPECT_EQ(slice->concurrency(), 1u);
-  ASSERT_TRUE(slice->resize(90).is_ok());
+  ASSERT_TRUE(resize_in_place(*slice, 90).is_ok());
   EXPECT_EQ(slice->concurrency(), 8u);
   std::atomic<int> sum{0};
   slice->parallel_for(8, [&](size_t begin, size_t end) { sum += int(end - begin); });
   EXPECT_EQ(sum.load(), 8);
-  ASSERT_TRUE(slice->resize(25).is_ok());
+  ASSERT_TRUE(resize_in_place(*slice, 25).is_ok());
   EXPECT_EQ(slice->concurrency(), 2u);
+}
+
+// Threads of this process, from /proc/self/task.
+size_t thread_count() {
+  size_t n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) {
+    (void)entry;
+    ++n;
+  }
+  return n;
+}
+
+TEST_F(CpuSliceTest, PrepareBuildsThePoolAndSelectSwitchesWithoutCreatingThreads) {
+  auto slice = make(25, "affinity", 8);  // 2 threads
+  ASSERT_TRUE(slice);
+  const size_t base = thread_count();
+  auto small = slice->prepare(12.5);  // 1 thread: nothing to start
+  auto big = slice->prepare(90);      // 8 threads: 6 more, started parked
+  auto again = slice->prepare(90);
+  ASSERT_TRUE(small.is_ok() && big.is_ok() && again.is_ok());
+  EXPECT_EQ(*small, 1u);
+  EXPECT_EQ(*big, 2u);
+  EXPECT_EQ(*again, 2u);  // the same share is prepared once
+  EXPECT_EQ(slice->pool(), (std::vector<double>{25, 12.5, 90}));
+  EXPECT_EQ(thread_count(), base + 6);
+  EXPECT_EQ(slice->concurrency(), 2u);  // prepare does not switch
+  EXPECT_DOUBLE_EQ(slice->info().percent, 25);
+
+  ASSERT_TRUE(slice->select(*big).is_ok());
+  EXPECT_EQ(thread_count(), base + 6);
+  EXPECT_EQ(slice->concurrency(), 8u);
+  EXPECT_NE(slice->info().placement.find("quota 90%"), std::string::npos);
+  std::vector<std::atomic<int>> hits(64);
+  slice->parallel_for(64, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) hits[i].fetch_add(1);
+  });
+  for (const auto& h : hits) EXPECT_EQ(h.load(), 1);
+  ASSERT_TRUE(slice->select(*small).is_ok());
+  EXPECT_EQ(slice->concurrency(), 1u);
+  EXPECT_NE(slice->info().placement.find("no quota"), std::string::npos);
+  EXPECT_EQ(thread_count(), base + 6);  // parked, not stopped
+
+  EXPECT_EQ(slice->select(3).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(slice->concurrency(), 1u);
+}
+
+TEST_F(CpuSliceTest, SelectBetweenPreparedSharesTakesMicroseconds) {
+  auto slice = make(5, "affinity", 8);
+  ASSERT_TRUE(slice);
+  auto small = slice->prepare(30);
+  auto big = slice->prepare(100);
+  ASSERT_TRUE(small.is_ok() && big.is_ok());
+  constexpr int kSwitches = 1000;
+  std::vector<double> us;
+  us.reserve(kSwitches);
+  std::atomic<size_t> work{0};
+  for (int i = 0; i < kSwitches; ++i) {
+    const size_t index = i % 2 == 0 ? *big : *small;
+    const auto start = Clock::now();
+    ASSERT_TRUE(slice->select(index).is_ok());
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    // A batch between switches, as in the worker.
+    slice->parallel_for(8, [&](size_t begin, size_t end) { work += end - begin; });
+  }
+  EXPECT_EQ(work.load(), size_t{8} * kSwitches);
+  std::sort(us.begin(), us.end());
+  const double median = us[us.size() / 2];
+  const double p99 = us[us.size() * 99 / 100];
+  RecordProperty("select_median_us", std::to_string(median));
+  RecordProperty("select_p99_us", std::to_string(p99));
+  RecordProperty("select_max_us", std::to_string(us.back()));
+  std::printf("select(): median %.3f us, p99 %.3f us, max %.3f us over %d switches\n", median, p99,
+              us.back(), kSwitches);
+  EXPECT_LT(median, 100.0);
+  EXPECT_LT(p99, 1000.0);  // generous: the 2 shared cores may be busy with a build
 }
 
 TEST_F(CpuSliceTest, ProcessModeRefusesResize) {
   auto slice = make(50, "process");
   ASSERT_TRUE(slice);
-  Status status = slice->resize(100);
+  EXPECT_FALSE(slice->resizes_in_place());
+  EXPECT_EQ(slice->pool(), (std::vector<double>{50}));
+  auto prepared = slice->prepare(100);
+  ASSERT_FALSE(prepared.is_ok());
+  EXPECT_EQ(prepared.status().code(), ErrorCode::kUnavailable);
+  Status status = resize_in_place(*slice, 100);
   EXPECT_EQ(status.code(), ErrorCode::kUnavailable);
   EXPECT_NE(status.message().find("shadow resize"), std::string::npos) << status.message();
   EXPECT_EQ(slice->info().percent, 50);
+  EXPECT_TRUE(slice->select(0).is_ok());  // the share it has
+  EXPECT_EQ(slice->select(1).code(), ErrorCode::kInvalidArgument);
 }
 
 TEST_F(CpuSliceTest, RejectsInvalidOptions) {

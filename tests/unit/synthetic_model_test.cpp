@@ -1,17 +1,21 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sliceserve/backends/compute_context.h"
 #include "sliceserve/backends/cpu/cpu_slice.h"
 #include "sliceserve/backends/cpu/cpu_topology.h"
+#include "sliceserve/backends/weight_store.h"
 #include "sliceserve/worker/model.h"
 
 namespace sliceserve::worker {
@@ -239,6 +243,92 @@ TEST(SyntheticModelTest, MoreThreadsRunAFixedBatchFaster) {
   one->reset();
 }
 
+TEST(SyntheticModelTest, WeightsAreLoadedAndDoNotChangeTheOutputs) {
+  auto spec = make_spec({{"x", DataType::kFp32, 4}}, {{"y", DataType::kFp32, 4}});
+  ModelOptions options{"synthetic", "", 2e6, 16};
+  options.weights_mb = 1;
+  auto model = create_model(options, spec);  // no store: a private copy
+  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+  EXPECT_EQ((*model)->weights().bytes, 1u << 20);
+  EXPECT_EQ((*model)->weights().private_bytes, 1u << 20);
+  auto slice = backends::create_cpu_slice({100, "process", 0, 0});
+  ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
+  ASSERT_TRUE((*model)->warm_up(**slice).is_ok());
+  for (int round = 0; round < 3; ++round) {  // the threads walk on through the weights
+    ItemBuffers item(spec);
+    item.set_input<float>(0, {1.5f, -2.0f, 0.0f, float(round)});
+    const ItemIO io = item.io();
+    ASSERT_TRUE((*model)->run({&io, 1}, **slice).is_ok());
+    EXPECT_EQ(item.output<float>(0), (std::vector<float>{4.0f, -3.0f, 1.0f, 2.0f * round + 1}));
+  }
+  auto plain = make_model("synthetic", spec);
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->weights().bytes, 0u);
+}
+
+TEST(SyntheticModelTest, ASecondModelOfTheSegmentMapsTheFirstOnesWeights) {
+  const std::string segment = "/sliceserve.test" + std::to_string(getpid()) + ".synthw";
+  backends::remove_host_weights(segment);
+  auto spec = make_spec({{"x", DataType::kFp32, 4}}, {{"y", DataType::kFp32, 4}});
+  ModelOptions options{"synthetic", "", 1e5, 16};
+  options.weights_mb = 2;
+  auto live_store = backends::open_host_weight_store(segment);
+  auto shadow_store = backends::open_host_weight_store(segment);
+  ASSERT_TRUE(live_store.is_ok() && shadow_store.is_ok());
+  auto live = create_model(options, spec, live_store->get());
+  ASSERT_TRUE(live.is_ok()) << live.status().to_string();
+  auto shadow = create_model(options, spec, shadow_store->get());
+  ASSERT_TRUE(shadow.is_ok()) << shadow.status().to_string();
+  EXPECT_EQ((*live)->weights().bytes, 2u << 20);
+  EXPECT_EQ((*live)->weights().private_bytes, 2u << 20);
+  EXPECT_EQ((*shadow)->weights().bytes, 2u << 20);
+  EXPECT_EQ((*shadow)->weights().private_bytes, 0u);
+  EXPECT_EQ((*shadow_store)->private_bytes(), 0u);
+  EXPECT_EQ((*shadow_store)->mapped_bytes(), 2u << 20);
+
+  // The region holds the documented pattern, in [0, 1].
+  auto region = (*shadow_store)->get_or_create("synthetic", 2u << 20, [](std::span<std::byte>) {
+    return Status(ErrorCode::kInternal, "must not fill");
+  });
+  ASSERT_TRUE(region.is_ok());
+  const float* w = reinterpret_cast<const float*>(region->data);
+  for (size_t j = 0; j < region->bytes / sizeof(float); j += 997) {
+    ASSERT_EQ(w[j], synthetic_weight(j)) << j;
+    ASSERT_GE(w[j], 0.0f);
+    ASSERT_LE(w[j], 1.0f);
+  }
+  InlineContext ctx(2);
+  ItemBuffers item(spec);
+  item.set_input<float>(0, {1, 2, 3, 4});
+  const ItemIO io = item.io();
+  ASSERT_TRUE((*shadow)->run({&io, 1}, ctx).is_ok());
+  EXPECT_EQ(item.output<float>(0), (std::vector<float>{3, 5, 7, 9}));
+  backends::remove_host_weights(segment);
+}
+
+TEST(SyntheticModelTest, LoadDelayEmulatesASlowLoadAndStopCutsItShort) {
+  auto spec = make_spec({{"x", DataType::kFp32, 4}}, {{"y", DataType::kFp32, 4}});
+  ModelOptions options{"synthetic", "", 1e4, 16};
+  options.load_delay_ms = 150;
+  auto start = std::chrono::steady_clock::now();
+  auto model = create_model(options, spec);
+  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(150));
+
+  std::atomic<bool> stop{false};
+  options.load_delay_ms = 60'000;
+  options.stop = &stop;
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    stop.store(true);
+  });
+  start = std::chrono::steady_clock::now();
+  auto stopped = create_model(options, spec);
+  stopper.join();
+  EXPECT_EQ(stopped.status().code(), ErrorCode::kUnavailable);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
 TEST(NullModelTest, CopiesInputZeroToOutputZero) {
   auto spec = make_spec({{"x", DataType::kUint8, 6}, {"w", DataType::kUint8, 2}},
                         {{"y", DataType::kUint8, 4}, {"z", DataType::kUint8, 3}});
@@ -274,6 +364,8 @@ TEST(ModelFactoryTest, RejectsInvalidOptions) {
       {"synthetic", "", nan, 256},
       {"synthetic", "", 1e6, 0},
       {"synthetic", "", 1e6, (1u << 20) + 1},
+      {"synthetic", "", 1e6, 256, (1u << 16) + 1},
+      {"synthetic", "", 1e6, 256, 0, 600'001},
   };
   for (const ModelOptions& options : bad) {
     auto model = create_model(options, spec);

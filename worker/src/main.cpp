@@ -1,14 +1,20 @@
 // sliceserve-worker: serves one model from its shared-memory segment. Spawned and supervised by
 // sliceserved; see docs/architecture.md for the life cycle (LOADING -> READY -> SERVING).
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <string>
+#include <vector>
 
 #include "sliceserve/backends/cpu/cpu_slice.h"
+#include "sliceserve/backends/weight_store.h"
+#include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/segment.h"
 #include "sliceserve/shm/worker_port.h"
 #include "sliceserve/worker/model.h"
@@ -31,6 +37,7 @@ struct Args {
   unsigned first_core = 0;
   uint32_t max_batch = 8;
   uint32_t max_queue_delay_us = 1000;
+  std::vector<double> slice_pool;
   sliceserve::worker::ModelOptions model;
   std::string log_level = "info";
 };
@@ -44,6 +51,15 @@ int serve(const Args& args) {
     spdlog::error("cannot attach {}: {}", args.segment, segment.status().to_string());
     return kExitLoad;
   }
+  // From here on the log names the model rather than the segment path.
+  const shm::SegmentHeader& header = segment->header();
+  std::string model_name;
+  for (size_t i = 0; i < sizeof header.model_name && header.model_name[i] != '\0'; ++i) {
+    if (header.model_name[i] == '%') model_name += '%';  // literal in a spdlog pattern
+    model_name += header.model_name[i];
+  }
+  spdlog::set_pattern(
+      fmt::format("%Y-%m-%d %H:%M:%S.%e [worker {} e{} pid %P] [%l] %v", model_name, args.epoch));
   shm::WorkerPort port(*segment, args.epoch);
   port.publish_state(shm::WorkerState::kLoading);
   auto fail = [&](const Status& s, const char* what) {
@@ -62,16 +78,54 @@ int serve(const Args& args) {
                                            .machine_cores = args.cores,
                                            .first_core = args.first_core});
   if (!slice.is_ok()) return fail(slice.status(), "slice");
-  auto model = worker::create_model(args.model, segment->spec());
-  if (!model.is_ok()) return fail(model.status(), "model");
+  if ((*slice)->resizes_in_place()) {
+    // The shares the controller may switch to later, built now so a switch creates nothing.
+    for (double percent : args.slice_pool) {
+      auto index = (*slice)->prepare(percent);
+      if (!index.is_ok()) return fail(index.status(), "slice pool");
+    }
+  } else if (!args.slice_pool.empty()) {
+    spdlog::info("--slice-pool ignored: this slice changes its share by shadow resize");
+  }
+  // Weights are shared with the model's other workers (a shadow maps the live worker's copy).
+  auto weights = backends::open_host_weight_store(args.segment);
+  if (!weights.is_ok()) return fail(weights.status(), "weights");
+  worker::ModelOptions model_options = args.model;
+  model_options.stop = &g_stop;
+  const uint64_t load_start = shm::monotonic_ns();
+  auto model = worker::create_model(model_options, segment->spec(), weights->get());
+  if (!model.is_ok()) {
+    if (g_stop.load()) return kExitOk;  // told to stop while loading
+    return fail(model.status(), "model");
+  }
+  const worker::WeightUsage usage = (*model)->weights();
+  spdlog::info("model loaded in {} ms, weights {} MiB ({} MiB private)",
+               (shm::monotonic_ns() - load_start) / 1'000'000, usage.bytes >> 20,
+               usage.private_bytes >> 20);
   Status warm = (*model)->warm_up(**slice);
   if (!warm.is_ok()) return fail(warm, "warm-up");
+  if ((*slice)->resizes_in_place() && (*slice)->pool().size() > 1) {
+    // Warm every prepared share too, so that the first batch after a switch finds its threads'
+    // state in place; then back to the initial share.
+    auto initial = (*slice)->prepare((*slice)->info().percent);
+    if (!initial.is_ok()) return fail(initial.status(), "slice pool");
+    for (size_t i = 0; i < (*slice)->pool().size(); ++i) {
+      if (i == *initial) continue;
+      Status selected = (*slice)->select(i);
+      if (selected.is_ok()) selected = (*model)->warm_up(**slice);
+      if (!selected.is_ok()) return fail(selected, "warm-up of the slice pool");
+    }
+    Status back = (*slice)->select(*initial);
+    if (!back.is_ok()) return fail(back, "slice pool");
+  }
 
   worker::ServeLoop loop(
       *segment, port, **model, **slice,
       {.max_batch = args.max_batch, .max_queue_delay_us = args.max_queue_delay_us});
   port.publish_state(shm::WorkerState::kReady);
-  spdlog::info("ready: {} threads, {}", (*slice)->info().threads, (*slice)->info().placement);
+  spdlog::info("ready: {}%, {} compute threads, {}; slice pool {}", (*slice)->info().percent,
+               (*slice)->info().threads, (*slice)->info().placement,
+               fmt::join((*slice)->pool(), ","));
   // The controller gives us the ring (first start, restart, or a handover to this shadow).
   while (!port.wait_for_ownership(1'000'000'000, &g_stop)) {
     if (g_stop.load()) return kExitOk;
@@ -108,6 +162,15 @@ int main(int argc, char** argv) {
   app.add_option("--model-path", args.model.path, "Model file");
   app.add_option("--flops-per-item", args.model.flops_per_item, "synthetic: flops per item");
   app.add_option("--working-set-kb", args.model.working_set_kb, "synthetic: working set");
+  app.add_option("--weights-mb", args.model.weights_mb,
+                 "synthetic: MiB of weights, shared with the model's other workers");
+  app.add_option("--load-delay-ms", args.model.load_delay_ms,
+                 "synthetic: simulated extra model load time");
+  app.add_option("--slice-pool", args.slice_pool,
+                 "Shares (percent) to prepare for instant resize, e.g. 5,10,...,100 (cpu "
+                 "mode=affinity; ignored by slices that resize by shadow)")
+      ->delimiter(',')
+      ->check(CLI::Range(0.001, 100.0));
   app.add_option("--log-level", args.log_level, "trace|debug|info|warn|error|off");
   CLI11_PARSE(app, argc, argv);
 

@@ -31,11 +31,11 @@ Status check_spec(const shm::ModelSpec& spec) {
 
 }  // namespace
 
-Result<std::unique_ptr<Model>> create_model(const ModelOptions& options,
-                                            const shm::ModelSpec& spec) {
+Result<std::unique_ptr<Model>> create_model(const ModelOptions& options, const shm::ModelSpec& spec,
+                                            backends::WeightStore* weights) {
   RETURN_IF_ERROR(check_spec(spec));
   if (options.kind == "null") return create_null_model(spec);
-  if (options.kind == "synthetic") return create_synthetic_model(options, spec);
+  if (options.kind == "synthetic") return create_synthetic_model(options, spec, weights);
   if (options.kind == "onnx") {
     if (options.path.empty()) {
       return Status(ErrorCode::kInvalidArgument, "model kind \"onnx\" needs a path");

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/latency_histogram.h"
@@ -49,7 +50,33 @@ ServeLoop::ServeLoop(shm::Segment& segment, shm::WorkerPort& port, Model& model,
   options_.max_batch = std::clamp<uint32_t>(options_.max_batch, 1, shm::kMaxBatch);
   batch_.reserve(shm::kMaxBatch);
   scratch_.resize(shm::kMaxBatch);
+  // These fields are ours alone; a stats block taken over from an older epoch may still hold
+  // that epoch's values.
+  shm::WorkerStats& st = port_.stats();
+  for (auto& b : st.batch_exec_ns) b.store(0, std::memory_order_relaxed);
+  st.first_batch_at_slice_ns.store(0, std::memory_order_relaxed);
+  st.slice_changed_ns.store(0, std::memory_order_relaxed);
+  const WeightUsage weights = model_.weights();
+  st.weight_bytes.store(weights.bytes, std::memory_order_relaxed);
+  st.weight_private_bytes.store(weights.private_bytes, std::memory_order_relaxed);
   publish_config();
+}
+
+void ServeLoop::mark_slice_changed() {
+  shm::WorkerStats& st = port_.stats();
+  // first_batch_at_slice_ns is cleared first, so a reader never pairs the new slice_changed_ns
+  // with the previous slice's first batch (it sees 0: not yet).
+  st.first_batch_at_slice_ns.store(0, std::memory_order_relaxed);
+  st.slice_changed_ns.store(shm::monotonic_ns(), std::memory_order_release);
+  first_batch_pending_ = true;
+}
+
+void ServeLoop::hand_over() {
+  const uint64_t next = port_.hand_over();
+  spdlog::info("handed the ring over to epoch {}{}", next,
+               batch_.empty()
+                   ? std::string()
+                   : ", completing the " + std::to_string(batch_.size()) + " requests in hand");
 }
 
 void ServeLoop::publish_config() {
@@ -60,18 +87,25 @@ void ServeLoop::publish_config() {
 
 ServeExit ServeLoop::run(const std::atomic<bool>& stop) {
   const shm::SegmentHeader& header = segment_.header();
+  mark_slice_changed();  // a worker taking the ring starts at its slice now
   batch_ = port_.recover_orphans();
   if (!batch_.empty()) spdlog::warn("re-running {} requests of a dead worker", batch_.size());
   last_recovery_ns_ = last_liveness_ns_ = shm::monotonic_ns();
   for (;;) {
-    if (!batch_.empty()) run_batch();
-    batch_.clear();
+    if (!batch_.empty()) {
+      // A handover asked for while we collected this batch goes first: the new owner claims
+      // the next requests while we run this one.
+      const bool handing_over = port_.handover_requested();
+      if (handing_over) hand_over();
+      run_batch();
+      batch_.clear();
+      if (handing_over) return ServeExit::kHandedOver;
+    }
     port_.stats().heartbeat_ns.store(shm::monotonic_ns(), std::memory_order_relaxed);
 
     if (handle_mailbox()) return ServeExit::kDrained;
     if (port_.handover_requested()) {
-      uint64_t next = port_.hand_over();
-      spdlog::info("handed the ring over to epoch {}", next);
+      hand_over();
       return ServeExit::kHandedOver;
     }
     if (!port_.owns_ring()) return ServeExit::kHandedOver;  // taken by the controller
@@ -106,7 +140,9 @@ void ServeLoop::collect_batch(const std::atomic<bool>& stop) {
     const uint32_t token = last ? port_.work_token() : 0;
     size_t n = port_.claim(std::span(scratch_.data(), max));
     batch_.insert(batch_.end(), scratch_.begin(), scratch_.begin() + n);
-    if (batch_.empty() && last) port_.wait_for_work(token, kIdleWaitNs);
+    // The controller rings the same bell for a handover or a command; one that came before the
+    // token was taken would not wake us, so look for it before sleeping.
+    if (batch_.empty() && last && !control_pending()) port_.wait_for_work(token, kIdleWaitNs);
   }
   if (batch_.empty()) return;
   // A partial batch waits for more until the first request has queued max_queue_delay.
@@ -151,6 +187,10 @@ void ServeLoop::run_batch() {
 
   slice_.begin_batch();
   const uint64_t start = shm::monotonic_ns();
+  if (first_batch_pending_) {
+    first_batch_pending_ = false;
+    port_.stats().first_batch_at_slice_ns.store(start, std::memory_order_relaxed);
+  }
   Status status = model_.run(items_, slice_);
   const uint64_t compute = shm::monotonic_ns() - start;
   if (!status.is_ok()) spdlog::error("batch of {} failed: {}", items_.size(), status.to_string());
@@ -160,8 +200,9 @@ void ServeLoop::run_batch() {
   }
   shm::WorkerStats& st = port_.stats();
   st.batches.fetch_add(1, std::memory_order_relaxed);
-  st.batch_hist[std::min<size_t>(items_.size(), shm::kMaxBatch)].fetch_add(
-      1, std::memory_order_relaxed);
+  const size_t size = std::min<size_t>(items_.size(), shm::kMaxBatch);
+  st.batch_hist[size].fetch_add(1, std::memory_order_relaxed);
+  st.batch_exec_ns[size].fetch_add(compute, std::memory_order_relaxed);
   st.busy_ns.fetch_add(compute, std::memory_order_relaxed);
   // Quota slices sleep here, after the clients already have their answers.
   slice_.end_batch();
@@ -185,6 +226,14 @@ void ServeLoop::finish(const shm::ClaimedSlot& claimed, const Status& status, ui
   st.compute_ns.fetch_add(compute_ns, std::memory_order_relaxed);
   const uint64_t latency_us = now > enqueue ? (now - enqueue) / 1000 : 0;
   st.latency_hist[shm::latency_bucket(latency_us)].fetch_add(1, std::memory_order_relaxed);
+}
+
+bool ServeLoop::control_pending() const {
+  const shm::Mailbox& m = segment_.mailbox();
+  // Acquire pairs with the controller's release of request_seq: target_epoch is set.
+  const uint64_t seq = m.request_seq.load(std::memory_order_acquire);
+  return port_.handover_requested() ||
+         (seq != m.ack_seq.load(std::memory_order_relaxed) && m.target_epoch == port_.epoch());
 }
 
 bool ServeLoop::handle_mailbox() {
@@ -212,8 +261,13 @@ bool ServeLoop::handle_mailbox() {
       }
       break;
     case shm::Command::kSetSlice:
-      result = slice_.resize(double(arg));
-      if (result.is_ok()) reply = "slice " + slice_.info().placement;
+      // The argument is an integer percent; the slice validates the range.
+      result = backends::resize_in_place(slice_, double(arg));
+      if (result.is_ok()) {
+        mark_slice_changed();
+        reply = "slice " + std::to_string(arg) + "%: " + slice_.info().placement;
+        spdlog::info("{}", reply);
+      }
       break;
     case shm::Command::kDrain:
       drain = true;

@@ -31,15 +31,23 @@ std::string format_percent(double value) {
   return text;
 }
 
+// One prepared share of an affinity slice (the only one of a process slice).
+struct PoolEntry {
+  double percent = 0;
+  CpuSharePlan plan;
+  std::vector<unsigned> cpus;  // cpus[i]: compute thread i's cpu
+};
+
 class CpuSlice final : public Slice {
  public:
-  CpuSlice(CpuSliceOptions options, std::vector<unsigned> machine, CpuSharePlan plan,
+  CpuSlice(CpuSliceOptions options, std::vector<unsigned> machine, PoolEntry first,
            std::unique_ptr<PinnedPool> pool)
       : options_(std::move(options)),
         machine_(std::move(machine)),
-        plan_(plan),
         pool_(std::move(pool)),
-        throttle_(plan.duty) {}
+        throttle_(first.plan.duty) {
+    entries_.push_back(std::move(first));
+  }
 
   unsigned concurrency() const override { return pool_->size(); }
 
@@ -48,13 +56,14 @@ class CpuSlice final : public Slice {
   }
 
   SliceInfo info() const override {
+    const PoolEntry& entry = entries_[active_];
     SliceInfo info;
     info.backend = "cpu";
     info.mode = options_.mode;
-    info.percent = options_.percent;
+    info.percent = entry.percent;
     info.threads = pool_->size();
     info.placement = "cores " + format_cpu_list(pool_->cpus()) + ", " +
-                     (throttle_.active() ? "quota " + format_percent(100.0 * plan_.duty)
+                     (throttle_.active() ? "quota " + format_percent(100.0 * entry.plan.duty)
                                          : std::string("no quota"));
     return info;
   }
@@ -69,17 +78,41 @@ class CpuSlice final : public Slice {
     if (sleep > DutyCycleThrottle::Duration::zero()) std::this_thread::sleep_for(sleep);
   }
 
-  Status resize(double percent) override {
-    if (options_.mode != "affinity") {
+  bool resizes_in_place() const override { return options_.mode == "affinity"; }
+
+  Result<size_t> prepare(double percent) override {
+    if (!resizes_in_place()) {
       return Status(ErrorCode::kUnavailable,
                     "cpu mode=" + options_.mode + " changes its share by shadow resize");
     }
     ASSIGN_OR_RETURN(CpuSharePlan plan, plan_cpu_share(percent, options_.machine_cores));
-    RETURN_IF_ERROR(pool_->repin(
-        pick_cpus(machine_, options_.machine_cores, options_.first_core, plan.threads)));
-    options_.percent = percent;
-    plan_ = plan;
-    throttle_.set_duty(plan.duty);
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (std::abs(entries_[i].percent - percent) <= kSamePercent) return i;
+    }
+    PoolEntry entry{percent, plan,
+                    pick_cpus(machine_, options_.machine_cores, options_.first_core, plan.threads)};
+    RETURN_IF_ERROR(pool_->reserve(entry.cpus));
+    entries_.push_back(std::move(entry));
+    return entries_.size() - 1;
+  }
+
+  std::vector<double> pool() const override {
+    std::vector<double> shares;
+    for (const PoolEntry& entry : entries_) shares.push_back(entry.percent);
+    return shares;
+  }
+
+  Status select(size_t index) override {
+    if (index >= entries_.size()) {
+      return Status(ErrorCode::kInvalidArgument, "cpu slice pool has no entry " +
+                                                     std::to_string(index) + " (it holds " +
+                                                     std::to_string(entries_.size()) + ")");
+    }
+    if (index == active_) return Status::ok();
+    const PoolEntry& entry = entries_[index];
+    RETURN_IF_ERROR(pool_->activate(entry.cpus));
+    active_ = index;
+    throttle_.set_duty(entry.plan.duty);
     return Status::ok();
   }
 
@@ -96,9 +129,12 @@ class CpuSlice final : public Slice {
   }
 
  private:
-  CpuSliceOptions options_;
-  std::vector<unsigned> machine_;  // cpus this process may run on, ascending
-  CpuSharePlan plan_;
+  static constexpr double kSamePercent = 1e-9;
+
+  CpuSliceOptions options_;         // options_.percent: the share the slice was created with
+  std::vector<unsigned> machine_;   // cpus this process may run on, ascending
+  std::vector<PoolEntry> entries_;  // prepared shares; entries_[0] is the initial one
+  size_t active_ = 0;
   std::unique_ptr<PinnedPool> pool_;
   DutyCycleThrottle throttle_;
 };
@@ -135,11 +171,12 @@ Result<std::unique_ptr<Slice>> create_cpu_slice(const CpuSliceOptions& options) 
                       " cores");
   }
   ASSIGN_OR_RETURN(CpuSharePlan plan, plan_cpu_share(resolved.percent, resolved.machine_cores));
-  ASSIGN_OR_RETURN(std::unique_ptr<PinnedPool> pool,
-                   PinnedPool::create(CpuSlice::pick_cpus(machine, resolved.machine_cores,
-                                                          resolved.first_core, plan.threads)));
-  return std::unique_ptr<Slice>(
-      std::make_unique<CpuSlice>(std::move(resolved), std::move(machine), plan, std::move(pool)));
+  PoolEntry first{
+      resolved.percent, plan,
+      CpuSlice::pick_cpus(machine, resolved.machine_cores, resolved.first_core, plan.threads)};
+  ASSIGN_OR_RETURN(std::unique_ptr<PinnedPool> pool, PinnedPool::create(first.cpus));
+  return std::unique_ptr<Slice>(std::make_unique<CpuSlice>(std::move(resolved), std::move(machine),
+                                                           std::move(first), std::move(pool)));
 }
 
 }  // namespace sliceserve::backends

@@ -24,9 +24,18 @@
 //              non-zero, NaN -> 0. The arithmetic is folded into the result so the compiler
 //              cannot drop it (a comparison with a value the loop can never produce) without
 //              changing it.
+//              Weights (weights_mb > 0): weights_mb MiB of floats in [0, 1], a fixed seeded
+//              pattern, loaded once per model through the WeightStore as region "synthetic" (so
+//              a shadow worker maps the live worker's copy instead of making its own; without a
+//              store the model holds a private copy). The FMA loop then reads them as its
+//              offset, x[i] = 0.5f * x[i] + 0.5f * w[j], each thread walking through all of the
+//              weights batch after batch; x stays in [0, 1] and the outputs above do not change.
+//              load_delay_ms: extra time create_model takes, to emulate a slow model load (an
+//              MPS reconfiguration takes ~10 s) in demos and tests; `stop` cuts it short.
 //
 // "onnx"       Reserved for the engine (needs `path`); not built yet: kUnavailable.
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -34,6 +43,7 @@
 #include <string>
 
 #include "sliceserve/backends/compute_context.h"
+#include "sliceserve/backends/weight_store.h"
 #include "sliceserve/shm/status.h"
 #include "sliceserve/shm/tensor_spec.h"
 
@@ -50,6 +60,18 @@ struct ModelOptions {
   std::string path;               // model file, for kinds that load one
   double flops_per_item = 1e6;    // synthetic: floating point operations per item, >= 0
   uint32_t working_set_kb = 256;  // synthetic: per-thread working set, 1 KiB .. 1 GiB
+  uint32_t weights_mb = 0;        // synthetic: MiB of weights, 0 .. 65536 (0: none)
+  uint32_t load_delay_ms = 0;     // synthetic: simulated extra load time, 0 .. 600000
+  // Cuts a load delay short when it turns true (a worker told to stop while loading): the load
+  // then fails with kUnavailable. Nullable.
+  const std::atomic<bool>* stop = nullptr;
+};
+
+// Model weights this model holds: `bytes` in all, of which `private_bytes` are its own copy
+// (the rest is mapped from another worker's copy through the WeightStore).
+struct WeightUsage {
+  uint64_t bytes = 0;
+  uint64_t private_bytes = 0;
 };
 
 class Model {
@@ -61,11 +83,17 @@ class Model {
   // Computes every item of the batch in place; inputs were validated against spec().
   // kInvalidArgument if an item does not carry one pointer per declared tensor.
   virtual Status run(std::span<const ItemIO> batch, backends::ComputeContext& ctx) = 0;
+  virtual WeightUsage weights() const { return {}; }
 };
 
 // kInvalidArgument for an unknown kind, a kind needing a path without one, bad options or a spec
-// the kind cannot serve.
-Result<std::unique_ptr<Model>> create_model(const ModelOptions& options,
-                                            const shm::ModelSpec& spec);
+// the kind cannot serve. `weights` (nullable, must outlive the model) is where a kind with
+// weights gets them, shared with the model's other workers; without it the model loads a
+// private copy.
+Result<std::unique_ptr<Model>> create_model(const ModelOptions& options, const shm::ModelSpec& spec,
+                                            backends::WeightStore* weights = nullptr);
+
+// Weight j of the synthetic model: a fixed pseudo-random pattern (splitmix64 of j), in [0, 1].
+float synthetic_weight(size_t j);
 
 }  // namespace sliceserve::worker
