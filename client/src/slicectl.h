@@ -31,4 +31,16 @@ struct BenchOptions {
 };
 int run_bench(const std::string& instance, const BenchOptions& options);
 
+// resize / policy / backend, through sliceserved's admin socket.
+struct ControlOptions {
+  std::string command;  // "resize" | "policy" | "backend"
+  std::string model;
+  double slice = 0;       // resize
+  bool policy_on = true;  // policy
+  std::string backend;    // backend, e.g. "cpu:affinity"
+  bool wait = true;       // resize/backend: wait until the swap is done or failed
+  uint32_t wait_timeout_ms = 60000;
+};
+int run_control(const std::string& instance, const ControlOptions& options);
+
 }  // namespace sliceserve::slicectl

@@ -2,6 +2,9 @@
 //
 //   slicectl status [--json] [--instance NAME | --config FILE]
 //   slicectl bench MODEL (--rate R | --concurrency C) [--duration S] ... [--instance NAME]
+//   slicectl resize MODEL SLICE [--no-wait]
+//   slicectl policy MODEL on|off
+//   slicectl backend MODEL NAME [--no-wait]
 //
 // The global options (--instance, --config) go before or after the subcommand.
 //
@@ -47,7 +50,7 @@ std::optional<std::string> resolve_instance(const GlobalOptions& g) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"slicectl: status and load generation for a SliceServe instance"};
+  CLI::App app{"slicectl: status, control and load generation for a SliceServe instance"};
   app.require_subcommand(1);
   // Global options may also follow the subcommand: `slicectl status --instance demo`.
   app.fallthrough();
@@ -91,6 +94,28 @@ int main(int argc, char** argv) {
                         "with one request in flight, else 0)");
   bench_cmd->add_option("--seed", bench.seed, "Seed of the random input data");
 
+  slicectl::ControlOptions control;
+  bool no_wait = false;
+  auto* resize_cmd = app.add_subcommand(
+      "resize", "Resize a model's slice now (in place or by shadow worker); pins its policy");
+  resize_cmd->add_option("model", control.model, "Model")->required();
+  resize_cmd->add_option("slice", control.slice, "New slice, percent of the device")
+      ->required()
+      ->check(CLI::Range(0.001, 100.0));
+  resize_cmd->add_flag("--no-wait", no_wait, "Return once the resize has started");
+  std::string policy_state;
+  auto* policy_cmd = app.add_subcommand("policy", "Let the SLO policy manage a model, or pin it");
+  policy_cmd->add_option("model", control.model, "Model")->required();
+  policy_cmd->add_option("state", policy_state, "on | off")
+      ->required()
+      ->check(CLI::IsMember({"on", "off"}));
+  auto* backend_cmd = app.add_subcommand(
+      "backend",
+      "Move a model to another backend by a shadow handover (cpu:process, cpu:affinity)");
+  backend_cmd->add_option("model", control.model, "Model")->required();
+  backend_cmd->add_option("name", control.backend, "Backend name")->required();
+  backend_cmd->add_flag("--no-wait", no_wait, "Return once the switch has started");
+
   CLI11_PARSE(app, argc, argv);
 
   if (bench_cmd->parsed() && !bench.rate && !bench.concurrency) {
@@ -100,5 +125,12 @@ int main(int argc, char** argv) {
   std::optional<std::string> instance = resolve_instance(global);
   if (!instance) return slicectl::kExitFailure;
   if (status_cmd->parsed()) return slicectl::run_status(*instance, status);
+  for (auto* cmd : {resize_cmd, policy_cmd, backend_cmd}) {
+    if (!cmd->parsed()) continue;
+    control.command = cmd->get_name();
+    control.policy_on = policy_state == "on";
+    control.wait = !no_wait;
+    return slicectl::run_control(*instance, control);
+  }
   return slicectl::run_bench(*instance, bench);
 }

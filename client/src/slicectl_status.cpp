@@ -60,6 +60,13 @@ struct Row {
   uint32_t lanes_in_use = 0;
   uint32_t in_flight = 0;
   std::optional<WorkerInfo> shadow;
+  std::string backend;
+  bool policy_on = true;
+  uint32_t resizes = 0;
+  uint32_t failed_resizes = 0;
+  uint64_t completed_total = 0;
+  std::string last_decision;
+  std::string last_resize;
 };
 
 Row read_row(const std::string& instance, const std::string& model) {
@@ -97,11 +104,14 @@ Row read_row(const std::string& instance, const std::string& model) {
     const uint64_t now = shm::monotonic_ns();
     row.summary_age_ms = now > updated ? (now - updated) / 1'000'000 : 0;
   }
-  // A shadow worker (resize in progress) runs at the next epoch.
-  if (row.epoch != 0) {
-    std::optional<WorkerInfo> next = worker_info(*segment, row.epoch + 1);
-    if (next && (next->state == "loading" || next->state == "ready")) row.shadow = next;
-  }
+  row.shadow = worker_info(*segment, s.shadow_epoch.load(std::memory_order_relaxed));
+  row.backend = shm::load_text(s.backend);
+  row.policy_on = s.policy_on.load(std::memory_order_relaxed) != 0;
+  row.resizes = s.resizes.load(std::memory_order_relaxed);
+  row.failed_resizes = s.failed_resizes.load(std::memory_order_relaxed);
+  row.completed_total = s.completed_total.load(std::memory_order_relaxed);
+  row.last_decision = shm::load_text(s.last_decision);
+  row.last_resize = shm::load_text(s.last_resize);
   row.lanes = segment->geometry().lanes;
   row.lanes_in_use = uint32_t(__builtin_popcountll(h.active_lanes.load(std::memory_order_relaxed)));
   const shm::SlotCensus census = shm::slot_census(*segment);
@@ -137,14 +147,21 @@ nlohmann::json row_json(const Row& r) {
   j["lanes_in_use"] = r.lanes_in_use;
   j["in_flight"] = r.in_flight;
   j["shadow"] = r.shadow ? worker_json(*r.shadow) : nlohmann::json();
+  j["backend"] = r.backend;
+  j["policy"] = r.policy_on;
+  j["resizes"] = r.resizes;
+  j["failed_resizes"] = r.failed_resizes;
+  j["completed_total"] = r.completed_total;
+  j["last_decision"] = r.last_decision;
+  j["last_resize"] = r.last_resize;
   return j;
 }
 
 void print_table(const std::string& instance, const std::vector<Row>& rows) {
   fmt::print("instance {}\n", instance);
-  fmt::print("{:<20} {:>6} {:>8} {:>6} {:<10} {:>10} {:>10} {:>8} {:>8} {:>6} {:>5} {:>8}\n",
+  fmt::print("{:<20} {:>6} {:>8} {:>6} {:<10} {:>10} {:>10} {:>8} {:>8} {:>6} {:>5} {:>8}  {}\n",
              "MODEL", "SLICE%", "PID", "EPOCH", "STATE", "ARRIVAL/s", "DONE/s", "P50ms", "P99ms",
-             "SLOms", "MAXB", "RESTARTS");
+             "SLOms", "MAXB", "RESTARTS", "BACKEND/POLICY");
   for (const Row& r : rows) {
     if (!r.error.empty()) {
       fmt::print("{:<20} {}: {}\n", r.model, r.state, r.error);
@@ -157,13 +174,19 @@ void print_table(const std::string& instance, const std::vector<Row>& rows) {
     if (r.summary_age_ms) {
       fmt::print(
           "{:<20} {:>6} {:>8} {:>6} {:<10} {:>10.1f} {:>10.1f} {:>8.2f} {:>8.2f} {:>6} "
-          "{:>5} {:>8}\n",
+          "{:>5} {:>8}  {} {}\n",
           r.model, r.slice_percent, pid, r.epoch, state, r.arrival_rps, r.completion_rps, r.p50_ms,
-          r.p99_ms, r.slo_ms, r.max_batch, r.restarts);
+          r.p99_ms, r.slo_ms, r.max_batch, r.restarts, r.backend, r.policy_on ? "on" : "pinned");
     } else {  // no controller summary yet: rates and percentiles unknown
-      fmt::print("{:<20} {:>6} {:>8} {:>6} {:<10} {:>10} {:>10} {:>8} {:>8} {:>6} {:>5} {:>8}\n",
-                 r.model, r.slice_percent, pid, r.epoch, state, "-", "-", "-", "-", r.slo_ms,
-                 r.max_batch, r.restarts);
+      fmt::print(
+          "{:<20} {:>6} {:>8} {:>6} {:<10} {:>10} {:>10} {:>8} {:>8} {:>6} {:>5} {:>8}  {} {}\n",
+          r.model, r.slice_percent, pid, r.epoch, state, "-", "-", "-", "-", r.slo_ms, r.max_batch,
+          r.restarts, r.backend, r.policy_on ? "on" : "pinned");
+    }
+    if (!r.last_decision.empty()) fmt::print("    policy: {}\n", r.last_decision);
+    if (!r.last_resize.empty()) {
+      fmt::print("    last resize ({} done, {} failed): {}\n", r.resizes, r.failed_resizes,
+                 r.last_resize);
     }
   }
 }

@@ -34,7 +34,17 @@ constexpr int64_t kMaxCores = 1024;                     // CPU_SETSIZE
 constexpr int64_t kMaxU32 = std::numeric_limits<uint32_t>::max();
 constexpr off_t kMaxConfigFileBytes = off_t{16} << 20;
 
-constexpr std::string_view kTopLevelKeys[] = {"server", "backend", "model"};
+constexpr std::string_view kTopLevelKeys[] = {"server", "backend", "policy", "model"};
+constexpr std::string_view kPolicyKeys[] = {"enabled",
+                                            "min_slice",
+                                            "min_step",
+                                            "grow_p99_fraction",
+                                            "shrink_p99_fraction",
+                                            "shrink_after",
+                                            "cooldown",
+                                            "target_utilization",
+                                            "resize_timeout_ms",
+                                            "failed_resize_backoff_ms"};
 constexpr std::string_view kServerKeys[] = {"instance",
                                             "backend",
                                             "policy_interval_ms",
@@ -57,6 +67,10 @@ constexpr std::string_view kModelKeys[] = {"name",
                                            "max_queue_delay_us",
                                            "flops_per_item",
                                            "working_set_kb",
+                                           "weights_mb",
+                                           "load_delay_ms",
+                                           "backend",
+                                           "policy",
                                            "lanes",
                                            "slots_per_lane",
                                            "inputs",
@@ -269,6 +283,7 @@ class ConfigParser {
     check_keys(root, "", kTopLevelKeys);
     parse_server(root, config.server);
     parse_backend(root, config.cpu);
+    parse_policy(root, config.policy);
     parse_models(root, config.models);
     if (issues_.empty()) return config;
 
@@ -385,6 +400,30 @@ class ConfigParser {
     if (auto v = read_int(table, prefix, key, lo, hi)) out = static_cast<uint32_t>(*v);
   }
 
+  std::optional<bool> read_bool(const toml::table& table, std::string_view prefix,
+                                std::string_view key) {
+    const toml::node* node = table.get(key);
+    if (!node) return std::nullopt;
+    if (const auto* value = node->as_boolean()) return value->get();
+    report(*node, join_key(prefix, key),
+           fmt::format("must be true or false, not {}", type_name(*node)));
+    return std::nullopt;
+  }
+
+  // A number in [lo, hi] into `out`; out of range is reported.
+  void read_fraction(const toml::table& table, std::string_view prefix, std::string_view key,
+                     double lo, double hi, double& out) {
+    if (auto v = read_number(table, prefix, key)) {
+      if (*v >= lo && *v <= hi) {
+        out = *v;
+      } else {
+        report_value(table, prefix, key,
+                     fmt::format("must be in [{}, {}], got {}", format_number(lo),
+                                 format_number(hi), format_number(*v)));
+      }
+    }
+  }
+
   // Integers are accepted where a float is expected; nan and inf are not.
   std::optional<double> read_number(const toml::table& table, std::string_view prefix,
                                     std::string_view key) {
@@ -493,6 +532,30 @@ class ConfigParser {
       cpu.mode = *mode == "affinity" ? CpuMode::kAffinity : CpuMode::kProcess;
     }
     read_u32(*table, kPrefix, "cores", 0, kMaxCores, cpu.cores);
+  }
+
+  void parse_policy(const toml::table& root, PolicySection& policy) {
+    const toml::table* table = read_table(root, "", "policy");
+    if (!table) return;
+    constexpr std::string_view kPrefix = "policy";
+    check_keys(*table, kPrefix, kPolicyKeys);
+    if (auto enabled = read_bool(*table, kPrefix, "enabled")) policy.enabled = *enabled;
+    PolicyConfig& t = policy.tuning;
+    read_fraction(*table, kPrefix, "min_slice", 0.1, kDeviceShare, t.min_slice);
+    read_fraction(*table, kPrefix, "min_step", 0.1, kDeviceShare, t.min_step);
+    read_fraction(*table, kPrefix, "grow_p99_fraction", 0.05, 1, t.grow_p99_fraction);
+    read_fraction(*table, kPrefix, "shrink_p99_fraction", 0.01, 1, t.shrink_p99_fraction);
+    read_fraction(*table, kPrefix, "target_utilization", 0.05, 1, t.target_utilization);
+    read_u32(*table, kPrefix, "shrink_after", 1, 1000, t.shrink_after);
+    read_u32(*table, kPrefix, "cooldown", 0, 1000, t.cooldown);
+    read_u32(*table, kPrefix, "resize_timeout_ms", 1, kMaxU32, policy.resize_timeout_ms);
+    read_u32(*table, kPrefix, "failed_resize_backoff_ms", 0, kMaxU32,
+             policy.failed_resize_backoff_ms);
+    if (t.shrink_p99_fraction >= t.grow_p99_fraction) {
+      report(*table, kPrefix,
+             fmt::format("shrink_p99_fraction ({}) must be below grow_p99_fraction ({})",
+                         format_number(t.shrink_p99_fraction), format_number(t.grow_p99_fraction)));
+    }
   }
 
   void parse_models(const toml::table& root, std::vector<ModelConfig>& models) {
@@ -617,6 +680,17 @@ class ConfigParser {
       }
     }
     read_u32(table, prefix, "working_set_kb", 1, kMaxU32, model.working_set_kb);
+    read_u32(table, prefix, "weights_mb", 0, 64 * 1024, model.weights_mb);
+    read_u32(table, prefix, "load_delay_ms", 0, 3'600'000, model.load_delay_ms);
+    if (auto backend = read_string(table, prefix, "backend")) {
+      Result<CpuMode> mode = parse_backend_name(*backend);
+      if (mode.is_ok()) {
+        model.cpu_mode = *mode;
+      } else {
+        report_value(table, prefix, "backend", mode.status().message());
+      }
+    }
+    if (auto policy = read_bool(table, prefix, "policy")) model.policy = *policy;
     read_u32(table, prefix, "lanes", 1, shm::kMaxLanes, model.lanes);
     read_u32(table, prefix, "slots_per_lane", 1, shm::kMaxSlotsPerLane, model.slots_per_lane);
     parse_tensors(table, prefix, "inputs", model.inputs);
@@ -762,6 +836,21 @@ Result<Config> load_config(const std::string& path) {
   ASSIGN_OR_RETURN(Config config, parse_config(text, path));
   config.source_path = path;
   return config;
+}
+
+std::string backend_name(CpuMode mode) { return "cpu:" + std::string(cpu_mode_name(mode)); }
+
+Result<CpuMode> parse_backend_name(std::string_view name) {
+  if (name == "cpu" || name == "cpu:process") return CpuMode::kProcess;
+  if (name == "cpu:affinity") return CpuMode::kAffinity;
+  if (name == "mps" || name == "greenctx" || name == "cumask") {
+    return Status(ErrorCode::kUnavailable,
+                  fmt::format("backend '{}' is not available in this build (available: "
+                              "cpu:process, cpu:affinity)",
+                              name));
+  }
+  return Status(ErrorCode::kInvalidArgument,
+                fmt::format("unknown backend '{}' (available: cpu:process, cpu:affinity)", name));
 }
 
 std::string_view cpu_mode_name(CpuMode mode) {

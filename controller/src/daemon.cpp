@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <thread>
 
@@ -12,6 +13,7 @@ namespace sliceserve::controller {
 namespace {
 
 constexpr auto kTick = std::chrono::milliseconds(10);
+constexpr auto kResizeTick = std::chrono::milliseconds(1);
 
 unsigned online_cores() {
   cpu_set_t set;
@@ -48,6 +50,9 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
   if (access(binary.c_str(), X_OK) != 0) {
     return Status(ErrorCode::kNotFound, "worker binary " + binary + " is not executable");
   }
+  auto admin = AdminServer::start(c.server.instance);
+  if (!admin.is_ok()) return admin.status().with_context("admin socket");
+  daemon->admin_ = std::move(admin).value();
   const unsigned cores = c.cpu.cores ? c.cpu.cores : online_cores();
   std::vector<Placement> placements = place_models(c, cores);
   for (size_t i = 0; i < c.models.size(); ++i) {
@@ -60,7 +65,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
   return daemon;
 }
 
-ModelSupervisor* Daemon::find(const std::string& model) {
+ModelSupervisor* Daemon::find(std::string_view model) {
   for (auto& m : models_) {
     if (m->name() == model) return m.get();
   }
@@ -75,12 +80,130 @@ Status Daemon::run() {
     for (auto& m : models_) m->tick(now);
     if (now >= next_summary) {
       for (auto& m : models_) m->publish_summary(now);
+      run_policy(now);
       next_summary = now + interval_ns;
     }
-    std::this_thread::sleep_for(kTick);
+    admin_->serve_pending([this](const nlohmann::json& r) { return handle_admin(r); });
+    // While a resize runs, look again soon: its steps (ack, READY, swap) take microseconds.
+    bool resizing = false;
+    for (auto& m : models_) resizing = resizing || m->resize_in_progress();
+    admin_->wait_for_request(resizing ? kResizeTick : kTick);
   }
   shutdown();
   return Status::ok();
+}
+
+void Daemon::run_policy(uint64_t now_ns) {
+  if (!config_->policy.enabled) return;
+  std::vector<ModelObservation> observations;
+  for (auto& m : models_) observations.push_back(m->observe());
+  last_policy_ = decide(config_->policy.tuning, observations, policy_memory_);
+  for (size_t i = 0; i < models_.size(); ++i) {
+    ModelSupervisor& m = *models_[i];
+    const Decision& d = last_policy_.decisions[i];
+    m.record_decision(d.reason);
+    if (!d.slice_changed && !d.batch_changed) {
+      spdlog::debug("policy {}: {}", m.name(), d.reason);
+      continue;
+    }
+    if (!m.policy_on()) continue;
+    if (d.slice_changed) {
+      if (m.resize_in_progress() || m.in_resize_backoff(now_ns)) {
+        spdlog::debug("policy {}: {} (deferred: a resize runs or failed recently)", m.name(),
+                      d.reason);
+        continue;
+      }
+      // Whole percents: the in-place path and the status speak in them.
+      const double target = std::clamp(std::round(d.slice), 1.0, 100.0);
+      spdlog::info("policy {}: {}", m.name(), d.reason);
+      if (target == m.model().slice) continue;
+      Status s = m.resize(target, "policy", now_ns);
+      if (!s.is_ok()) spdlog::warn("policy {}: resize not started: {}", m.name(), s.message());
+    } else {
+      spdlog::info("policy {}: {}", m.name(), d.reason);
+    }
+    if (d.batch_changed && !m.resize_in_progress()) {
+      Status s = m.set_max_batch(d.max_batch);
+      if (!s.is_ok()) spdlog::debug("policy {}: batch not changed: {}", m.name(), s.message());
+    }
+  }
+  if (last_policy_.shortfall > 0) {
+    std::string names;
+    for (const auto& n : last_policy_.short_models) names += (names.empty() ? "" : ", ") + n;
+    spdlog::warn("policy: the device is {:.1f}% short; below their need: {}",
+                 last_policy_.shortfall, names);
+  }
+}
+
+nlohmann::json Daemon::status_json() const {
+  nlohmann::json models = nlohmann::json::array();
+  for (const auto& m : models_) {
+    models.push_back({{"model", m->name()},
+                      {"slice", m->model().slice},
+                      {"max_batch", m->model().max_batch},
+                      {"backend", backend_name(config_->cpu_mode_of(m->model()))},
+                      {"policy", m->policy_on()},
+                      {"epoch", m->epoch()},
+                      {"pid", m->worker_pid()},
+                      {"resizing", m->resize_in_progress()},
+                      {"resizes", m->resizes()},
+                      {"failed_resizes", m->failed_resizes()},
+                      {"last_resize", m->last_resize()},
+                      {"restarts", m->restarts()},
+                      {"completed_total", m->completed_total()},
+                      {"shadow_pid", m->shadow_pid()}});
+  }
+  return {{"ok", true},
+          {"instance", config_->server.instance},
+          {"policy_enabled", config_->policy.enabled},
+          {"shortfall", last_policy_.shortfall},
+          {"short_models", last_policy_.short_models},
+          {"models", models}};
+}
+
+nlohmann::json Daemon::handle_admin(const nlohmann::json& request) {
+  auto fail = [](const std::string& e) { return nlohmann::json{{"ok", false}, {"error", e}}; };
+  const std::string cmd = request.value("cmd", "");
+  if (cmd == "status") return status_json();
+  if (!request.contains("model") || !request["model"].is_string()) {
+    return fail("'" + cmd + "' needs a string \"model\"");
+  }
+  const std::string name = request["model"];
+  ModelSupervisor* m = find(name);
+  if (!m) return fail("unknown model '" + name + "'");
+  const uint64_t now = shm::monotonic_ns();
+  if (cmd == "resize") {
+    if (!request.contains("slice") || !request["slice"].is_number()) {
+      return fail("'resize' needs a number \"slice\"");
+    }
+    Status s = m->resize(request["slice"].get<double>(), "manual", now);
+    if (!s.is_ok()) return fail(s.message());
+    std::string note;
+    if (m->policy_on()) {
+      m->set_policy(false);  // otherwise the policy would undo the operator's choice
+      note = "; policy now off for " + name + " (slicectl policy " + name + " on hands it back)";
+    }
+    return {{"ok", true}, {"message", "resizing " + name + note}};
+  }
+  if (cmd == "policy") {
+    if (!request.contains("on") || !request["on"].is_boolean()) {
+      return fail("'policy' needs a boolean \"on\"");
+    }
+    m->set_policy(request["on"].get<bool>());
+    return {{"ok", true},
+            {"message", "policy " + std::string(m->policy_on() ? "on" : "off") + " for " + name}};
+  }
+  if (cmd == "backend") {
+    if (!request.contains("backend") || !request["backend"].is_string()) {
+      return fail("'backend' needs a string \"backend\"");
+    }
+    Result<CpuMode> mode = parse_backend_name(request["backend"].get<std::string>());
+    if (!mode.is_ok()) return fail(mode.status().message());
+    Status s = m->switch_backend(*mode, now);
+    if (!s.is_ok()) return fail(s.message());
+    return {{"ok", true}, {"message", "switching " + name + " to " + backend_name(*mode)}};
+  }
+  return fail("unknown command '" + cmd + "' (status, resize, policy, backend)");
 }
 
 void Daemon::shutdown() {
@@ -95,6 +218,7 @@ void Daemon::shutdown() {
     std::this_thread::sleep_for(kTick);
   }
   models_.clear();  // unlinks every segment
+  admin_.reset();   // removes the socket
   spdlog::info("stopped; no worker or segment left");
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "sliceserve/backends/weight_store.h"
 #include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/segment_control.h"
 
@@ -17,10 +18,18 @@ constexpr uint64_t kMs = 1'000'000;
 constexpr uint64_t kSweepPeriodNs = 100 * kMs;
 constexpr uint64_t kStableServingNs = 10'000 * kMs;  // a worker this old resets the backoff
 constexpr uint64_t kStatsWindowNs = 5'000 * kMs;
+constexpr uint64_t kCommandTimeoutNs = 2'000 * kMs;  // an in-place resize answers within this
+constexpr uint64_t kRetireGraceNs = 5'000 * kMs;     // a handed-over worker exits within this
 
 std::string format_number(double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string format_slice(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
   return buf;
 }
 
@@ -45,9 +54,17 @@ Result<shm::ModelSpec> model_spec(const ModelConfig& model) {
   return spec;
 }
 
+std::vector<double> slice_pool(const PolicyConfig& policy) {
+  std::vector<double> pool;
+  for (double s = policy.min_slice; s < 100 + 1e-9; s += policy.min_step) pool.push_back(s);
+  if (pool.empty() || pool.back() < 100 - 1e-9) pool.push_back(100);
+  return pool;
+}
+
 std::vector<std::string> worker_arguments(const Config& config, const ModelConfig& model,
                                           const std::string& segment, uint64_t epoch,
                                           const Placement& placement) {
+  const CpuMode mode = config.cpu_mode_of(model);
   std::vector<std::string> args = {
       "--segment",
       segment,
@@ -56,7 +73,7 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
       "--backend",
       config.server.backend,
       "--cpu-mode",
-      std::string(cpu_mode_name(config.cpu.mode)),
+      std::string(cpu_mode_name(mode)),
       "--slice",
       format_number(model.slice),
       "--cores",
@@ -73,9 +90,21 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
       format_number(model.flops_per_item),
       "--working-set-kb",
       std::to_string(model.working_set_kb),
+      "--weights-mb",
+      std::to_string(model.weights_mb),
+      "--load-delay-ms",
+      std::to_string(model.load_delay_ms),
       "--log-level",
       config.server.log_level,
   };
+  if (mode == CpuMode::kAffinity) {
+    std::string pool;
+    for (double s : slice_pool(config.policy.tuning)) {
+      pool += (pool.empty() ? "" : ",") + format_slice(s);
+    }
+    args.push_back("--slice-pool");
+    args.push_back(pool);
+  }
   if (!model.path.empty()) {
     args.push_back("--model-path");
     args.push_back(model.path);
@@ -97,6 +126,8 @@ Result<std::unique_ptr<ModelSupervisor>> ModelSupervisor::create(const Config& c
   options.slots_per_lane = model.slots_per_lane;
   auto segment = shm::Segment::create(options);
   if (!segment.is_ok()) return segment.status().with_context("model '" + model.name + "'");
+  // Weights of a crashed run of this model are stale: the first worker publishes them anew.
+  backends::remove_host_weights(name);
   return std::unique_ptr<ModelSupervisor>(
       new ModelSupervisor(config, model, worker_binary, placement, std::move(segment).value()));
 }
@@ -109,17 +140,34 @@ ModelSupervisor::ModelSupervisor(const Config& config, const ModelConfig& model,
       worker_binary_(std::move(worker_binary)),
       placement_(placement),
       segment_(std::move(segment)),
+      policy_on_(model.policy && config.policy.enabled),
       window_(kStatsWindowNs) {
   shm::ControllerSummary& s = segment_.header().summary;
-  s.slice_percent.store(uint32_t(std::lround(model.slice)), std::memory_order_relaxed);
   s.slo_ms.store(uint32_t(std::lround(model.slo_ms)), std::memory_order_relaxed);
-  s.max_batch.store(model.max_batch, std::memory_order_relaxed);
+  publish_model_fields();
+}
+
+ModelSupervisor::~ModelSupervisor() { backends::remove_host_weights(segment_.name()); }
+
+void ModelSupervisor::publish_model_fields() {
+  shm::ControllerSummary& s = segment_.header().summary;
+  s.slice_percent.store(uint32_t(std::lround(model_.slice)), std::memory_order_relaxed);
+  s.max_batch.store(model_.max_batch, std::memory_order_relaxed);
+  s.policy_on.store(policy_on_ ? 1 : 0, std::memory_order_relaxed);
+  s.resizes.store(resizes_, std::memory_order_relaxed);
+  s.failed_resizes.store(failed_resizes_, std::memory_order_relaxed);
+  s.restarts.store(restarts_, std::memory_order_relaxed);
+  s.worker_pid.store(worker_ ? worker_->pid() : 0, std::memory_order_relaxed);
+  s.shadow_epoch.store(shadow_ ? shadow_->epoch : 0, std::memory_order_relaxed);
+  s.shadow_pid.store(shadow_ ? shadow_->process.pid() : 0, std::memory_order_relaxed);
+  shm::store_text(s.backend, backend_name(config_.cpu_mode_of(model_)));
 }
 
 void ModelSupervisor::start_worker(uint64_t now_ns) {
-  ++epoch_;
-  auto args = worker_arguments(config_, model_, segment_.name(), epoch_, placement_);
+  const uint64_t epoch = next_epoch_++;
+  auto args = worker_arguments(config_, model_, segment_.name(), epoch, placement_);
   auto process = WorkerProcess::spawn(worker_binary_, args);
+  epoch_ = epoch;
   if (!process.is_ok()) {
     spdlog::error("model {}: cannot start worker: {}", model_.name, process.status().to_string());
     on_worker_exit(ExitInfo{}, now_ns);
@@ -129,23 +177,41 @@ void ModelSupervisor::start_worker(uint64_t now_ns) {
   // The previous owner is dead (reaped) or there was none: the ring is the new epoch's. It
   // claims nothing before it is READY, so requests keep waiting in the ring until then.
   shm::set_owner_epoch(segment_, epoch_);
-  segment_.header().summary.worker_pid.store(worker_->pid(), std::memory_order_relaxed);
   state_ = State::kStarting;
   started_ns_ = now_ns;
-  spdlog::info("model {}: started worker pid {} epoch {} (slice {}%, {} backend)", model_.name,
-               worker_->pid(), epoch_, model_.slice, config_.server.backend);
+  publish_model_fields();
+  spdlog::info("model {}: started worker pid {} epoch {} (slice {}%, {})", model_.name,
+               worker_->pid(), epoch_, model_.slice, backend_name(config_.cpu_mode_of(model_)));
+}
+
+std::string ModelSupervisor::failure_message(uint64_t epoch) const {
+  const shm::WorkerStats& st = segment_.stats_block(epoch);
+  if (st.epoch.load(std::memory_order_acquire) != epoch || st.message[0] == '\0') return "";
+  return std::string(st.message, strnlen(st.message, sizeof st.message));
+}
+
+void ModelSupervisor::retire_epoch_counters(uint64_t epoch) {
+  const shm::WorkerStats& st = segment_.stats_block(epoch);
+  if (st.epoch.load(std::memory_order_acquire) == epoch) {
+    completed_retired_ += st.completed.load(std::memory_order_relaxed);
+  }
 }
 
 void ModelSupervisor::on_worker_exit(const ExitInfo& info, uint64_t now_ns) {
-  const shm::WorkerStats& st = segment_.stats_block(epoch_);
-  std::string reason;
-  if (st.epoch.load(std::memory_order_acquire) == epoch_ && st.message[0] != '\0') {
-    reason = std::string(": ") + std::string(st.message, strnlen(st.message, sizeof st.message));
-  }
+  std::string reason = failure_message(epoch_);
+  retire_epoch_counters(epoch_);
   worker_.reset();
-  ++consecutive_failures_;
   ++restarts_;
-  segment_.header().summary.restarts.store(restarts_, std::memory_order_relaxed);
+  if (shadow_) {
+    // The shadow takes the ring as soon as it is READY; no restart in between.
+    spdlog::warn("model {}: worker epoch {} died ({}){}{}; shadow epoch {} takes over", model_.name,
+                 epoch_, info.describe(), reason.empty() ? "" : ": ", reason, shadow_->epoch);
+    state_ = State::kBackoff;
+    restart_at_ns_ = UINT64_MAX;
+    publish_model_fields();
+    return;
+  }
+  ++consecutive_failures_;
   uint64_t delay_ms = config_.server.restart_backoff_min_ms;
   for (uint32_t i = 1;
        i < consecutive_failures_ && delay_ms < config_.server.restart_backoff_max_ms; ++i) {
@@ -154,27 +220,29 @@ void ModelSupervisor::on_worker_exit(const ExitInfo& info, uint64_t now_ns) {
   delay_ms = std::min<uint64_t>(delay_ms, config_.server.restart_backoff_max_ms);
   restart_at_ns_ = now_ns + delay_ms * kMs;
   state_ = State::kBackoff;
-  spdlog::warn("model {}: worker epoch {} died ({}){}; restart {} in {} ms", model_.name, epoch_,
-               info.describe(), reason, restarts_, delay_ms);
+  publish_model_fields();
+  spdlog::warn("model {}: worker epoch {} died ({}){}{}; restart {} in {} ms", model_.name, epoch_,
+               info.describe(), reason.empty() ? "" : ": ", reason, restarts_, delay_ms);
 }
 
 void ModelSupervisor::tick(uint64_t now_ns) {
   if (state_ == State::kStopping) return;
   if (worker_) {
-    if (auto exit = worker_->try_reap()) {
-      on_worker_exit(*exit, now_ns);
-    }
+    if (auto exit = worker_->try_reap()) on_worker_exit(*exit, now_ns);
   }
+  if (shadow_) drive_shadow(now_ns);
+  if (pending_) drive_pending(now_ns);
+  reap_retired(now_ns);
   switch (state_) {
     case State::kBackoff:
-      if (now_ns >= restart_at_ns_) start_worker(now_ns);
+      if (!shadow_ && now_ns >= restart_at_ns_) start_worker(now_ns);
       break;
     case State::kStarting: {
       const shm::WorkerStats& st = segment_.stats_block(epoch_);
-      uint32_t ws = st.state.load(std::memory_order_acquire);
-      bool ours = st.epoch.load(std::memory_order_acquire) == epoch_;
-      if (ours && (ws == uint32_t(shm::WorkerState::kServing) ||
-                   ws == uint32_t(shm::WorkerState::kReady))) {
+      const uint32_t ws = st.state.load(std::memory_order_acquire);
+      if (st.epoch.load(std::memory_order_acquire) == epoch_ &&
+          (ws == uint32_t(shm::WorkerState::kServing) ||
+           ws == uint32_t(shm::WorkerState::kReady))) {
         state_ = State::kServing;
         serving_since_ns_ = now_ns;
         spdlog::info("model {}: worker epoch {} is {}", model_.name, epoch_,
@@ -204,6 +272,261 @@ void ModelSupervisor::tick(uint64_t now_ns) {
   }
 }
 
+Status ModelSupervisor::resize(double slice, const std::string& why, uint64_t now_ns) {
+  if (!(slice > 0 && slice <= 100)) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "slice must be in (0, 100], got " + format_slice(slice));
+  }
+  if (resize_in_progress()) {
+    return Status(ErrorCode::kBusy, "model " + model_.name + " is already being resized");
+  }
+  if (state_ != State::kServing || !worker_) {
+    return Status(ErrorCode::kUnavailable, "model " + model_.name + " has no serving worker");
+  }
+  if (std::abs(slice - model_.slice) < 1e-9) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "model " + model_.name + " already has slice " + format_slice(slice));
+  }
+  if (config_.cpu_mode_of(model_) == CpuMode::kAffinity) {
+    auto seq =
+        shm::post_command(segment_, epoch_, shm::Command::kSetSlice, int64_t(std::lround(slice)));
+    if (!seq.is_ok()) return seq.status();
+    pending_ = PendingCommand{*seq, now_ns, slice, 0, why};
+    spdlog::info("model {}: resizing in place {}% -> {}% ({})", model_.name,
+                 format_slice(model_.slice), format_slice(slice), why);
+    return Status::ok();
+  }
+  ModelConfig target = model_;
+  target.slice = slice;
+  const uint64_t epoch = next_epoch_++;
+  auto process = WorkerProcess::spawn(
+      worker_binary_, worker_arguments(config_, target, segment_.name(), epoch, placement_));
+  if (!process.is_ok()) return process.status().with_context("shadow worker");
+  shadow_ = Shadow{std::move(process).value(), epoch, target, now_ns, false, why};
+  publish_model_fields();
+  spdlog::info("model {}: shadow resize {}% -> {}% ({}): shadow pid {} epoch {} loading",
+               model_.name, format_slice(model_.slice), format_slice(slice), why,
+               shadow_->process.pid(), epoch);
+  return Status::ok();
+}
+
+Status ModelSupervisor::switch_backend(CpuMode mode, uint64_t now_ns) {
+  if (config_.cpu_mode_of(model_) == mode) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "model " + model_.name + " already runs on " + backend_name(mode));
+  }
+  if (resize_in_progress()) {
+    return Status(ErrorCode::kBusy, "model " + model_.name + " is already being resized");
+  }
+  if (state_ != State::kServing || !worker_) {
+    return Status(ErrorCode::kUnavailable, "model " + model_.name + " has no serving worker");
+  }
+  ModelConfig target = model_;
+  target.cpu_mode = mode;
+  const uint64_t epoch = next_epoch_++;
+  auto process = WorkerProcess::spawn(
+      worker_binary_, worker_arguments(config_, target, segment_.name(), epoch, placement_));
+  if (!process.is_ok()) return process.status().with_context("shadow worker");
+  const std::string why =
+      "backend " + backend_name(config_.cpu_mode_of(model_)) + " -> " + backend_name(mode);
+  shadow_ = Shadow{std::move(process).value(), epoch, target, now_ns, false, why};
+  publish_model_fields();
+  spdlog::info("model {}: {}: shadow pid {} epoch {} loading", model_.name, why,
+               shadow_->process.pid(), epoch);
+  return Status::ok();
+}
+
+Status ModelSupervisor::set_max_batch(uint32_t max_batch) {
+  if (max_batch < 1 || max_batch > shm::kMaxBatch) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "max_batch must be in 1.." + std::to_string(shm::kMaxBatch));
+  }
+  if (pending_ || !worker_ || state_ != State::kServing) {
+    return Status(ErrorCode::kBusy, "model " + model_.name + " cannot take a command now");
+  }
+  auto seq = shm::post_command(segment_, epoch_, shm::Command::kSetMaxBatch, max_batch);
+  if (!seq.is_ok()) return seq.status();
+  pending_ = PendingCommand{*seq, shm::monotonic_ns(), 0, max_batch, "batch"};
+  return Status::ok();
+}
+
+void ModelSupervisor::set_policy(bool on) {
+  policy_on_ = on;
+  publish_model_fields();
+  spdlog::info("model {}: policy {}", model_.name, on ? "on" : "off (pinned)");
+}
+
+void ModelSupervisor::record_decision(const std::string& text) {
+  shm::store_text(segment_.header().summary.last_decision, text);
+}
+
+void ModelSupervisor::drive_pending(uint64_t now_ns) {
+  auto answer = shm::poll_command(segment_, pending_->seq);
+  if (!answer) {
+    if (worker_ && now_ns - pending_->sent_ns < kCommandTimeoutNs) return;
+    shm::abandon_command(segment_, pending_->seq);
+    answer =
+        Result<std::string>(Status(ErrorCode::kTimeout, "the worker did not answer within 2 s"));
+  }
+  PendingCommand done = *pending_;
+  pending_.reset();
+  if (done.slice == 0) {  // a batch change
+    if (answer->is_ok()) {
+      model_.max_batch = done.max_batch;
+      publish_model_fields();
+    } else {
+      spdlog::warn("model {}: batch change failed: {}", model_.name, answer->status().to_string());
+    }
+    return;
+  }
+  if (!answer->is_ok()) {
+    fail_resize("in-place resize failed: " + answer->status().to_string(), now_ns);
+    return;
+  }
+  const double from = model_.slice;
+  model_.slice = done.slice;
+  finish_resize("in place " + format_slice(from) + "% -> " + format_slice(done.slice) + "% in " +
+                std::to_string((now_ns - done.sent_ns) / 1000) + " us (" + done.why + ")");
+}
+
+void ModelSupervisor::drive_shadow(uint64_t now_ns) {
+  Shadow& sh = *shadow_;
+  if (auto exit = sh.process.try_reap()) {
+    std::string reason = failure_message(sh.epoch);
+    retire_epoch_counters(sh.epoch);
+    if (segment_.header().owner_epoch.load(std::memory_order_acquire) == sh.epoch) {
+      // It died right after taking the ring: the old worker is retiring, so a new one starts.
+      if (worker_) retired_.push_back({epoch_, std::move(*worker_), now_ns});
+      worker_.reset();
+      epoch_ = sh.epoch;
+      shadow_.reset();
+      fail_resize("the new worker died after the swap (" + exit->describe() + ")", now_ns);
+      return;
+    }
+    shadow_.reset();
+    fail_resize("shadow " + exit->describe() + (reason.empty() ? "" : ": " + reason), now_ns);
+    return;
+  }
+  const uint64_t owner = segment_.header().owner_epoch.load(std::memory_order_acquire);
+  if (owner == sh.epoch) {
+    // Swapped: the old worker finishes the batch it held and exits on its own.
+    if (worker_) retired_.push_back({epoch_, std::move(*worker_), now_ns});
+    worker_.emplace(std::move(sh.process));
+    const std::string what = sh.why;
+    const double from = model_.slice;
+    const uint64_t took_ms = (now_ns - sh.started_ns) / kMs;
+    model_ = sh.target;
+    epoch_ = sh.epoch;
+    shadow_.reset();
+    state_ = State::kServing;
+    serving_since_ns_ = now_ns;
+    finish_resize("shadow " + format_slice(from) + "% -> " + format_slice(model_.slice) + "% (" +
+                  what + "), " + std::to_string(took_ms) + " ms from spawn to swap");
+    return;
+  }
+  const shm::WorkerStats& st = segment_.stats_block(sh.epoch);
+  const bool ready = st.epoch.load(std::memory_order_acquire) == sh.epoch &&
+                     st.state.load(std::memory_order_acquire) == uint32_t(shm::WorkerState::kReady);
+  if (ready && !sh.handover_asked) {
+    sh.handover_asked = true;
+    if (worker_ && state_ == State::kServing) {
+      shm::request_handover(segment_, sh.epoch);  // the live worker passes the ring on
+    } else {
+      shm::set_owner_epoch(segment_, sh.epoch);  // no live worker: take the ring directly
+    }
+    return;
+  }
+  if (!sh.handover_asked &&
+      now_ns - sh.started_ns > uint64_t(config_.policy.resize_timeout_ms) * kMs) {
+    sh.process.signal(SIGKILL);
+    sh.process.reap();
+    shadow_.reset();
+    fail_resize(
+        "shadow not ready after " + std::to_string(config_.policy.resize_timeout_ms) + " ms",
+        now_ns);
+    return;
+  }
+  if (sh.handover_asked && worker_ && state_ == State::kServing &&
+      now_ns - sh.started_ns > uint64_t(config_.policy.resize_timeout_ms) * kMs) {
+    // The live worker does not hand over (hung?): give the ring to the shadow directly once the
+    // live worker is gone.
+    spdlog::warn("model {}: live worker epoch {} did not hand over; killing it", model_.name,
+                 epoch_);
+    worker_->signal(SIGKILL);
+  }
+}
+
+void ModelSupervisor::fail_resize(const std::string& why, uint64_t now_ns) {
+  if (!worker_ && state_ != State::kStopping) {  // the live worker died meanwhile: restart it
+    state_ = State::kBackoff;
+    restart_at_ns_ = std::min(restart_at_ns_, now_ns);
+  }
+  ++failed_resizes_;
+  resize_backoff_until_ns_ = now_ns + uint64_t(config_.policy.failed_resize_backoff_ms) * kMs;
+  last_resize_ = "failed: " + why;
+  shm::store_text(segment_.header().summary.last_resize, last_resize_);
+  publish_model_fields();
+  spdlog::error("model {}: resize failed: {}; the live worker keeps serving at {}%", model_.name,
+                why, format_slice(model_.slice));
+}
+
+void ModelSupervisor::finish_resize(const std::string& what) {
+  ++resizes_;
+  last_resize_ = what;
+  shm::store_text(segment_.header().summary.last_resize, what);
+  publish_model_fields();
+  spdlog::info("model {}: resized: {}", model_.name, what);
+}
+
+void ModelSupervisor::reap_retired(uint64_t now_ns) {
+  for (auto it = retired_.begin(); it != retired_.end();) {
+    std::optional<ExitInfo> exit = it->process.try_reap();
+    if (!exit && now_ns - it->since_ns > kRetireGraceNs) {
+      spdlog::warn("model {}: retired worker epoch {} did not exit; killing it", model_.name,
+                   it->epoch);
+      it->process.signal(SIGKILL);
+      exit = it->process.reap();
+    }
+    if (!exit) {
+      ++it;
+      continue;
+    }
+    retire_epoch_counters(it->epoch);
+    it = retired_.erase(it);
+  }
+}
+
+ModelObservation ModelSupervisor::observe() {
+  ModelObservation o;
+  o.name = model_.name;
+  o.slo_ms = model_.slo_ms;
+  o.slice = model_.slice;
+  o.max_batch = model_.max_batch;
+  o.max_batch_cap = config_.find_model(model_.name)->max_batch;
+  o.pinned = !policy_on_;
+  o.max_queue_delay_ms = model_.max_queue_delay_us / 1000.0;
+  ModelRates r = window_.latest();
+  o.arrival_rps = r.arrival_rps;
+  o.completion_rps = r.completion_rps;
+  o.p99_ms = double(r.p99_us) / 1000.0;
+  o.busy_fraction = r.busy_fraction;
+  const shm::WorkerStats& st = segment_.stats_block(epoch_);
+  if (st.epoch.load(std::memory_order_acquire) != epoch_) return o;
+  if (observed_epoch_ != epoch_) observed_batches_.clear();
+  observed_epoch_ = epoch_;
+  for (uint32_t b = 1; b <= shm::kMaxBatch; ++b) {
+    uint64_t count = st.batch_hist[b].load(std::memory_order_relaxed);
+    uint64_t exec = st.batch_exec_ns[b].load(std::memory_order_relaxed);
+    auto& [last_count, last_exec] = observed_batches_[b];
+    if (count > last_count && exec > last_exec) {
+      o.exec_ms_by_batch[b] = double(exec - last_exec) / double(count - last_count) / 1e6;
+    }
+    last_count = count;
+    last_exec = exec;
+  }
+  return o;
+}
+
 void ModelSupervisor::publish_summary(uint64_t now_ns) {
   window_.add(read_sample(segment_, epoch_, now_ns));
   ModelRates r = window_.rates();
@@ -212,30 +535,49 @@ void ModelSupervisor::publish_summary(uint64_t now_ns) {
   s.completion_milli_rps.store(uint64_t(r.completion_rps * 1000), std::memory_order_relaxed);
   s.p50_us.store(r.p50_us, std::memory_order_relaxed);
   s.p99_us.store(r.p99_us, std::memory_order_relaxed);
+  s.completed_total.store(completed_total(), std::memory_order_relaxed);
   s.updated_ns.store(now_ns, std::memory_order_release);
+}
+
+uint64_t ModelSupervisor::completed_total() const {
+  auto completed_of = [this](uint64_t epoch) -> uint64_t {
+    const shm::WorkerStats& st = segment_.stats_block(epoch);
+    if (st.epoch.load(std::memory_order_acquire) != epoch) return 0;
+    return st.completed.load(std::memory_order_relaxed);
+  };
+  uint64_t total = completed_retired_;
+  if (worker_) total += completed_of(epoch_);
+  for (const Retired& old : retired_) total += completed_of(old.epoch);
+  return total;
 }
 
 void ModelSupervisor::begin_stop() {
   state_ = State::kStopping;
   shm::close_segment(segment_);
   if (worker_) worker_->signal(SIGTERM);
+  if (shadow_) shadow_->process.signal(SIGTERM);
+  for (Retired& r : retired_) r.process.signal(SIGTERM);
 }
 
 bool ModelSupervisor::finish_stop(uint64_t now_ns, uint64_t force_after_ns) {
-  if (!worker_) return true;
-  if (auto exit = worker_->try_reap()) {
-    spdlog::info("model {}: worker epoch {} stopped ({})", model_.name, epoch_, exit->describe());
-    worker_.reset();
+  auto settle = [&](WorkerProcess& p, uint64_t epoch) {
+    if (!p.running()) return true;
+    if (auto exit = p.try_reap()) {
+      spdlog::info("model {}: worker epoch {} stopped ({})", model_.name, epoch, exit->describe());
+      return true;
+    }
+    if (now_ns < force_after_ns) return false;
+    spdlog::warn("model {}: worker epoch {} ignored SIGTERM; killing it", model_.name, epoch);
+    p.signal(SIGKILL);
+    p.reap();
     return true;
-  }
-  if (now_ns >= force_after_ns) {
-    spdlog::warn("model {}: worker epoch {} ignored SIGTERM; killing it", model_.name, epoch_);
-    worker_->signal(SIGKILL);
-    worker_->reap();
-    worker_.reset();
-    return true;
-  }
-  return false;
+  };
+  bool done = true;
+  if (worker_ && settle(*worker_, epoch_)) worker_.reset();
+  if (shadow_ && settle(shadow_->process, shadow_->epoch)) shadow_.reset();
+  std::erase_if(retired_, [&](Retired& r) { return settle(r.process, r.epoch); });
+  done = !worker_ && !shadow_ && retired_.empty();
+  return done;
 }
 
 }  // namespace sliceserve::controller

@@ -45,10 +45,17 @@ void StatsWindow::add(const StatsSample& sample) {
 }
 
 ModelRates StatsWindow::rates() const {
+  if (history_.size() < 2) return {};
+  return between(history_.front(), history_.back());
+}
+
+ModelRates StatsWindow::latest() const {
+  if (history_.size() < 2) return {};
+  return between(history_[history_.size() - 2], history_.back());
+}
+
+ModelRates StatsWindow::between(const Totals& a, const Totals& b) {
   ModelRates r;
-  if (history_.size() < 2) return r;
-  const Totals& a = history_.front();
-  const Totals& b = history_.back();
   double seconds = double(b.time_ns - a.time_ns) / 1e9;
   if (seconds <= 0) return r;
   auto delta = [](uint64_t after, uint64_t before) { return after > before ? after - before : 0; };

@@ -122,7 +122,9 @@ std::vector<std::string> list_segment_models(std::string_view instance) {
   if (!dir) return models;
   while (dirent* e = readdir(dir)) {
     std::string_view n = e->d_name;
-    if (n.size() > prefix.size() && n.substr(0, prefix.size()) == prefix) {
+    // Model names have no '.', so "<model>.w.<key>" (a model's shared weights) is not a model.
+    if (n.size() > prefix.size() && n.substr(0, prefix.size()) == prefix &&
+        n.find('.', prefix.size()) == std::string_view::npos) {
       models.emplace_back(n.substr(prefix.size()));
     }
   }

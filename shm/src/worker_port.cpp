@@ -42,7 +42,12 @@ void WorkerPort::publish_state(WorkerState state) {
                     &st.queue_ns, &st.compute_ns}) {
       c->store(0, std::memory_order_relaxed);
     }
+    for (auto* c : {&st.slice_changed_ns, &st.first_batch_at_slice_ns, &st.weight_bytes,
+                    &st.weight_private_bytes}) {
+      c->store(0, std::memory_order_relaxed);
+    }
     for (auto& b : st.batch_hist) b.store(0, std::memory_order_relaxed);
+    for (auto& b : st.batch_exec_ns) b.store(0, std::memory_order_relaxed);
     for (auto& b : st.latency_hist) b.store(0, std::memory_order_relaxed);
     std::memset(st.message, 0, sizeof st.message);
     st.pid.store(getpid(), std::memory_order_relaxed);

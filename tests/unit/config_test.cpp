@@ -616,3 +616,94 @@ INSTANTIATE_TEST_SUITE_P(EachRule, ConfigErrorTest, ::testing::ValuesIn(error_ca
 
 }  // namespace
 }  // namespace sliceserve::controller
+
+namespace sliceserve::controller {
+namespace {
+
+constexpr const char* kReconfigConfig = R"([server]
+instance = "r"
+[policy]
+enabled = true
+min_slice = 10
+min_step = 2.5
+grow_p99_fraction = 0.9
+shrink_p99_fraction = 0.4
+shrink_after = 3
+cooldown = 1
+target_utilization = 0.7
+resize_timeout_ms = 1234
+failed_resize_backoff_ms = 99
+[[model]]
+name = "a"
+slice = 20
+backend = "cpu:affinity"
+policy = false
+weights_mb = 16
+load_delay_ms = 250
+inputs = [ { name = "x", shape = [1] } ]
+outputs = [ { name = "y", shape = [1] } ]
+[[model]]
+name = "b"
+slice = 20
+inputs = [ { name = "x", shape = [1] } ]
+outputs = [ { name = "y", shape = [1] } ]
+)";
+
+TEST(ConfigReconfigurationTest, PolicyTableAndModelBackendKeysAreRead) {
+  Result<Config> c = parse_config(kReconfigConfig, "r.toml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_TRUE(c->policy.enabled);
+  EXPECT_DOUBLE_EQ(c->policy.tuning.min_slice, 10);
+  EXPECT_DOUBLE_EQ(c->policy.tuning.min_step, 2.5);
+  EXPECT_DOUBLE_EQ(c->policy.tuning.grow_p99_fraction, 0.9);
+  EXPECT_DOUBLE_EQ(c->policy.tuning.shrink_p99_fraction, 0.4);
+  EXPECT_EQ(c->policy.tuning.shrink_after, 3u);
+  EXPECT_EQ(c->policy.tuning.cooldown, 1u);
+  EXPECT_DOUBLE_EQ(c->policy.tuning.target_utilization, 0.7);
+  EXPECT_EQ(c->policy.resize_timeout_ms, 1234u);
+  EXPECT_EQ(c->policy.failed_resize_backoff_ms, 99u);
+  const ModelConfig& a = c->models[0];
+  EXPECT_EQ(c->cpu_mode_of(a), CpuMode::kAffinity);
+  EXPECT_FALSE(a.policy);
+  EXPECT_EQ(a.weights_mb, 16u);
+  EXPECT_EQ(a.load_delay_ms, 250u);
+  EXPECT_EQ(c->cpu_mode_of(c->models[1]), CpuMode::kProcess) << "inherits [backend.cpu] mode";
+  EXPECT_TRUE(c->models[1].policy);
+}
+
+TEST(ConfigReconfigurationTest, BadPolicyAndBackendValuesNameTheirKey) {
+  std::string text = kReconfigConfig;
+  auto expect_bad = [](std::string t, const std::string& key, const std::string& what) {
+    Result<Config> c = parse_config(t, "r.toml");
+    ASSERT_FALSE(c.is_ok()) << t;
+    EXPECT_NE(c.status().message().find("key '" + key + "'"), std::string::npos)
+        << c.status().message();
+    EXPECT_NE(c.status().message().find(what), std::string::npos) << c.status().message();
+  };
+  auto replace = [&](const std::string& from, const std::string& to) {
+    std::string t = text;
+    t.replace(t.find(from), from.size(), to);
+    return t;
+  };
+  expect_bad(replace("backend = \"cpu:affinity\"", "backend = \"mps\""), "model[0].backend",
+             "not available in this build");
+  expect_bad(replace("backend = \"cpu:affinity\"", "backend = \"gpu\""), "model[0].backend",
+             "unknown backend");
+  expect_bad(replace("policy = false", "policy = 1"), "model[0].policy", "true or false");
+  expect_bad(replace("min_slice = 10", "min_slice = 0"), "policy.min_slice", "must be in");
+  expect_bad(replace("enabled = true", "enabled = true\nbogus = 1"), "policy.bogus",
+             "unknown key");
+  expect_bad(replace("shrink_p99_fraction = 0.4", "shrink_p99_fraction = 0.95"), "policy",
+             "must be below grow_p99_fraction");
+}
+
+TEST(ConfigReconfigurationTest, BackendNamesParse) {
+  EXPECT_EQ(parse_backend_name("cpu").value(), CpuMode::kProcess);
+  EXPECT_EQ(parse_backend_name("cpu:affinity").value(), CpuMode::kAffinity);
+  EXPECT_EQ(parse_backend_name("greenctx").status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(parse_backend_name("").status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(backend_name(CpuMode::kAffinity), "cpu:affinity");
+}
+
+}  // namespace
+}  // namespace sliceserve::controller

@@ -167,3 +167,23 @@ TEST(SegmentTest, ListsTheModelsOfAnInstance) {
 
 }  // namespace
 }  // namespace sliceserve::shm
+
+namespace sliceserve::shm {
+namespace {
+
+TEST(SegmentListTest, AModelsWeightRegionsAreNotListedAsModels) {
+  std::string instance = "weights" + std::to_string(getpid());
+  auto a = sliceserve::testing::test_segment_options("alpha");
+  a.name = segment_name(instance, "alpha").value();
+  auto sa = Segment::create(a);
+  ASSERT_TRUE(sa.is_ok());
+  std::string weights = a.name + ".w.synthetic";
+  int fd = shm_open(weights.c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  EXPECT_EQ(list_segment_models(instance), (std::vector<std::string>{"alpha"}));
+  shm_unlink(weights.c_str());
+}
+
+}  // namespace
+}  // namespace sliceserve::shm

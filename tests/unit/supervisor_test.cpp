@@ -127,3 +127,35 @@ TEST(StatsWindowTest, OldSamplesLeaveTheWindow) {
 
 }  // namespace
 }  // namespace sliceserve::controller
+
+namespace sliceserve::controller {
+namespace {
+
+TEST(StatsWindowTest, LatestCoversOnlyTheLastInterval) {
+  StatsWindow w(10'000'000'000);
+  StatsSample s;
+  s.epoch = 1;
+  for (int t = 0; t <= 4; ++t) {
+    s.time_ns = uint64_t(t) * 1'000'000'000;
+    s.completed = t < 4 ? uint64_t(t) * 100 : 300 + 1000;
+    w.add(s);
+  }
+  EXPECT_DOUBLE_EQ(w.latest().completion_rps, 1000);
+  EXPECT_DOUBLE_EQ(w.rates().completion_rps, 1300.0 / 4);
+}
+
+TEST(SupervisorTest, SlicePoolStepsFromTheMinimumToTheWholeDevice) {
+  PolicyConfig p;
+  p.min_slice = 5;
+  p.min_step = 5;
+  auto pool = slice_pool(p);
+  ASSERT_EQ(pool.size(), 20u);
+  EXPECT_DOUBLE_EQ(pool.front(), 5);
+  EXPECT_DOUBLE_EQ(pool.back(), 100);
+  p.min_slice = 10;
+  p.min_step = 40;
+  EXPECT_EQ(slice_pool(p), (std::vector<double>{10, 50, 90, 100}));
+}
+
+}  // namespace
+}  // namespace sliceserve::controller

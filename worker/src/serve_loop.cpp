@@ -50,12 +50,7 @@ ServeLoop::ServeLoop(shm::Segment& segment, shm::WorkerPort& port, Model& model,
   options_.max_batch = std::clamp<uint32_t>(options_.max_batch, 1, shm::kMaxBatch);
   batch_.reserve(shm::kMaxBatch);
   scratch_.resize(shm::kMaxBatch);
-  // These fields are ours alone; a stats block taken over from an older epoch may still hold
-  // that epoch's values.
   shm::WorkerStats& st = port_.stats();
-  for (auto& b : st.batch_exec_ns) b.store(0, std::memory_order_relaxed);
-  st.first_batch_at_slice_ns.store(0, std::memory_order_relaxed);
-  st.slice_changed_ns.store(0, std::memory_order_relaxed);
   const WeightUsage weights = model_.weights();
   st.weight_bytes.store(weights.bytes, std::memory_order_relaxed);
   st.weight_private_bytes.store(weights.private_bytes, std::memory_order_relaxed);
@@ -198,14 +193,17 @@ void ServeLoop::run_batch() {
     segment_.slot(c.slot).batch_size = uint32_t(items_.size());
     finish(c, status, compute);
   }
+  // Quota slices sleep here, after the clients already have their answers.
+  slice_.end_batch();
+  // The batch held the slice from start until now, throttle included: that is the execution
+  // time the policy scales with the slice, and the busy time against the wall clock.
+  const uint64_t occupied = shm::monotonic_ns() - start;
   shm::WorkerStats& st = port_.stats();
   st.batches.fetch_add(1, std::memory_order_relaxed);
   const size_t size = std::min<size_t>(items_.size(), shm::kMaxBatch);
   st.batch_hist[size].fetch_add(1, std::memory_order_relaxed);
-  st.batch_exec_ns[size].fetch_add(compute, std::memory_order_relaxed);
-  st.busy_ns.fetch_add(compute, std::memory_order_relaxed);
-  // Quota slices sleep here, after the clients already have their answers.
-  slice_.end_batch();
+  st.batch_exec_ns[size].fetch_add(occupied, std::memory_order_relaxed);
+  st.busy_ns.fetch_add(occupied, std::memory_order_relaxed);
 }
 
 void ServeLoop::finish(const shm::ClaimedSlot& claimed, const Status& status, uint64_t compute_ns) {

@@ -4,10 +4,12 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "sliceserve/controller/policy.h"
 #include "sliceserve/shm/status.h"
 #include "sliceserve/shm/tensor_spec.h"
 
@@ -18,54 +20,75 @@ enum class CpuMode { kProcess, kAffinity };
 struct TensorConfig {
   std::string name;
   shm::DataType dtype = shm::DataType::kFp32;
-  std::vector<int64_t> shape;   // per item, without the batch dimension
+  std::vector<int64_t> shape;  // per item, without the batch dimension
 };
 
 struct ModelConfig {
-  std::string name;              // [A-Za-z0-9_-]{1,48}, unique
-  std::string kind = "synthetic";  // "synthetic" | "null" (later: "onnx")
-  std::string path;              // model file, for kinds that load one (resolved against the
-                                 // config file's folder); must exist when given
-  double slo_ms = 100;           // p99 latency objective, > 0
-  double slice = 0;              // initial share, percent of the device, (0, 100]
-  uint32_t max_batch = 8;        // 1..shm::kMaxBatch
+  std::string name;                    // [A-Za-z0-9_-]{1,48}, unique
+  std::string kind = "synthetic";      // "synthetic" | "null" (later: "onnx")
+  std::string path;                    // model file, for kinds that load one (resolved against the
+                                       // config file's folder); must exist when given
+  double slo_ms = 100;                 // p99 latency objective, > 0
+  double slice = 0;                    // initial share, percent of the device, (0, 100]
+  uint32_t max_batch = 8;              // 1..shm::kMaxBatch
   uint32_t max_queue_delay_us = 1000;  // how long a partial batch waits for more requests
-  double flops_per_item = 1e6;   // synthetic kind: arithmetic per item (FMA = 2 flops), >= 0
-  uint32_t working_set_kb = 256; // synthetic kind: per-thread working set, >= 1
-  std::vector<TensorConfig> inputs;    // at least one, at most shm::kMaxTensors
-  std::vector<TensorConfig> outputs;   // at least one, at most shm::kMaxTensors
-  uint32_t lanes = 16;           // client lanes in the segment, 1..shm::kMaxLanes
+  double flops_per_item = 1e6;         // synthetic kind: arithmetic per item (FMA = 2 flops), >= 0
+  uint32_t working_set_kb = 256;       // synthetic kind: per-thread working set, >= 1
+  uint32_t weights_mb = 0;             // synthetic kind: weights shared by live and shadow workers
+  uint32_t load_delay_ms = 0;        // synthetic kind: extra load time (emulates a slow model load)
+  std::optional<CpuMode> cpu_mode;   // `backend = "cpu:affinity"`; unset: [backend.cpu] mode
+  bool policy = true;                // false: the policy never changes this model
+  std::vector<TensorConfig> inputs;  // at least one, at most shm::kMaxTensors
+  std::vector<TensorConfig> outputs;  // at least one, at most shm::kMaxTensors
+  uint32_t lanes = 16;                // client lanes in the segment, 1..shm::kMaxLanes
   uint32_t slots_per_lane = 16;  // in-flight requests per client lane, 1..shm::kMaxSlotsPerLane
   uint32_t source_line = 0;      // line of the [[model]] table, for later error messages
 };
 
 struct ServerConfig {
-  std::string instance = "default";   // namespaces the segments: /sliceserve.<instance>.<model>
-  std::string backend = "cpu";        // only "cpu" is available in this build
-  uint32_t policy_interval_ms = 500;  // > 0
-  std::string log_level = "info";     // trace|debug|info|warn|error|off
-  std::string tcp = "127.0.0.1:8700";   // reserved for the TCP front-end (not served yet)
-  std::string http = "127.0.0.1:8000";  // reserved for the HTTP front-end (not served yet)
-  std::string worker_binary;          // empty: sliceserve-worker next to sliceserved
-  uint32_t restart_backoff_min_ms = 200;   // first restart delay after a worker death
-  uint32_t restart_backoff_max_ms = 10000; // doubling stops here
-  uint32_t worker_ready_timeout_ms = 30000; // a worker that is not READY by then is killed
-  uint32_t shutdown_grace_ms = 3000;  // SIGTERM -> SIGKILL delay for workers at stop
+  std::string instance = "default";       // namespaces the segments: /sliceserve.<instance>.<model>
+  std::string backend = "cpu";            // only "cpu" is available in this build
+  uint32_t policy_interval_ms = 500;      // > 0
+  std::string log_level = "info";         // trace|debug|info|warn|error|off
+  std::string tcp = "127.0.0.1:8700";     // reserved for the TCP front-end (not served yet)
+  std::string http = "127.0.0.1:8000";    // reserved for the HTTP front-end (not served yet)
+  std::string worker_binary;              // empty: sliceserve-worker next to sliceserved
+  uint32_t restart_backoff_min_ms = 200;  // first restart delay after a worker death
+  uint32_t restart_backoff_max_ms = 10000;   // doubling stops here
+  uint32_t worker_ready_timeout_ms = 30000;  // a worker that is not READY by then is killed
+  uint32_t shutdown_grace_ms = 3000;         // SIGTERM -> SIGKILL delay for workers at stop
 };
 
 struct CpuBackendConfig {
   CpuMode mode = CpuMode::kProcess;
-  uint32_t cores = 0;                 // 0: all online cores of the machine
+  uint32_t cores = 0;  // 0: all online cores of the machine
+};
+
+// [policy]: the SLO controller. Its tuning knobs are PolicyConfig (policy.h).
+struct PolicySection {
+  bool enabled = true;  // false: slices and batches stay as configured
+  PolicyConfig tuning;
+  uint32_t resize_timeout_ms = 30000;  // a shadow not READY by then fails the resize
+  uint32_t failed_resize_backoff_ms =
+      5000;  // no new resize of a model for this long after one failed
 };
 
 struct Config {
-  std::string source_path;            // the file it came from (empty when parsed from text)
+  std::string source_path;  // the file it came from (empty when parsed from text)
   ServerConfig server;
   CpuBackendConfig cpu;
-  std::vector<ModelConfig> models;    // at least one
+  PolicySection policy;
+  std::vector<ModelConfig> models;  // at least one
 
   const ModelConfig* find_model(std::string_view name) const;
+  CpuMode cpu_mode_of(const ModelConfig& model) const { return model.cpu_mode.value_or(cpu.mode); }
 };
+
+// "cpu:process", "cpu:affinity": the backend names `slicectl backend` and the model key use.
+std::string backend_name(CpuMode mode);
+// Parses a backend name; kUnavailable for backends this build does not have (mps, greenctx,
+// cumask), kInvalidArgument for unknown names.
+Result<CpuMode> parse_backend_name(std::string_view name);
 
 // Reads and validates a config file. Errors: "FILE:LINE: key 'model[1].slice': must be ..."
 Result<Config> load_config(const std::string& path);

@@ -1,14 +1,18 @@
 #pragma once
 // sliceserved's core, independent of signals and argv so tests can run it in-process: creates
-// one segment and supervisor per model, ticks them, publishes summaries, and stops cleanly.
+// one segment and supervisor per model, ticks them, runs the SLO policy, answers the admin
+// socket, and stops cleanly.
 
 #include <atomic>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "sliceserve/controller/admin_socket.h"
 #include "sliceserve/controller/config.h"
 #include "sliceserve/controller/model_supervisor.h"
+#include "sliceserve/controller/policy.h"
 
 namespace sliceserve::controller {
 
@@ -20,8 +24,8 @@ std::vector<Placement> place_models(const Config& config, unsigned machine_cores
 
 class Daemon {
  public:
-  // Creates every segment (refusing to start if one belongs to a running daemon) but starts no
-  // worker yet. On error nothing is left behind.
+  // Creates every segment and the admin socket (refusing to start if either belongs to a
+  // running daemon) but starts no worker yet. On error nothing is left behind.
   static Result<std::unique_ptr<Daemon>> create(Config config);
 
   // Starts the workers and supervises them until request_stop(); then stops every worker
@@ -31,14 +35,22 @@ class Daemon {
   void request_stop() { stop_.store(true, std::memory_order_relaxed); }
 
   const Config& config() const { return *config_; }
-  ModelSupervisor* find(const std::string& model);
+  ModelSupervisor* find(std::string_view model);
+
+  // One admin request (see admin_socket.h); runs on the daemon's loop thread.
+  nlohmann::json handle_admin(const nlohmann::json& request);
 
  private:
   explicit Daemon(std::unique_ptr<Config> config) : config_(std::move(config)) {}
+  void run_policy(uint64_t now_ns);
+  nlohmann::json status_json() const;
   void shutdown();
 
   std::unique_ptr<Config> config_;  // stable address: supervisors keep a reference
   std::vector<std::unique_ptr<ModelSupervisor>> models_;
+  std::unique_ptr<AdminServer> admin_;
+  PolicyMemory policy_memory_;
+  PolicyResult last_policy_;
   std::atomic<bool> stop_{false};
   static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
 };

@@ -40,7 +40,10 @@ class StatsWindow {
  public:
   explicit StatsWindow(uint64_t window_ns) : window_ns_(window_ns) {}
   void add(const StatsSample& sample);
+  // Over the whole window (for status) and over the last interval only (for the policy, which
+  // must see the effect of its last change, not an average that still holds the old slice).
   ModelRates rates() const;
+  ModelRates latest() const;
 
  private:
   // Cumulative over all epochs: the finished epochs' totals plus the current one's.
@@ -50,6 +53,7 @@ class StatsWindow {
   };
   uint64_t window_ns_;
   std::deque<Totals> history_;
+  static ModelRates between(const Totals& a, const Totals& b);
   Totals base_;         // sum of finished epochs
   StatsSample last_{};  // last raw sample, to close an epoch
 };
