@@ -228,7 +228,16 @@ void ModelSupervisor::on_worker_exit(const ExitInfo& info, uint64_t now_ns) {
 void ModelSupervisor::tick(uint64_t now_ns) {
   if (state_ == State::kStopping) return;
   if (worker_) {
-    if (auto exit = worker_->try_reap()) on_worker_exit(*exit, now_ns);
+    if (auto exit = worker_->try_reap()) {
+      const bool handed_over = shadow_ && segment_.header().owner_epoch.load(
+                                              std::memory_order_acquire) == shadow_->epoch;
+      if (handed_over && exit->exit_code == 0) {
+        retire_epoch_counters(epoch_);  // it passed the ring on and finished: not a death
+        worker_.reset();
+      } else {
+        on_worker_exit(*exit, now_ns);
+      }
+    }
   }
   if (shadow_) drive_shadow(now_ns);
   if (pending_) drive_pending(now_ns);

@@ -13,6 +13,7 @@ namespace {
 constexpr double kEps = 1e-6;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr uint32_t kMaxShrinkBackoff = 3;    // shrink_after at most x8
+constexpr double kMaxShrinkFactor = 0.5;     // one shrink keeps at least half the slice
 constexpr uint32_t kSteadyIntervals = 2;     // intervals without change before p99 calibrates
 constexpr double kBatchKeepTolerance = 0.1;  // current batch kept within 10% of the target
 constexpr double kBurstZ = 2.33;             // 99th percentile of a normal, for Poisson bursts
@@ -396,6 +397,9 @@ PolicyResult decide(const PolicyConfig& config, std::span<const ModelObservation
       } else {
         double target = w.keep;
         if (!w.exec) target = arrivals > 0 ? w.slice : min_slice;  // idle: give it back
+        // At most halve per step: the exec model may be wrong at a slice it has not seen, and a
+        // shrink that overshoots costs the SLO until the next grow.
+        target = std::max(target, w.slice * kMaxShrinkFactor);
         if (w.slice - target >= min_step - kEps) {
           w.shrink = true;
           w.want = target;

@@ -91,6 +91,7 @@ TEST_F(ResizeTest, ShadowResizesUnderLoadLoseNothingAndServeNothingTwice) {
   nlohmann::json m = model_status(instance_);
   EXPECT_EQ(m["resizes"].get<int>(), kResizes);
   EXPECT_EQ(m["epoch"].get<uint64_t>(), first_epoch + kResizes) << "one shadow per resize";
+  EXPECT_EQ(m["restarts"].get<int>(), 0) << "a worker that handed over did not die";
   EXPECT_EQ(m["slice"].get<double>(), 30);
   expect_exactly_once(instance_, load);
   EXPECT_EQ(daemon.stop(), 0);

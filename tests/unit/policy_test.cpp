@@ -198,7 +198,9 @@ TEST(PolicyTest, LastingHeadroomShrinksToTheNeedPlusMargin) {
   ASSERT_TRUE(d.slice_changed) << d.reason;
   EXPECT_LT(d.slice, 80 - config.min_step);
   EXPECT_GE(d.slice, config.min_slice);
-  EXPECT_NEAR(d.slice, std::max(config.min_slice, d.needed_slice * (1 + config.shrink_margin)),
+  // To the need plus margin, but one step keeps at least half the slice.
+  EXPECT_NEAR(d.slice,
+              std::max({config.min_slice, d.needed_slice * (1 + config.shrink_margin), 80 * 0.5}),
               1e-6);
   EXPECT_NE(d.reason.find("shrink 80->"), std::string::npos) << d.reason;
 }
@@ -224,8 +226,18 @@ TEST(PolicyTest, IdleModelWithoutMeasurementsGivesTheDeviceBack) {
   ModelObservation obs = observe("m", 40, 0, 0, 0);
   obs.exec_ms_by_batch.clear();
   PolicyResult r;
-  for (uint32_t i = 0; i < config.shrink_after; ++i) r = decide_one(config, obs, memory);
-  EXPECT_NEAR(r.decisions[0].slice, config.min_slice, 1e-9);
+  // Halving at most per step: 40 -> 20 -> 10 -> 5, each after its own headroom streak.
+  std::vector<double> steps;
+  for (int i = 0; i < 100 && obs.slice > config.min_slice; ++i) {
+    r = decide_one(config, obs, memory);
+    if (r.decisions[0].slice_changed) {
+      EXPECT_GE(r.decisions[0].slice, obs.slice * 0.5 - 1e-9) << r.decisions[0].reason;
+      obs.slice = r.decisions[0].slice;
+      steps.push_back(obs.slice);
+    }
+  }
+  EXPECT_NEAR(obs.slice, config.min_slice, 1e-9);
+  EXPECT_EQ(steps, (std::vector<double>{20, 10, 5}));
 }
 
 TEST(PolicyTest, ChangesBelowMinStepAreNotMade) {

@@ -75,6 +75,7 @@ void ServeLoop::hand_over() {
 }
 
 void ServeLoop::publish_config() {
+  duty_ = std::clamp(slice_.info().duty, 0.01, 1.0);
   shm::WorkerStats& st = port_.stats();
   st.max_batch.store(options_.max_batch, std::memory_order_relaxed);
   st.slice_percent.store(uint32_t(slice_.info().percent + 0.5), std::memory_order_relaxed);
@@ -195,9 +196,10 @@ void ServeLoop::run_batch() {
   }
   // Quota slices sleep here, after the clients already have their answers.
   slice_.end_batch();
-  // The batch held the slice from start until now, throttle included: that is the execution
-  // time the policy scales with the slice, and the busy time against the wall clock.
-  const uint64_t occupied = shm::monotonic_ns() - start;
+  // What the batch costs the slice: its compute time stretched by the quota (whether or not the
+  // throttle had to sleep this time). This is the execution time the policy scales with the
+  // slice, and the busy time against the wall clock.
+  const auto occupied = uint64_t(double(compute) / duty_);
   shm::WorkerStats& st = port_.stats();
   st.batches.fetch_add(1, std::memory_order_relaxed);
   const size_t size = std::min<size_t>(items_.size(), shm::kMaxBatch);

@@ -62,6 +62,7 @@ class CpuSlice final : public Slice {
     info.mode = options_.mode;
     info.percent = entry.percent;
     info.threads = pool_->size();
+    info.duty = entry.plan.duty;
     info.placement = "cores " + format_cpu_list(pool_->cpus()) + ", " +
                      (throttle_.active() ? "quota " + format_percent(100.0 * entry.plan.duty)
                                          : std::string("no quota"));

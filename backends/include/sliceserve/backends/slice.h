@@ -15,6 +15,9 @@ struct SliceInfo {
   double percent = 0;     // share of the device, (0, 100]
   unsigned threads = 0;   // compute threads (cpu) or equivalent parallel lanes
   std::string placement;  // human-readable, e.g. "cores 0-1, quota 70%"
+  // Fraction of the time each compute thread may run: a CPU quota below whole cores; 1 when
+  // the slice is not time-shared. A batch's cost to the slice is its compute time / duty.
+  double duty = 1.0;
 };
 
 class Slice : public ComputeContext {

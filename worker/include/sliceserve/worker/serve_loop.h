@@ -76,6 +76,7 @@ class ServeLoop {
   std::vector<ItemIO> items_;
   std::vector<shm::ClaimedSlot> item_slots_;
   bool first_batch_pending_ = false;  // the next batch is the first at the current slice
+  double duty_ = 1;  // the slice's per-thread time quota, see SliceInfo::duty
   uint64_t last_recovery_ns_ = 0;
   uint64_t last_liveness_ns_ = 0;
 };
