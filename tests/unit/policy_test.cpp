@@ -248,14 +248,14 @@ TEST(PolicyTest, ChangesBelowMinStepAreNotMade) {
   PolicyResult r;
   double slice = 0;
   for (uint32_t i = 0; i < config.shrink_after; ++i) {
-    r = decide_one(config, observe("m", 40, 200, 200, 10), memory);
+    r = decide_one(config, observe("m", 40, 100, 100, 10), memory);
   }
   const double target = r.decisions[0].needed_slice * (1 + config.shrink_margin);
   ASSERT_LT(target, 40);
   slice = std::max(target + 1, 40 - config.min_step + 1);  // just inside min_step
   memory = {};
   for (uint32_t i = 0; i < 3 * config.shrink_after; ++i) {
-    r = decide_one(config, observe("m", slice, 200, 200, 10), memory);
+    r = decide_one(config, observe("m", slice, 100, 100, 10), memory);
     EXPECT_FALSE(r.decisions[0].slice_changed) << r.decisions[0].reason;
   }
 }

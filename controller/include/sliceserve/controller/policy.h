@@ -89,7 +89,9 @@ struct PolicyConfig {
   double target_utilization = 0.8;   // busy fraction aimed at when sizing a slice
   // Added with the implementation:
   double target_p99_fraction = 0.6;  // sizing aims the p99 model at this fraction of the SLO
-  double shrink_margin = 0.15;       // a shrink keeps this fraction above the need
+  double shrink_margin = 0.3;        // a shrink keeps this fraction above the need (the real
+                                     // system has throttle and co-scheduling delays the
+                                     // model does not see)
   double grow_margin = 0.1;          // a grow adds this fraction to the need (<= shrink_margin)
   double throughput_slack = 0.1;     // completions may trail arrivals by this fraction (noise)
   double exec_ema_alpha = 0.3;       // weight of a new execution-time measurement
