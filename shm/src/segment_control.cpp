@@ -125,8 +125,8 @@ Result<std::string> send_command(Segment& segment, uint64_t target_epoch, Comman
   for (;;) {
     if (auto answer = poll_command(segment, seq)) return *answer;
     if (monotonic_ns() >= deadline) {
-      return Status(ErrorCode::kTimeout, "worker epoch " + std::to_string(target_epoch) +
-                                             " did not answer the command");
+      return Status(ErrorCode::kTimeout,
+                    "worker epoch " + std::to_string(target_epoch) + " did not answer the command");
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
