@@ -65,6 +65,7 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
                                           const std::string& segment, uint64_t epoch,
                                           const Placement& placement) {
   const CpuMode mode = config.cpu_mode_of(model);
+  // clang-format off: flag and value side by side
   std::vector<std::string> args = {
       "--segment",
       segment,
@@ -97,6 +98,7 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
       "--log-level",
       config.server.log_level,
   };
+  // clang-format on
   if (mode == CpuMode::kAffinity) {
     std::string pool;
     for (double s : slice_pool(config.policy.tuning)) {
@@ -281,17 +283,35 @@ void ModelSupervisor::tick(uint64_t now_ns) {
   }
 }
 
-Status ModelSupervisor::resize(double slice, const std::string& why, uint64_t now_ns) {
-  if (!(slice > 0 && slice <= 100)) {
-    return Status(ErrorCode::kInvalidArgument,
-                  "slice must be in (0, 100], got " + format_slice(slice));
-  }
+Status ModelSupervisor::check_can_resize() const {
   if (resize_in_progress()) {
     return Status(ErrorCode::kBusy, "model " + model_.name + " is already being resized");
   }
   if (state_ != State::kServing || !worker_) {
     return Status(ErrorCode::kUnavailable, "model " + model_.name + " has no serving worker");
   }
+  return Status::ok();
+}
+
+Status ModelSupervisor::start_shadow(const ModelConfig& target, const std::string& why,
+                                     uint64_t now_ns) {
+  const uint64_t epoch = next_epoch_++;
+  auto process = WorkerProcess::spawn(
+      worker_binary_, worker_arguments(config_, target, segment_.name(), epoch, placement_));
+  if (!process.is_ok()) return process.status().with_context("shadow worker");
+  shadow_ = Shadow{std::move(process).value(), epoch, target, now_ns, false, why};
+  publish_model_fields();
+  spdlog::info("model {}: {}: shadow pid {} epoch {} loading", model_.name, why,
+               shadow_->process.pid(), epoch);
+  return Status::ok();
+}
+
+Status ModelSupervisor::resize(double slice, const std::string& why, uint64_t now_ns) {
+  if (!(slice > 0 && slice <= 100)) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "slice must be in (0, 100], got " + format_slice(slice));
+  }
+  RETURN_IF_ERROR(check_can_resize());
   if (std::abs(slice - model_.slice) < 1e-9) {
     return Status(ErrorCode::kInvalidArgument,
                   "model " + model_.name + " already has slice " + format_slice(slice));
@@ -307,16 +327,10 @@ Status ModelSupervisor::resize(double slice, const std::string& why, uint64_t no
   }
   ModelConfig target = model_;
   target.slice = slice;
-  const uint64_t epoch = next_epoch_++;
-  auto process = WorkerProcess::spawn(
-      worker_binary_, worker_arguments(config_, target, segment_.name(), epoch, placement_));
-  if (!process.is_ok()) return process.status().with_context("shadow worker");
-  shadow_ = Shadow{std::move(process).value(), epoch, target, now_ns, false, why};
-  publish_model_fields();
-  spdlog::info("model {}: shadow resize {}% -> {}% ({}): shadow pid {} epoch {} loading",
-               model_.name, format_slice(model_.slice), format_slice(slice), why,
-               shadow_->process.pid(), epoch);
-  return Status::ok();
+  return start_shadow(target,
+                      "shadow resize " + format_slice(model_.slice) + "% -> " +
+                          format_slice(slice) + "% (" + why + ")",
+                      now_ns);
 }
 
 Status ModelSupervisor::switch_backend(CpuMode mode, uint64_t now_ns) {
@@ -324,25 +338,12 @@ Status ModelSupervisor::switch_backend(CpuMode mode, uint64_t now_ns) {
     return Status(ErrorCode::kInvalidArgument,
                   "model " + model_.name + " already runs on " + backend_name(mode));
   }
-  if (resize_in_progress()) {
-    return Status(ErrorCode::kBusy, "model " + model_.name + " is already being resized");
-  }
-  if (state_ != State::kServing || !worker_) {
-    return Status(ErrorCode::kUnavailable, "model " + model_.name + " has no serving worker");
-  }
+  RETURN_IF_ERROR(check_can_resize());
   ModelConfig target = model_;
   target.cpu_mode = mode;
-  const uint64_t epoch = next_epoch_++;
-  auto process = WorkerProcess::spawn(
-      worker_binary_, worker_arguments(config_, target, segment_.name(), epoch, placement_));
-  if (!process.is_ok()) return process.status().with_context("shadow worker");
-  const std::string why =
-      "backend " + backend_name(config_.cpu_mode_of(model_)) + " -> " + backend_name(mode);
-  shadow_ = Shadow{std::move(process).value(), epoch, target, now_ns, false, why};
-  publish_model_fields();
-  spdlog::info("model {}: {}: shadow pid {} epoch {} loading", model_.name, why,
-               shadow_->process.pid(), epoch);
-  return Status::ok();
+  return start_shadow(
+      target, "backend " + backend_name(config_.cpu_mode_of(model_)) + " -> " + backend_name(mode),
+      now_ns);
 }
 
 Status ModelSupervisor::set_max_batch(uint32_t max_batch) {
@@ -422,15 +423,13 @@ void ModelSupervisor::drive_shadow(uint64_t now_ns) {
     if (worker_) retired_.push_back({epoch_, std::move(*worker_), now_ns});
     worker_.emplace(std::move(sh.process));
     const std::string what = sh.why;
-    const double from = model_.slice;
     const uint64_t took_ms = (now_ns - sh.started_ns) / kMs;
     model_ = sh.target;
     epoch_ = sh.epoch;
     shadow_.reset();
     state_ = State::kServing;
     serving_since_ns_ = now_ns;
-    finish_resize("shadow " + format_slice(from) + "% -> " + format_slice(model_.slice) + "% (" +
-                  what + "), " + std::to_string(took_ms) + " ms from spawn to swap");
+    finish_resize(what + ", " + std::to_string(took_ms) + " ms from spawn to swap");
     return;
   }
   const shm::WorkerStats& st = segment_.stats_block(sh.epoch);

@@ -53,7 +53,7 @@ TEST_F(SlicectlControlTest, ResizeWaitsForTheSwapAndPinsThePolicy) {
   CliRun r = run("resize alpha 45");
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("policy now off for alpha"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("shadow 30% -> 45%"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("shadow resize 30% -> 45%"), std::string::npos) << r.out;
   nlohmann::json m = alpha();
   EXPECT_EQ(m["slice"].get<double>(), 45);
   EXPECT_FALSE(m["policy"].get<bool>());

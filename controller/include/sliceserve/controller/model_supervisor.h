@@ -113,6 +113,10 @@ class ModelSupervisor {
   ModelSupervisor(const Config& config, const ModelConfig& model, std::string worker_binary,
                   const Placement& placement, shm::Segment segment);
   void start_worker(uint64_t now_ns);
+  // kBusy while a resize runs, kUnavailable without a serving worker.
+  Status check_can_resize() const;
+  // Spawns a worker for `target` that takes the ring over once READY (drive_shadow).
+  Status start_shadow(const ModelConfig& target, const std::string& why, uint64_t now_ns);
   void on_worker_exit(const ExitInfo& info, uint64_t now_ns);
   void drive_shadow(uint64_t now_ns);
   void drive_pending(uint64_t now_ns);
