@@ -528,8 +528,10 @@ int main(int argc, char** argv) {
         static_cast<unsigned long long>(m.wrong_outputs), static_cast<long long>(m.duplicated),
         static_cast<unsigned long long>(run->completed_total));
     auto gap_line = [&](const char* what, const Gap& g) {
-      std::fprintf(stderr, "handover[%s]:   %-44s p99 %9.1f us   (warm-up, no resize: %9.1f us)\n",
-                   name, what, g.p99_us, g.steady_p99_us);
+      std::fprintf(stderr,
+                   "handover[%s]:   %-44s p50 %7.1f p99 %7.1f us  (warm-up, no resize: p50 %7.1f "
+                   "p99 %7.1f us)\n",
+                   name, what, g.p50_us, g.p99_us, g.steady_p50_us, g.steady_p99_us);
     };
     std::fprintf(stderr,
                  "handover[%s]: pauses (longest stall with requests waiting, per resize):\n", name);

@@ -217,7 +217,9 @@ struct RunData {
 // One pause metric over the resizes and, for comparison, over windows of the same length in the
 // warm-up (no resize).
 struct Gap {
+  double p50_us = 0;
   double p99_us = 0;
+  double steady_p50_us = 0;
   double steady_p99_us = 0;
 };
 

@@ -223,6 +223,7 @@ Metrics compute_metrics(const RunData& run) {
       v.push_back(raw ? interval : stall);
       lengths.push_back(double(hi - lo));
     }
+    g.p50_us = percentile(v, 50);
     g.p99_us = percentile(v, 99);
     const uint64_t len = uint64_t(percentile(lengths, 50));
     std::vector<double> steady;
@@ -231,6 +232,7 @@ Metrics compute_metrics(const RunData& run) {
       t.gaps(lo, lo + len, &stall, &interval);
       steady.push_back(raw ? interval : stall);
     }
+    g.steady_p50_us = percentile(steady, 50);
     g.steady_p99_us = percentile(steady, 99);
     return g;
   };
