@@ -554,7 +554,7 @@ int main(int argc, char** argv) {
                  run->extra_rss_mb);
     std::printf("%s\n", json_line(*run, m).c_str());
     std::fflush(stdout);
-    if (m.lost != 0 || m.duplicated != 0) rc = 1;
+    if (m.lost != 0 || m.duplicated != 0 || m.resizes_ok != run->resizes.size()) rc = 1;
   }
   return rc;
 }
