@@ -141,17 +141,19 @@ AdminServer::AdminServer(std::string path, int listen_fd)
 }
 
 AdminServer::~AdminServer() {
-  stop_.store(true);
+  // Answer what waits first: the I/O thread may be blocked on one of these replies, and nobody
+  // else will give it one now.
+  {
+    std::lock_guard lock(mutex_);
+    stop_.store(true);
+    for (auto& p : queue_) p->reply.set_value(error_reply("sliceserved is stopping"));
+    queue_.clear();
+  }
   char c = 'x';
   if (write(wake_fd_[1], &c, 1) != 1) {
     // The pipe is ours and empty; a failed write leaves the thread to notice stop_ on its poll.
   }
   thread_.join();
-  {
-    std::lock_guard lock(mutex_);
-    for (auto& p : queue_) p->reply.set_value(error_reply("sliceserved is stopping"));
-    queue_.clear();
-  }
   close(listen_fd_);
   close(wake_fd_[0]);
   close(wake_fd_[1]);
@@ -192,6 +194,8 @@ nlohmann::json AdminServer::submit(nlohmann::json request) {
   std::future<nlohmann::json> reply = pending->reply.get_future();
   {
     std::lock_guard lock(mutex_);
+    // Checked under the lock the destructor takes to fail the queue: nothing enqueued after.
+    if (stop_.load()) return error_reply("sliceserved is stopping");
     queue_.push_back(std::move(pending));
   }
   arrived_.notify_one();

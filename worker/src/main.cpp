@@ -3,12 +3,14 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <sched.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -134,6 +136,14 @@ int serve(const Args& args) {
   port.publish_state(shm::WorkerState::kServing);
   spdlog::info("serving");
   worker::ServeExit exit = loop.run(g_stop);
+  if (exit == worker::ServeExit::kHandedOver) {
+    // Our last batch is done; the new owner now serves, likely on the same cores. Tearing this
+    // process down (unmapping weights and thread stacks) must not delay its batches.
+    sched_param idle{};
+    if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) {
+      spdlog::debug("SCHED_IDLE refused: {}", std::strerror(errno));
+    }
+  }
   port.publish_state(shm::WorkerState::kExited);
   spdlog::info("exit: {}", worker::serve_exit_name(exit));
   return kExitOk;
