@@ -98,34 +98,49 @@ void Daemon::run_policy(uint64_t now_ns) {
   std::vector<ModelObservation> observations;
   for (auto& m : models_) observations.push_back(m->observe());
   last_policy_ = decide(config_->policy.tuning, observations, policy_memory_);
-  for (size_t i = 0; i < models_.size(); ++i) {
-    ModelSupervisor& m = *models_[i];
-    const Decision& d = last_policy_.decisions[i];
-    m.record_decision(d.reason);
-    if (!d.slice_changed && !d.batch_changed) {
-      spdlog::debug("policy {}: {}", m.name(), d.reason);
-      continue;
-    }
-    if (!m.policy_on()) continue;
-    if (d.slice_changed) {
+
+  // Shrinks first, then grows, and a grow only if the device has room for it now: slices
+  // change one model at a time, so applying the decisions in any order could briefly hand out
+  // more than the device.
+  double committed = 0;
+  for (auto& m : models_) committed += m->committed_slice();
+  for (int pass = 0; pass < 2; ++pass) {
+    const bool growing = pass == 1;
+    for (size_t i = 0; i < models_.size(); ++i) {
+      ModelSupervisor& m = *models_[i];
+      const Decision& d = last_policy_.decisions[i];
+      if (!growing) m.record_decision(d.reason);
+      if (!m.policy_on() || !d.slice_changed) continue;
+      // Whole percents: the in-place path and the status speak in them.
+      const double target = std::clamp(std::round(d.slice), 1.0, 100.0);
+      const double current = m.committed_slice();
+      if (target == current || (target > current) != growing) continue;
       if (m.resize_in_progress() || m.in_resize_backoff(now_ns)) {
         spdlog::debug("policy {}: {} (deferred: a resize runs or failed recently)", m.name(),
                       d.reason);
         continue;
       }
-      // Whole percents: the in-place path and the status speak in them.
-      const double target = std::clamp(std::round(d.slice), 1.0, 100.0);
+      if (growing && committed - current + target > config_->policy.tuning.device_capacity) {
+        spdlog::info("policy {}: {} (deferred: the device is not free yet)", m.name(), d.reason);
+        continue;
+      }
       spdlog::info("policy {}: {}", m.name(), d.reason);
-      if (target == m.model().slice) continue;
       Status s = m.resize(target, "policy", now_ns);
-      if (!s.is_ok()) spdlog::warn("policy {}: resize not started: {}", m.name(), s.message());
-    } else {
-      spdlog::info("policy {}: {}", m.name(), d.reason);
+      if (!s.is_ok()) {
+        spdlog::warn("policy {}: resize not started: {}", m.name(), s.message());
+        continue;
+      }
+      // A shrink frees the device only once done; a grow claims it now.
+      if (growing) committed += target - current;
     }
-    if (d.batch_changed && !m.resize_in_progress()) {
-      Status s = m.set_max_batch(d.max_batch);
-      if (!s.is_ok()) spdlog::debug("policy {}: batch not changed: {}", m.name(), s.message());
-    }
+  }
+  for (size_t i = 0; i < models_.size(); ++i) {
+    ModelSupervisor& m = *models_[i];
+    const Decision& d = last_policy_.decisions[i];
+    if (!m.policy_on() || !d.batch_changed || m.resize_in_progress()) continue;
+    spdlog::info("policy {}: {}", m.name(), d.reason);
+    Status s = m.set_max_batch(d.max_batch);
+    if (!s.is_ok()) spdlog::debug("policy {}: batch not changed: {}", m.name(), s.message());
   }
   if (last_policy_.shortfall > 0) {
     std::string names;

@@ -504,6 +504,19 @@ void ModelSupervisor::reap_retired(uint64_t now_ns) {
   }
 }
 
+double ModelSupervisor::oldest_waiting_ms(uint64_t now_ns) const {
+  uint64_t oldest = now_ns;
+  for (uint32_t i = 0; i < segment_.slot_count(); ++i) {
+    const shm::SlotHeader& slot = segment_.slot(i);
+    const shm::SlotState st = shm::slot_state(slot.state.load(std::memory_order_acquire));
+    if (st != shm::SlotState::kQueued && st != shm::SlotState::kClaimed) continue;
+    // Written by the client before QUEUED (release); a reused slot only makes it younger.
+    const uint64_t enqueued = slot.enqueue_ns;
+    if (enqueued != 0 && enqueued < oldest) oldest = enqueued;
+  }
+  return double(now_ns - oldest) / 1e6;
+}
+
 ModelObservation ModelSupervisor::observe() {
   ModelObservation o;
   o.name = model_.name;
@@ -517,6 +530,10 @@ ModelObservation ModelSupervisor::observe() {
   o.arrival_rps = r.arrival_rps;
   o.completion_rps = r.completion_rps;
   o.p99_ms = double(r.p99_us) / 1000.0;
+  // Requests still waiting count too: a model so starved that nothing completes in an interval
+  // (and whose clients cannot submit more, their lanes full) must not look idle. Its p99 is at
+  // least the age of its oldest waiting request.
+  o.p99_ms = std::max(o.p99_ms, oldest_waiting_ms(shm::monotonic_ns()));
   o.busy_fraction = r.busy_fraction;
   const shm::WorkerStats& st = segment_.stats_block(epoch_);
   if (st.epoch.load(std::memory_order_acquire) != epoch_) return o;
@@ -545,6 +562,13 @@ void ModelSupervisor::publish_summary(uint64_t now_ns) {
   s.p99_us.store(r.p99_us, std::memory_order_relaxed);
   s.completed_total.store(completed_total(), std::memory_order_relaxed);
   s.updated_ns.store(now_ns, std::memory_order_release);
+}
+
+double ModelSupervisor::committed_slice() const {
+  double slice = model_.slice;
+  if (shadow_) slice = std::max(slice, shadow_->target.slice);
+  if (pending_ && pending_->slice > 0) slice = std::max(slice, pending_->slice);
+  return slice;
 }
 
 uint64_t ModelSupervisor::completed_total() const {

@@ -60,6 +60,9 @@ class ModelSupervisor {
   bool resize_in_progress() const {
     return shadow_.has_value() || pending_.has_value() || !retired_.empty();
   }
+  // The larger of the slice in force and the one a resize in progress moves to: what the model
+  // may hold of the device until the resize is over.
+  double committed_slice() const;
   // Requests completed over every epoch of this model so far.
   uint64_t completed_total() const;
   bool policy_on() const { return policy_on_; }
@@ -127,6 +130,8 @@ class ModelSupervisor {
   void retire_epoch_counters(uint64_t epoch);
   std::string failure_message(uint64_t epoch) const;
   void publish_model_fields();
+  // Age of the oldest request queued or running, 0 when none.
+  double oldest_waiting_ms(uint64_t now_ns) const;
 
   const Config& config_;
   ModelConfig model_;
