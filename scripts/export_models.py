@@ -24,24 +24,25 @@ DEFAULT_SIZE = 224
 WEIGHT_SEED = 0
 INPUT_SEED = 1
 
-# name -> (constructor keyword arguments, smallest input size it exports at, why)
-# The minimum sizes are measured (docs/models.md): a model below its minimum either shrinks a
-# feature map to nothing or needs an adaptive pooling whose output size does not divide its
-# input, which the ONNX exporter cannot express.
+# name -> (constructor keyword arguments, smallest input size it exports at, what it needs)
+# The minimum sizes are measured with torch 1.13 (docs/models.md): below them a feature map
+# shrinks to nothing. AlexNet and VGG end in an adaptive average pooling to 6x6 / 7x7, which
+# the ONNX exporter can only express when the feature map is a multiple of that size: AlexNet
+# exports at 223..254 (then from 6x6 * 2 upwards), VGG at 224..255 (then 448..).
 MODELS = {
-    "resnet18": ({}, 32, "5 stride-2 stages; GlobalAveragePool head"),
-    "resnet50": ({}, 32, "5 stride-2 stages; GlobalAveragePool head"),
-    "mobilenet_v2": ({}, 32, "5 stride-2 stages; GlobalAveragePool head"),
-    "mobilenet_v3_small": ({}, 32, "5 stride-2 stages; HardSwish/HardSigmoid, SE blocks"),
-    "squeezenet1_0": ({}, 64, "3 ceil-mode max pools after a 7x7/2 conv"),
-    "alexnet": ({}, 224, "AdaptiveAvgPool2d(6,6): the feature map must be 6x6 (or a multiple)"),
-    "vgg11": ({}, 224, "AdaptiveAvgPool2d(7,7): the feature map must be 7x7 (or a multiple)"),
-    "densenet121": ({}, 32, "5 stride-2 stages; many Concats"),
-    "googlenet": ({"aux_logits": False, "init_weights": True}, 32,
-                  "ceil-mode max pools; aux heads left out (eval mode drops them anyway)"),
-    "shufflenet_v2_x1_0": ({}, 32, "channel shuffle exports Reshape/Transpose with Shape ops"),
-    "efficientnet_b0": ({}, 32, "SiLU as Sigmoid*Mul, SE blocks"),
-    "regnet_x_400mf": ({}, 32, "grouped convs; 5 stride-2 stages"),
+    "resnet18": ({}, 1, "any size; 5 stride-2 stages, GlobalAveragePool head"),
+    "resnet50": ({}, 1, "any size; bottleneck blocks, GlobalAveragePool head"),
+    "mobilenet_v2": ({}, 1, "any size; depthwise convs, Clip (ReLU6)"),
+    "mobilenet_v3_small": ({}, 1, "any size; HardSwish/HardSigmoid, SE blocks"),
+    "squeezenet1_0": ({}, 21, ">= 21; ceil-mode max pools, Concat (fire modules)"),
+    "alexnet": ({}, 223, "223..254 only (AdaptiveAvgPool 6x6 must divide the feature map); LRN-free"),
+    "vgg11": ({}, 224, "224..255 only (AdaptiveAvgPool 7x7 must divide the feature map); 531 MB"),
+    "densenet121": ({}, 29, ">= 29; 623 nodes, many Concats"),
+    "googlenet": ({"aux_logits": False, "init_weights": True}, 15,
+                  ">= 15; ceil-mode max pools, Concat; aux heads left out (unused in eval)"),
+    "shufflenet_v2_x1_0": ({}, 1, "any size; channel shuffle = Shape/Gather/Reshape/Transpose/Split"),
+    "efficientnet_b0": ({}, 1, "any size; SiLU as Sigmoid*Mul, SE blocks"),
+    "regnet_x_400mf": ({}, 1, "any size; grouped convs"),
 }
 
 
@@ -225,7 +226,7 @@ def main(argv):
             continue
         if args.input_size < MODELS[name][1]:
             log(f"{name} {args.input_size}: warning: below its measured minimum input size "
-                f"{MODELS[name][1]} ({MODELS[name][2]}); trying anyway")
+                f"{MODELS[name][1]}; input size {MODELS[name][2]}; trying anyway")
         try:
             info = build(mods, name, args.input_size, out_dir)
         except Exception as e:
