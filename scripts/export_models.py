@@ -111,11 +111,12 @@ def atomic_write(path, write):
 def op_census(onnx, path):
     model = onnx.load(path)
     onnx.checker.check_model(model)
-    ops = set()
+    ops = {}
 
     def walk(graph):
         for node in graph.node:
-            ops.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}")
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            ops[op] = ops.get(op, 0) + 1
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     walk(attr.g)
@@ -123,7 +124,12 @@ def op_census(onnx, path):
                     walk(g)
 
     walk(model.graph)
-    return sorted(ops), len(model.graph.node)
+    # The batch dimension must stay symbolic through the graph, not be pinned to 1 anywhere.
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out_dim = inferred.graph.output[0].type.tensor_type.shape.dim[0]
+    if out_dim.dim_param != "batch":
+        raise RuntimeError(f"output batch dimension is {out_dim}, not the symbolic 'batch'")
+    return dict(sorted(ops.items())), len(model.graph.node)
 
 
 def build(mods, name, size, out_dir):
@@ -155,7 +161,7 @@ def build(mods, name, size, out_dir):
     try:
         export(tmp_onnx)
         t_export = time.monotonic()
-        ops, nodes = op_census(onnx, tmp_onnx)
+        op_counts, nodes = op_census(onnx, tmp_onnx)
 
         def save(arr):
             def w(tmp):
@@ -175,7 +181,8 @@ def build(mods, name, size, out_dir):
             "torchvision": torchvision.__version__,
             "params": int(params),
             "nodes": nodes,
-            "ops": ops,
+            "ops": list(op_counts),
+            "op_counts": op_counts,
             "weight_seed": WEIGHT_SEED,
             "input_seed": INPUT_SEED,
             "output_absmax": float(abs(ya).max()),
