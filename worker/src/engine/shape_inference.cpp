@@ -29,7 +29,8 @@ bool fully_known(const Shape& shape) {
   return std::all_of(shape.begin(), shape.end(), [](int64_t d) { return d >= 0; });
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+// b > 0; rounds toward +infinity without overflowing.
+int64_t ceil_div(int64_t a, int64_t b) { return a / b + ((a % b != 0 && a > 0) ? 1 : 0); }
 
 // Everything a handler needs about one node.
 class Ctx {
@@ -530,7 +531,10 @@ struct SliceRange {
 
 SliceRange slice_range(int64_t dim, int64_t start, int64_t end, int64_t step) {
   SliceRange r;
+  // Steps beyond any dimension behave alike; bounding them keeps -step from overflowing.
+  step = std::clamp<int64_t>(step, -(int64_t{1} << 62), int64_t{1} << 62);
   r.step = step;
+  if (dim <= 0) return r;
   if (start < 0) start += dim;
   if (end < 0) end += dim;
   if (step > 0) {
@@ -701,6 +705,9 @@ Status infer_gather(Ctx& ctx) {
   }
   const std::vector<int64_t> values = data_const->to_int64();
   const std::vector<int64_t> index = index_const->to_int64();
+  if (static_cast<int64_t>(values.size()) != product(data->shape, 0, data->shape.size())) {
+    return Status::ok();
+  }
   const int64_t outer = product(data->shape, 0, axis);
   const int64_t extent = data->shape[axis];
   const int64_t inner = product(data->shape, axis + 1, data->shape.size());
@@ -826,6 +833,7 @@ void fold_view(Ctx& ctx) {
       value->element_count() > kMaxFoldElements) {
     return;
   }
+  if (product(out->shape, 0, out->shape.size()) != value->element_count()) return;
   Tensor folded = *value;
   folded.dims = out->shape;
   ctx.set_const(0, std::move(folded));
