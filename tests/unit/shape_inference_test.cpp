@@ -12,6 +12,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -301,6 +303,52 @@ TEST(ShapeInference, ReshapeRejectsWrongElementCount) {
   ASSERT_FALSE(status.is_ok());
   EXPECT_EQ(status.message().rfind("node 'reshape' (Reshape): cannot reshape [2,6]", 0), 0u)
       << status.message();
+}
+
+// torchvision exports that scripts/models caches under models/ (not committed): every reduced-input
+// model (name-32.onnx, up to 64 MiB) loads, and shape inference at batch 1 and 4 gives the exported
+// output shape.
+TEST(ShapeInferenceModels, TorchvisionExports) {
+  const std::filesystem::path dir = std::filesystem::path(SLICESERVE_SOURCE_DIR) / "models";
+  if (!std::filesystem::is_directory(dir))
+    GTEST_SKIP() << "no models/ (scripts/models builds them)";
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    // The reduced-input variants (name-32.onnx) keep the test quick; each architecture once.
+    if (entry.path().extension() == ".onnx" && entry.path().stem().string().ends_with("-32") &&
+        entry.file_size() <= (64U << 20)) {
+      files.push_back(entry.path());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) GTEST_SKIP() << "no models in models/";
+  const std::regex output_re(R"re("output":\s*\[([^\]]*)\])re");
+  for (const auto& file : files) {
+    std::ifstream json_in(std::filesystem::path(file).replace_extension(".json"));
+    const std::string json((std::istreambuf_iterator<char>(json_in)),
+                           std::istreambuf_iterator<char>());
+    std::smatch match;
+    Dims expected;
+    if (std::regex_search(json, match, output_re)) {
+      std::stringstream list(match[1].str());
+      std::string item;
+      while (std::getline(list, item, ',')) expected.push_back(std::stoll(item));
+    }
+    auto graph = load_onnx_file(file.string());
+    ASSERT_TRUE(graph.is_ok()) << graph.status().to_string();
+    for (int64_t batch : {1, 4}) {
+      Status status = infer_shapes(*graph, batch);
+      ASSERT_TRUE(status.is_ok()) << file.filename() << ": " << status.to_string();
+      ASSERT_EQ(graph->outputs.size(), 1u);
+      if (!expected.empty()) {
+        Dims want = expected;
+        want[0] = batch;
+        EXPECT_EQ(graph->outputs[0].shape, want) << file.filename();
+      }
+    }
+    std::printf("%-32s %zu nodes, output %s\n", file.filename().c_str(), graph->nodes.size(),
+                shm::shape_to_string(graph->outputs[0].shape).c_str());
+  }
 }
 
 // --- ONNX's own backend node tests (Debian libonnx-testdata): the inferred output shapes must

@@ -5,7 +5,6 @@
 
 #include <climits>
 #include <fstream>
-#include <iterator>
 #include <map>
 #include <set>
 
@@ -270,9 +269,14 @@ Result<Graph> load_onnx_bytes(std::span<const std::byte> bytes) {
 Result<Graph> load_onnx_file(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) return Status(ErrorCode::kNotFound, fmt::format("cannot open model '{}'", path));
-  std::vector<char> content((std::istreambuf_iterator<char>(file)),
-                            std::istreambuf_iterator<char>());
-  if (file.bad()) return Status(ErrorCode::kInternal, fmt::format("cannot read '{}'", path));
+  file.seekg(0, std::ios::end);
+  const std::streamoff size = file.tellg();
+  file.seekg(0, std::ios::beg);
+  if (size < 0) return Status(ErrorCode::kInternal, fmt::format("cannot size '{}'", path));
+  std::vector<char> content(static_cast<size_t>(size));
+  if (!file.read(content.data(), size)) {
+    return Status(ErrorCode::kInternal, fmt::format("cannot read '{}'", path));
+  }
   auto graph = load_onnx_bytes(std::as_bytes(std::span<const char>(content)));
   if (!graph) return graph.status().with_context(fmt::format("model '{}'", path));
   return graph;
