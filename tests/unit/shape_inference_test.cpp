@@ -305,6 +305,68 @@ TEST(ShapeInference, ReshapeRejectsWrongElementCount) {
       << status.message();
 }
 
+TEST(ShapeInference, Opset11AttributeForms) {
+  ModelBuilder b(11);
+  b.input("x", {2, 6, 1, 4});
+  auto* un = b.node("Unsqueeze", {"x"}, {"u"}, "unsqueeze");
+  set_ints(un, "axes", {0, -1});
+  auto* sq = b.node("Squeeze", {"x"}, {"sq"}, "squeeze");
+  set_ints(sq, "axes", {2});
+  b.node("Squeeze", {"x"}, {"sq_all"}, "squeeze_all");
+  auto* split = b.node("Split", {"x"}, {"a", "b"}, "split");
+  set_int(split, "axis", 1);
+  set_ints(split, "split", {2, 4});
+  auto* rm = b.node("ReduceMean", {"x"}, {"rm"}, "reduce");
+  set_ints(rm, "axes", {-1});
+  auto* shape = b.node("Shape", {"x"}, {"s"}, "shape");
+  (void)shape;
+  auto* cast = b.node("Cast", {"s"}, {"s32"}, "cast");
+  set_int(cast, "to", onnx::TensorProto::INT32);
+  auto* c = b.node("Constant", {}, {"ints"}, "const");
+  auto* value = c->add_attribute();
+  value->set_name("value_ints");
+  value->set_type(onnx::AttributeProto::INTS);
+  value->add_ints(3);
+  value->add_ints(-1);
+  b.node("Reshape", {"x", "ints"}, {"r"}, "reshape");
+  b.output("r");
+  Graph g = infer(b);
+  EXPECT_EQ(shape_of(g, "u"), (Dims{1, 2, 6, 1, 4, 1}));
+  EXPECT_EQ(shape_of(g, "sq"), (Dims{2, 6, 4}));
+  EXPECT_EQ(shape_of(g, "sq_all"), (Dims{2, 6, 4}));
+  EXPECT_EQ(shape_of(g, "a"), (Dims{2, 2, 1, 4}));
+  EXPECT_EQ(shape_of(g, "b"), (Dims{2, 4, 1, 4}));
+  EXPECT_EQ(shape_of(g, "rm"), (Dims{2, 6, 1, 1}));
+  EXPECT_EQ(g.find_value("s32")->dtype, DataType::kInt32);
+  ASSERT_NE(g.find_constant("s"), nullptr);
+  EXPECT_EQ(g.find_constant("s")->to_int64(), (Dims{2, 6, 1, 4}));
+  EXPECT_EQ(shape_of(g, "r"), (Dims{3, 16}));
+}
+
+TEST(ShapeInference, InputWithoutShapeIsAnError) {
+  ModelBuilder b;
+  auto* input = b.graph()->add_input();
+  input->set_name("x");
+  input->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+  b.node("Relu", {"x"}, {"y"}, "relu");
+  b.output("y");
+  Status status = infer_error(b);
+  ASSERT_FALSE(status.is_ok());
+  EXPECT_EQ(status.message(), "input 'x' has no shape");
+}
+
+TEST(ShapeInference, DataDependentShapeIsAnErrorNamingTheNode) {
+  ModelBuilder b;
+  b.input("x", {2, 6});
+  b.input("target", {2}, onnx::TensorProto::INT64);
+  b.node("Reshape", {"x", "target"}, {"y"}, "reshape");
+  b.output("y");
+  Status status = infer_error(b);
+  ASSERT_FALSE(status.is_ok());
+  EXPECT_EQ(status.message(),
+            "node 'reshape' (Reshape): input 'target' (shape) must be a constant");
+}
+
 // torchvision exports that scripts/models caches under models/ (not committed): every reduced-input
 // model (name-32.onnx, up to 64 MiB) loads, and shape inference at batch 1 and 4 gives the exported
 // output shape.
