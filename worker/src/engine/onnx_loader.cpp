@@ -223,27 +223,32 @@ Status sort_nodes(Graph& graph) {
   return Status::ok();
 }
 
-}  // namespace
-
-Result<Graph> load_onnx_bytes(std::span<const std::byte> bytes) {
+Status parse_model(std::span<const std::byte> bytes, onnx::ModelProto& model) {
   if (bytes.size() > static_cast<size_t>(INT_MAX)) {
-    return invalid("model larger than 2 GiB is not supported");
+    return invalid("model larger than 2 GiB is not supported (external data is not either)");
   }
-  onnx::ModelProto model;
   if (!model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
     return invalid("not a valid ONNX model (protobuf parse failed: truncated or corrupt)");
   }
   if (!model.has_graph()) return invalid("ONNX model has no graph");
+  return Status::ok();
+}
+
+// Converts the parsed model, dropping each initializer's bytes from it once copied so that a
+// large model is held at most twice at any time.
+Result<Graph> convert_model(onnx::ModelProto& model) {
   Graph graph;
   for (const auto& opset : model.opset_import()) {
     if (opset.domain().empty() || opset.domain() == "ai.onnx") graph.opset = opset.version();
   }
-  const auto& proto = model.graph();
+  auto& proto = *model.mutable_graph();
   graph.name = proto.name();
-  for (const auto& init : proto.initializer()) {
+  for (auto& init : *proto.mutable_initializer()) {
     auto tensor = convert_tensor(init, fmt::format("initializer '{}'", init.name()));
     if (!tensor) return tensor.status();
     graph.initializers[init.name()] = std::move(tensor).value();
+    std::string().swap(*init.mutable_raw_data());  // frees the bytes, not only the size
+    init.clear_float_data();
   }
   for (const auto& input : proto.input()) {
     if (graph.initializers.count(input.name()) != 0) continue;  // old exporters list weights too
@@ -266,6 +271,14 @@ Result<Graph> load_onnx_bytes(std::span<const std::byte> bytes) {
   return graph;
 }
 
+}  // namespace
+
+Result<Graph> load_onnx_bytes(std::span<const std::byte> bytes) {
+  onnx::ModelProto model;
+  RETURN_IF_ERROR(parse_model(bytes, model));
+  return convert_model(model);
+}
+
 Result<Graph> load_onnx_file(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) return Status(ErrorCode::kNotFound, fmt::format("cannot open model '{}'", path));
@@ -273,12 +286,22 @@ Result<Graph> load_onnx_file(const std::string& path) {
   const std::streamoff size = file.tellg();
   file.seekg(0, std::ios::beg);
   if (size < 0) return Status(ErrorCode::kInternal, fmt::format("cannot size '{}'", path));
-  std::vector<char> content(static_cast<size_t>(size));
-  if (!file.read(content.data(), size)) {
-    return Status(ErrorCode::kInternal, fmt::format("cannot read '{}'", path));
+  const std::string context = fmt::format("model '{}'", path);
+  if (size > INT_MAX) {
+    return invalid("model larger than 2 GiB is not supported (external data is not either)")
+        .with_context(context);
   }
-  auto graph = load_onnx_bytes(std::as_bytes(std::span<const char>(content)));
-  if (!graph) return graph.status().with_context(fmt::format("model '{}'", path));
+  onnx::ModelProto model;
+  {
+    std::vector<char> content(static_cast<size_t>(size));
+    if (!file.read(content.data(), size)) {
+      return Status(ErrorCode::kInternal, fmt::format("cannot read '{}'", path));
+    }
+    Status parsed = parse_model(std::as_bytes(std::span<const char>(content)), model);
+    if (!parsed) return parsed.with_context(context);
+  }  // the file's bytes are gone before the weights are copied out of the protobuf
+  auto graph = convert_model(model);
+  if (!graph) return graph.status().with_context(context);
   return graph;
 }
 
