@@ -125,11 +125,7 @@ struct Client::State {
         segment(std::move(seg)),
         default_timeout(options.default_timeout),
         spin_ns(uint64_t(std::max<int64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(options.spin).count(), 0))) {
-    const shm::ModelSpec& spec = segment.spec();
-    for (uint32_t i = 0; i < spec.n_inputs; ++i) input_offsets[i] = segment.input_offset(i);
-    for (uint32_t o = 0; o < spec.n_outputs; ++o) output_offsets[o] = segment.output_offset(o);
-  }
+            std::chrono::duration_cast<std::chrono::nanoseconds>(options.spin).count(), 0))) {}
   ~State() { shutdown(); }
 
   const shm::ModelSpec& spec() const { return segment.spec(); }
@@ -173,8 +169,6 @@ struct Client::State {
   std::optional<shm::ClientLane> lane;  // emplaced once the segment sits at its final address
   const std::chrono::milliseconds default_timeout;
   const uint64_t spin_ns;
-  std::array<size_t, shm::kMaxTensors> input_offsets{};
-  std::array<size_t, shm::kMaxTensors> output_offsets{};
 
   std::mutex mu;                         // guards the lane's state changes and what follows
   std::condition_variable slot_freed;    // a slot of the lane went back to FREE
@@ -287,7 +281,7 @@ void Client::State::write_request(const shm::SlotTicket& ticket, const Ordered& 
   for (uint32_t i = 0; i < s.n_inputs; ++i) {
     const shm::TensorSpec& want = s.inputs[i];
     const Tensor& t = *ordered[i];
-    std::memcpy(data + input_offsets[i], t.data.data(), t.data.size());
+    std::memcpy(data + segment.input_offset(i), t.data.data(), t.data.size());
     shm::RequestTensor& rt = header.inputs[i];
     rt = shm::RequestTensor{};
     rt.dtype = want.dtype;  // validated equal to t.dtype
@@ -322,7 +316,7 @@ Result<InferResult> Client::State::read_result(const shm::SlotTicket& ticket,
     t.name = std::string(out.name_view());
     t.dtype = out.dtype;
     t.shape.assign(out.dims, out.dims + out.ndims);
-    const std::byte* begin = data + output_offsets[o];
+    const std::byte* begin = data + segment.output_offset(o);
     t.data.assign(begin, begin + out.byte_size());
   }
   return result;

@@ -83,6 +83,9 @@ Status Daemon::run() {
       run_policy(now);
       next_summary = now + interval_ns;
     }
+    if (std::any_of(wanted_.begin(), wanted_.end(), [](double w) { return w > 0; })) {
+      apply_wanted_slices(now);
+    }
     admin_->serve_pending([this](const nlohmann::json& r) { return handle_admin(r); });
     // While a resize runs, look again soon: its steps (ack, READY, swap) take microseconds.
     bool resizing = false;
@@ -99,41 +102,24 @@ void Daemon::run_policy(uint64_t now_ns) {
   for (auto& m : models_) observations.push_back(m->observe());
   last_policy_ = decide(config_->policy.tuning, observations, policy_memory_);
 
-  // Shrinks first, then grows, and a grow only if the device has room for it now: slices
-  // change one model at a time, so applying the decisions in any order could briefly hand out
-  // more than the device.
-  double committed = 0;
-  for (auto& m : models_) committed += m->committed_slice();
-  for (int pass = 0; pass < 2; ++pass) {
-    const bool growing = pass == 1;
-    for (size_t i = 0; i < models_.size(); ++i) {
-      ModelSupervisor& m = *models_[i];
-      const Decision& d = last_policy_.decisions[i];
-      if (!growing) m.record_decision(d.reason);
-      if (!m.policy_on() || !d.slice_changed) continue;
-      // Whole percents: the in-place path and the status speak in them.
-      const double target = std::clamp(std::round(d.slice), 1.0, 100.0);
-      const double current = m.committed_slice();
-      if (target == current || (target > current) != growing) continue;
-      if (m.resize_in_progress() || m.in_resize_backoff(now_ns)) {
-        spdlog::debug("policy {}: {} (deferred: a resize runs or failed recently)", m.name(),
-                      d.reason);
-        continue;
-      }
-      if (growing && committed - current + target > config_->policy.tuning.device_capacity) {
-        spdlog::info("policy {}: {} (deferred: the device is not free yet)", m.name(), d.reason);
-        continue;
-      }
-      spdlog::info("policy {}: {}", m.name(), d.reason);
-      Status s = m.resize(target, "policy", now_ns);
-      if (!s.is_ok()) {
-        spdlog::warn("policy {}: resize not started: {}", m.name(), s.message());
-        continue;
-      }
-      // A shrink frees the device only once done; a grow claims it now.
-      if (growing) committed += target - current;
+  wanted_.assign(models_.size(), 0);
+  for (size_t i = 0; i < models_.size(); ++i) {
+    ModelSupervisor& m = *models_[i];
+    const Decision& d = last_policy_.decisions[i];
+    m.record_decision(d.reason);
+    if (!m.policy_on() || !d.slice_changed) continue;
+    // Whole percents: the in-place path and the status speak in them.
+    const double target = std::clamp(std::round(d.slice), 1.0, 100.0);
+    if (target == m.committed_slice()) continue;
+    if (m.resize_in_progress() || m.in_resize_backoff(now_ns)) {
+      spdlog::debug("policy {}: {} (deferred: a resize runs or failed recently)", m.name(),
+                    d.reason);
+      continue;
     }
+    spdlog::info("policy {}: {}", m.name(), d.reason);
+    wanted_[i] = target;
   }
+  apply_wanted_slices(now_ns);
   for (size_t i = 0; i < models_.size(); ++i) {
     ModelSupervisor& m = *models_[i];
     const Decision& d = last_policy_.decisions[i];
@@ -147,6 +133,34 @@ void Daemon::run_policy(uint64_t now_ns) {
     for (const auto& n : last_policy_.short_models) names += (names.empty() ? "" : ", ") + n;
     spdlog::warn("policy: the device is {:.1f}% short; below their need: {}",
                  last_policy_.shortfall, names);
+  }
+}
+
+void Daemon::apply_wanted_slices(uint64_t now_ns) {
+  // Shrinks first, then grows, and a grow only once the device has room for it: slices change
+  // one model at a time, so starting every change at once could briefly hand out more than the
+  // device. A deferred grow is retried every tick, so it follows a shrink's ack at once rather
+  // than a policy interval later.
+  double committed = 0;
+  for (auto& m : models_) committed += m->committed_slice();
+  for (const bool growing : {false, true}) {
+    for (size_t i = 0; i < models_.size(); ++i) {
+      ModelSupervisor& m = *models_[i];
+      const double target = wanted_[i];
+      const double current = m.committed_slice();
+      if (target == 0 || (target > current) != growing || m.resize_in_progress()) continue;
+      if (growing && committed - current + target > config_->policy.tuning.device_capacity) {
+        continue;
+      }
+      wanted_[i] = 0;
+      if (target == current) continue;
+      Status s = m.resize(target, "policy", now_ns);
+      if (!s.is_ok()) {
+        spdlog::warn("policy {}: resize not started: {}", m.name(), s.message());
+        continue;
+      }
+      if (growing) committed += target - current;  // a shrink frees the device only once done
+    }
   }
 }
 

@@ -200,8 +200,15 @@ void ModelSupervisor::retire_epoch_counters(uint64_t epoch) {
 }
 
 void ModelSupervisor::on_worker_exit(const ExitInfo& info, uint64_t now_ns) {
-  std::string reason = failure_message(epoch_);
   retire_epoch_counters(epoch_);
+  const bool handed_over =
+      shadow_ && segment_.header().owner_epoch.load(std::memory_order_acquire) == shadow_->epoch;
+  if (handed_over && info.exit_code == 0) {
+    // It passed the ring on and finished before the shadow was promoted: a retirement.
+    worker_.reset();
+    return;
+  }
+  std::string reason = failure_message(epoch_);
   worker_.reset();
   ++restarts_;
   if (shadow_) {
@@ -229,19 +236,12 @@ void ModelSupervisor::on_worker_exit(const ExitInfo& info, uint64_t now_ns) {
 
 void ModelSupervisor::tick(uint64_t now_ns) {
   if (state_ == State::kStopping) return;
-  if (worker_) {
-    if (auto exit = worker_->try_reap()) {
-      const bool handed_over = shadow_ && segment_.header().owner_epoch.load(
-                                              std::memory_order_acquire) == shadow_->epoch;
-      if (handed_over && exit->exit_code == 0) {
-        retire_epoch_counters(epoch_);  // it passed the ring on and finished: not a death
-        worker_.reset();
-      } else {
-        on_worker_exit(*exit, now_ns);
-      }
-    }
-  }
+  // The shadow first: once it owns the ring the old worker is retired, so its exit below is
+  // usually not seen here at all (on_worker_exit tells a retirement from a death anyway).
   if (shadow_) drive_shadow(now_ns);
+  if (worker_) {
+    if (auto exit = worker_->try_reap()) on_worker_exit(*exit, now_ns);
+  }
   if (pending_) drive_pending(now_ns);
   reap_retired(now_ns);
   switch (state_) {
@@ -439,9 +439,12 @@ void ModelSupervisor::drive_shadow(uint64_t now_ns) {
     sh.handover_asked = true;
     if (worker_ && state_ == State::kServing) {
       shm::request_handover(segment_, sh.epoch);  // the live worker passes the ring on
-    } else {
-      shm::set_owner_epoch(segment_, sh.epoch);  // no live worker: take the ring directly
+      return;
     }
+  }
+  if (sh.handover_asked && !worker_) {
+    // No live worker (or it died before passing the ring on): the shadow takes it directly.
+    shm::set_owner_epoch(segment_, sh.epoch);
     return;
   }
   if (!sh.handover_asked &&

@@ -246,7 +246,9 @@ Result<Segment> Segment::create(const SegmentOptions& options) {
   h->spec = options.spec;
   // Release: everything above is visible to whoever sees kOpen.
   h->lifecycle.store(uint32_t(Lifecycle::kOpen), std::memory_order_release);
-  return Segment(options.name, static_cast<std::byte*>(p), g.total_bytes, true);
+  Segment segment(options.name, static_cast<std::byte*>(p), g.total_bytes, true);
+  segment.cache_offsets();
+  return segment;
 }
 
 Result<Segment> Segment::attach(std::string_view name_view) {
@@ -293,6 +295,7 @@ Result<Segment> Segment::attach(std::string_view name_view) {
       !is_alive(h.controller)) {
     return Status(ErrorCode::kServerGone, "the server of segment " + name + " has stopped");
   }
+  segment.cache_offsets();  // the spec is validated: the checksum matched
   return segment;
 }
 
@@ -310,7 +313,9 @@ Segment::Segment(Segment&& other) noexcept
     : name_(std::move(other.name_)),
       base_(std::exchange(other.base_, nullptr)),
       size_(std::exchange(other.size_, 0)),
-      creator_(std::exchange(other.creator_, false)) {}
+      creator_(std::exchange(other.creator_, false)),
+      input_offsets_(other.input_offsets_),
+      output_offsets_(other.output_offsets_) {}
 
 Segment& Segment::operator=(Segment&& other) noexcept {
   if (this != &other) {
@@ -319,6 +324,8 @@ Segment& Segment::operator=(Segment&& other) noexcept {
     base_ = std::exchange(other.base_, nullptr);
     size_ = std::exchange(other.size_, 0);
     creator_ = std::exchange(other.creator_, false);
+    input_offsets_ = other.input_offsets_;
+    output_offsets_ = other.output_offsets_;
   }
   return *this;
 }
@@ -361,16 +368,16 @@ Mailbox& Segment::mailbox() const {
   return *reinterpret_cast<Mailbox*>(base_ + geometry().mailbox_offset);
 }
 
-size_t Segment::input_offset(uint32_t index) const {
+void Segment::cache_offsets() {
   size_t offset = 0;
-  for (uint32_t i = 0; i < index; ++i) offset += align_up(spec().inputs[i].byte_size(), 64);
-  return offset;
-}
-
-size_t Segment::output_offset(uint32_t index) const {
-  size_t offset = input_offset(spec().n_inputs);
-  for (uint32_t i = 0; i < index; ++i) offset += align_up(spec().outputs[i].byte_size(), 64);
-  return offset;
+  for (uint32_t i = 0; i < spec().n_inputs; ++i) {
+    input_offsets_[i] = offset;
+    offset += align_up(spec().inputs[i].byte_size(), 64);
+  }
+  for (uint32_t i = 0; i < spec().n_outputs; ++i) {
+    output_offsets_[i] = offset;
+    offset += align_up(spec().outputs[i].byte_size(), 64);
+  }
 }
 
 }  // namespace sliceserve::shm

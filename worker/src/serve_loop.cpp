@@ -75,10 +75,11 @@ void ServeLoop::hand_over() {
 }
 
 void ServeLoop::publish_config() {
-  duty_ = std::clamp(slice_.info().duty, 0.01, 1.0);
+  const backends::SliceInfo info = slice_.info();
+  duty_ = std::clamp(info.duty, 0.01, 1.0);
   shm::WorkerStats& st = port_.stats();
   st.max_batch.store(options_.max_batch, std::memory_order_relaxed);
-  st.slice_percent.store(uint32_t(slice_.info().percent + 0.5), std::memory_order_relaxed);
+  st.slice_percent.store(uint32_t(info.percent + 0.5), std::memory_order_relaxed);
 }
 
 ServeExit ServeLoop::run(const std::atomic<bool>& stop) {

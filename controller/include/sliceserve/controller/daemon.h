@@ -43,6 +43,8 @@ class Daemon {
  private:
   explicit Daemon(std::unique_ptr<Config> config) : config_(std::move(config)) {}
   void run_policy(uint64_t now_ns);
+  // Starts the resizes in wanted_ that the device has room for now.
+  void apply_wanted_slices(uint64_t now_ns);
   nlohmann::json status_json() const;
   void shutdown();
 
@@ -51,6 +53,8 @@ class Daemon {
   std::unique_ptr<AdminServer> admin_;
   PolicyMemory policy_memory_;
   PolicyResult last_policy_;
+  std::vector<double>
+      wanted_;  // per model: slice the policy asked for and not yet started, 0: none
   std::atomic<bool> stop_{false};
   static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
 };

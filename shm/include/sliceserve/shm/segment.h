@@ -1,6 +1,7 @@
 #pragma once
 // One model's shared-memory segment: creation (controller), attach (worker, client), unlink.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -61,9 +62,10 @@ class Segment {
   WorkerStats& stats_block(uint64_t epoch) const;  // block epoch % kStatsBlocks
   Mailbox& mailbox() const;
 
-  // Byte offsets of each input and output inside a slot's data area (spec order).
-  size_t input_offset(uint32_t index) const;
-  size_t output_offset(uint32_t index) const;
+  // Byte offsets of each input and output inside a slot's data area (spec order); computed
+  // once, since the request path asks for them per item.
+  size_t input_offset(uint32_t index) const { return input_offsets_[index]; }
+  size_t output_offset(uint32_t index) const { return output_offsets_[index]; }
 
   // The creator unlinks the name when destroyed (clean shutdown).
   bool is_creator() const { return creator_; }
@@ -71,11 +73,14 @@ class Segment {
  private:
   Segment(std::string name, std::byte* base, size_t size, bool creator);
   void reset();
+  void cache_offsets();
 
   std::string name_;
   std::byte* base_ = nullptr;
   size_t size_ = 0;
   bool creator_ = false;
+  std::array<size_t, kMaxTensors> input_offsets_{};
+  std::array<size_t, kMaxTensors> output_offsets_{};
 };
 
 }  // namespace sliceserve::shm
