@@ -50,6 +50,7 @@ class CpuSlice final : public Slice {
   }
 
   unsigned concurrency() const override { return pool_->size(); }
+  std::vector<unsigned> host_cpus() const override { return pool_->cpus(); }
 
   void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn) override {
     pool_->run(n, fn);

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <vector>
 
 namespace sliceserve::backends {
 
@@ -18,6 +19,11 @@ class ComputeContext {
   // context's threads, returns when all are done. The calling thread takes part. Not reentrant:
   // fn must not call parallel_for on the same context.
   virtual void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn) = 0;
+
+  // The host cpus the compute threads are pinned to: thread i (the caller is 0) on cpus[i];
+  // empty when they are not pinned. An executor with threads of its own (oneDNN's OpenMP team)
+  // pins them the same way, so a model stays inside its slice.
+  virtual std::vector<unsigned> host_cpus() const { return {}; }
 };
 
 }  // namespace sliceserve::backends

@@ -1,0 +1,50 @@
+#pragma once
+// An executor runs the engine's plans on one device. Every device implements this interface
+// (cpu: oneDNN; cuda: cuDNN/cuBLAS; hip: its kernels or MIOpen/rocBLAS); the engine and the
+// worker never see a vendor type.
+//
+// A model is compiled once for all the batch sizes it will run: one plan per batch size, built
+// together so the executor can choose one device layout per weight for all of them and keep the
+// weights once, in the model's WeightStore, where a shadow worker maps them instead of making a
+// second copy.
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "sliceserve/backends/compute_context.h"
+#include "sliceserve/backends/plan.h"
+#include "sliceserve/backends/weight_store.h"
+#include "sliceserve/shm/status.h"
+
+namespace sliceserve::backends {
+
+struct ExecutorWeights {
+  size_t bytes = 0;          // weight bytes the executor uses
+  size_t private_bytes = 0;  // of which this process holds its own copy
+};
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+
+  // Prepares every plan: layouts, primitives, activation memory, weights. The plans' constant
+  // bytes need to stay valid only during the call. `weights` (nullable, must outlive the
+  // executor) is where the weights go; without it the executor keeps a private copy. Errors name
+  // the op (its label) and say what is unsupported. Called once.
+  virtual Status compile(std::span<const Plan> plans, WeightStore* weights) = 0;
+
+  // Runs plan `index` (compile order). inputs[i] holds plan.inputs[i], outputs[i] receives
+  // plan.outputs[i], dense row-major with the plan's shapes. ctx gives the threads. One run at a
+  // time.
+  virtual Status run(size_t index, std::span<const std::byte* const> inputs,
+                     std::span<std::byte* const> outputs, ComputeContext& ctx) = 0;
+
+  virtual ExecutorWeights weights() const = 0;
+};
+
+// The cpu executor (oneDNN; backends/cpu).
+std::unique_ptr<Executor> create_cpu_executor();
+
+}  // namespace sliceserve::backends

@@ -1,0 +1,66 @@
+#pragma once
+// The engine: an ONNX model made ready to run on one device. Loading parses the file, fuses the
+// usual patterns once (fusion.h), infers shapes and lowers the graph to one plan per batch size
+// (lowering.h), and compiles every plan on the device's executor (backends/executor.h), whose
+// weights live in the model's WeightStore.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sliceserve/backends/compute_context.h"
+#include "sliceserve/backends/executor.h"
+#include "sliceserve/backends/weight_store.h"
+#include "sliceserve/shm/status.h"
+#include "sliceserve/worker/engine/graph.h"
+
+namespace sliceserve::worker::engine {
+
+struct EngineOptions {
+  // Plans are built for every batch size 1..max_batch, the first dimension of every graph input
+  // being the batch. 0: one plan at the graph's declared input shapes, which must all be known.
+  int64_t max_batch = 1;
+  std::string device = "cpu";  // the executor: "cpu" (oneDNN)
+  // Where the executor keeps the weights (nullable: a private copy); must outlive the engine.
+  backends::WeightStore* weights = nullptr;
+};
+
+class Engine {
+ public:
+  // kNotFound for a missing file; kInvalidArgument for an invalid model, an unsupported op or
+  // attribute (naming the node and op), or inputs whose shapes cannot be fixed.
+  static Result<std::unique_ptr<Engine>> load_file(const std::string& path,
+                                                   const EngineOptions& options);
+  // From a graph the caller built or edited (tests); takes it over.
+  static Result<std::unique_ptr<Engine>> load_graph(Graph graph, const EngineOptions& options);
+
+  // Inputs and outputs with their dtypes and shapes at batch 1 (max_batch > 0) or as declared.
+  const std::vector<ValueInfo>& inputs() const { return inputs_; }
+  const std::vector<ValueInfo>& outputs() const { return outputs_; }
+  int64_t max_batch() const { return max_batch_; }
+
+  // Shape of input/output i at `batch` (batch 0 with max_batch 0).
+  std::vector<int64_t> input_shape(size_t i, int64_t batch) const;
+  std::vector<int64_t> output_shape(size_t i, int64_t batch) const;
+
+  // Runs `batch` items (1..max_batch; 0 when max_batch is 0). inputs[i] / outputs[i] are dense
+  // row-major buffers of input_shape(i, batch) / output_shape(i, batch), items one after the
+  // other. kInvalidArgument for a batch out of range or a wrong buffer count.
+  Status run(int64_t batch, std::span<const std::byte* const> inputs,
+             std::span<std::byte* const> outputs, backends::ComputeContext& ctx);
+
+  backends::ExecutorWeights weights() const { return executor_->weights(); }
+
+ private:
+  Engine() = default;
+
+  int64_t max_batch_ = 0;
+  std::vector<ValueInfo> inputs_;
+  std::vector<ValueInfo> outputs_;
+  std::unique_ptr<backends::Executor> executor_;
+};
+
+}  // namespace sliceserve::worker::engine
