@@ -1,6 +1,7 @@
 // Stand-in for libFuzzer's main where the compiler has none (GCC): runs every seed file found
 // under the given folders, then deterministic mutations of them (bit flips, truncations, byte
-// splices) through LLVMFuzzerTestOneInput until --seconds have passed.
+// splices) through LLVMFuzzerTestOneInput until --seconds have passed. Folders give their .onnx
+// files; other seeds are named one by one.
 //   onnx_loader_fuzz [--seconds N] [--max-seed-bytes N] DIR_OR_FILE...
 
 #include <chrono>
@@ -92,7 +93,8 @@ int main(int argc, char** argv) {
   while (std::chrono::steady_clock::now() < deadline) {
     for (int i = 0; i < 64; ++i, ++runs) run(mutate(seeds[rng() % seeds.size()], rng));
   }
-  std::printf("onnx_loader_fuzz: %zu seeds, %llu runs, no crash\n", seeds.size(),
+  std::printf("%s: %zu seeds, %llu runs, no crash\n",
+              std::filesystem::path(argv[0]).filename().c_str(), seeds.size(),
               static_cast<unsigned long long>(runs));
   return 0;
 }
