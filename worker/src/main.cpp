@@ -94,6 +94,7 @@ int serve(const Args& args) {
   if (!weights.is_ok()) return fail(weights.status(), "weights");
   worker::ModelOptions model_options = args.model;
   model_options.stop = &g_stop;
+  model_options.max_batch = args.max_batch;
   const uint64_t load_start = shm::monotonic_ns();
   auto model = worker::create_model(model_options, segment->spec(), weights->get());
   if (!model.is_ok()) {

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "null_model.h"
+#include "onnx_model.h"
 #include "synthetic_model.h"
 
 namespace sliceserve::worker {
@@ -40,8 +41,7 @@ Result<std::unique_ptr<Model>> create_model(const ModelOptions& options, const s
     if (options.path.empty()) {
       return Status(ErrorCode::kInvalidArgument, "model kind \"onnx\" needs a path");
     }
-    return Status(ErrorCode::kUnavailable,
-                  "model kind \"onnx\" (" + options.path + "): the engine is not built yet");
+    return create_onnx_model(options, spec, weights);
   }
   return Status(ErrorCode::kInvalidArgument,
                 "unknown model kind \"" + options.kind + "\" (null|synthetic|onnx)");

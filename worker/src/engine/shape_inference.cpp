@@ -35,9 +35,11 @@ int64_t ceil_div(int64_t a, int64_t b) { return a / b + ((a % b != 0 && a > 0) ?
 // Everything a handler needs about one node.
 class Ctx {
  public:
-  Ctx(Graph& graph, const Node& node) : graph_(graph), node_(node) {}
+  Ctx(Graph& graph, const Node& node, NodeParams& params)
+      : graph_(graph), node_(node), params_(params) {}
 
   const Node& node() const { return node_; }
+  NodeParams& params() { return params_; }
   int64_t opset() const { return graph_.opset; }
   Status err(std::string_view message) const { return node_.error(message); }
 
@@ -122,6 +124,7 @@ class Ctx {
  private:
   Graph& graph_;
   const Node& node_;
+  NodeParams& params_;
 };
 
 Result<Shape> broadcast(const Ctx& ctx, const Shape& a, const Shape& b) {
@@ -161,7 +164,9 @@ Status infer_dropout(Ctx& ctx) {
 Status infer_softmax(Ctx& ctx) {
   ASSIGN_OR_RETURN(const ValueInfo* x, ctx.in(0));
   ASSIGN_OR_RETURN(int64_t axis, ctx.node().int_attr("axis", ctx.opset() >= 13 ? -1 : 1));
-  if (!x->shape.empty() || axis != 0) RETURN_IF_ERROR(ctx.axis(axis, x->shape.size()).status());
+  if (!x->shape.empty() || axis != 0) {
+    ASSIGN_OR_RETURN(ctx.params().axis, ctx.axis(axis, x->shape.size()));
+  }
   ctx.set_out(0, x->dtype, x->shape);
   return Status::ok();
 }
@@ -227,8 +232,10 @@ Result<Window> read_window(const Ctx& ctx, size_t spatial, Shape kernel) {
   return w;
 }
 
-Result<Shape> window_output(const Ctx& ctx, const Shape& x, const Window& w) {
+// The output's spatial dimensions; `pads` receives the pads auto_pad implies (begins, ends).
+Result<Shape> window_output(const Ctx& ctx, const Shape& x, const Window& w, Shape* pads) {
   Shape out;
+  *pads = w.auto_pad == "NOTSET" ? w.pads : Shape(w.pads.size(), 0);
   for (size_t i = 0; i < w.kernel.size(); ++i) {
     const int64_t in = x[i + 2];
     if (in < 0) {
@@ -240,6 +247,10 @@ Result<Shape> window_output(const Ctx& ctx, const Shape& x, const Window& w) {
     int64_t dim = 0;
     if (w.auto_pad == "SAME_UPPER" || w.auto_pad == "SAME_LOWER") {
       dim = ceil_div(in, stride);
+      const int64_t total = std::max<int64_t>(0, (dim - 1) * stride + effective - in);
+      const int64_t smaller = total / 2;
+      (*pads)[i] = w.auto_pad == "SAME_UPPER" ? smaller : total - smaller;
+      (*pads)[i + w.kernel.size()] = total - (*pads)[i];
     } else {
       const int64_t padded =
           w.auto_pad == "VALID" ? in : in + w.pads[i] + w.pads[i + w.kernel.size()];
@@ -258,6 +269,12 @@ Result<Shape> window_output(const Ctx& ctx, const Shape& x, const Window& w) {
     out.push_back(dim);
   }
   return out;
+}
+
+void record_window(NodeParams& params, const Window& w) {
+  params.kernel = w.kernel;
+  params.strides = w.strides;
+  params.dilations = w.dilations;
 }
 
 Status infer_conv(Ctx& ctx) {
@@ -294,7 +311,8 @@ Status infer_conv(Ctx& ctx) {
       return ctx.err(fmt::format("kernel_shape does not match weight {}", dims_text(w->shape)));
     }
   }
-  ASSIGN_OR_RETURN(Shape spatial_out, window_output(ctx, x->shape, window));
+  ASSIGN_OR_RETURN(Shape spatial_out, window_output(ctx, x->shape, window, &ctx.params().pads));
+  record_window(ctx.params(), window);
   Shape out{x->shape[0], w->shape[0]};
   out.insert(out.end(), spatial_out.begin(), spatial_out.end());
   ctx.set_out(0, x->dtype, std::move(out));
@@ -305,7 +323,8 @@ Status infer_pool(Ctx& ctx) {
   ASSIGN_OR_RETURN(const ValueInfo* x, ctx.in_rank(0, 3));
   if (!ctx.node().has_attribute("kernel_shape")) return ctx.err("missing attribute 'kernel_shape'");
   ASSIGN_OR_RETURN(Window window, read_window(ctx, x->shape.size() - 2, {}));
-  ASSIGN_OR_RETURN(Shape spatial_out, window_output(ctx, x->shape, window));
+  ASSIGN_OR_RETURN(Shape spatial_out, window_output(ctx, x->shape, window, &ctx.params().pads));
+  record_window(ctx.params(), window);
   Shape out{x->shape[0], x->shape[1]};
   out.insert(out.end(), spatial_out.begin(), spatial_out.end());
   ctx.set_out(0, x->dtype, out);
@@ -379,6 +398,7 @@ Status infer_flatten(Ctx& ctx) {
   ASSIGN_OR_RETURN(const ValueInfo* x, ctx.in(0));
   ASSIGN_OR_RETURN(int64_t axis_attr, ctx.node().int_attr("axis", 1));
   ASSIGN_OR_RETURN(int64_t axis, ctx.axis(axis_attr, x->shape.size(), true));
+  ctx.params().axis = axis;
   const auto split = static_cast<size_t>(axis);
   ctx.set_out(0, x->dtype,
               {product(x->shape, 0, split), product(x->shape, split, x->shape.size())});
@@ -445,6 +465,7 @@ Status infer_transpose(Ctx& ctx) {
     if (seen[static_cast<size_t>(axis)]) return ctx.err("perm repeats an axis");
     seen[static_cast<size_t>(axis)] = true;
     out.push_back(x->shape[static_cast<size_t>(axis)]);
+    ctx.params().perm.push_back(axis);
   }
   ctx.set_out(0, x->dtype, std::move(out));
   return Status::ok();
@@ -455,6 +476,7 @@ Status infer_concat(Ctx& ctx) {
   if (!ctx.node().has_attribute("axis")) return ctx.err("missing attribute 'axis'");
   ASSIGN_OR_RETURN(int64_t axis_attr, ctx.node().int_attr("axis", 0));
   ASSIGN_OR_RETURN(int64_t axis_signed, ctx.axis(axis_attr, first->shape.size()));
+  ctx.params().axis = axis_signed;
   const auto axis = static_cast<size_t>(axis_signed);
   Shape out = first->shape;
   out[axis] = 0;
@@ -484,6 +506,7 @@ Status infer_split(Ctx& ctx) {
   ASSIGN_OR_RETURN(const ValueInfo* x, ctx.in(0));
   ASSIGN_OR_RETURN(int64_t axis_attr, ctx.node().int_attr("axis", 0));
   ASSIGN_OR_RETURN(int64_t axis_signed, ctx.axis(axis_attr, x->shape.size()));
+  ctx.params().axis = axis_signed;
   const auto axis = static_cast<size_t>(axis_signed);
   const int64_t dim = x->shape[axis];
   const size_t outputs = ctx.node().outputs.size();
@@ -517,6 +540,7 @@ Status infer_split(Ctx& ctx) {
   if (dim >= 0 && total != dim && fully_known(splits)) {
     return ctx.err(fmt::format("split sizes sum to {}, dimension is {}", total, dim));
   }
+  ctx.params().sizes = splits;
   for (size_t i = 0; i < outputs; ++i) {
     Shape out = x->shape;
     out[axis] = splits[i];
@@ -592,9 +616,15 @@ Status infer_slice(Ctx& ctx) {
   ASSIGN_OR_RETURN(const ValueInfo* x, ctx.in(0));
   ASSIGN_OR_RETURN(SliceParams p, read_slice(ctx, x->shape.size()));
   Shape out = x->shape;
+  NodeParams& params = ctx.params();
+  params.starts.assign(x->shape.size(), 0);
+  params.steps.assign(x->shape.size(), 1);
   for (size_t i = 0; i < p.axes.size(); ++i) {
     const int64_t dim = x->shape[p.axes[i]];
-    out[p.axes[i]] = dim < 0 ? -1 : slice_range(dim, p.starts[i], p.ends[i], p.steps[i]).count;
+    const SliceRange r = slice_range(dim, p.starts[i], p.ends[i], p.steps[i]);
+    out[p.axes[i]] = dim < 0 ? -1 : r.count;
+    params.starts[p.axes[i]] = r.start;
+    params.steps[p.axes[i]] = r.step;
   }
   ctx.set_out(0, x->dtype, std::move(out));
   // Fold 1-D integer slices (shape computations).
@@ -626,15 +656,31 @@ Status infer_reduce_mean(Ctx& ctx) {
     reduce[static_cast<size_t>(axis)] = true;
   }
   Shape out;
+  ctx.params().keepdims = keep_dims != 0;
   for (size_t i = 0; i < rank; ++i) {
     if (!reduce[i]) {
       out.push_back(x->shape[i]);
-    } else if (keep_dims != 0) {
-      out.push_back(1);
+    } else {
+      ctx.params().axes.push_back(static_cast<int64_t>(i));
+      if (keep_dims != 0) out.push_back(1);
     }
   }
   ctx.set_out(0, x->dtype, std::move(out));
   return Status::ok();
+}
+
+Result<double> scalar_as_double(const Ctx& ctx, const Tensor& t) {
+  switch (t.dtype) {
+    case DataType::kFp32:
+      return static_cast<double>(t.as<float>()[0]);
+    case DataType::kFp64:
+      return t.as<double>()[0];
+    default: {
+      const std::vector<int64_t> ints = t.to_int64();
+      if (ints.size() != 1) return ctx.err("constant_value has an unsupported dtype");
+      return static_cast<double>(ints[0]);
+    }
+  }
 }
 
 Status infer_pad(Ctx& ctx) {
@@ -660,10 +706,30 @@ Status infer_pad(Ctx& ctx) {
     return ctx.err(fmt::format("pads has {} entries for {} axes", pads.size(), axes.size()));
   }
   Shape out = x->shape;
+  NodeParams& params = ctx.params();
+  params.pads.assign(2 * rank, 0);
   for (size_t i = 0; i < axes.size(); ++i) {
     int64_t& dim = out[axes[i]];
     if (dim >= 0) dim += pads[i] + pads[i + axes.size()];
     if (dim < -1) return ctx.err("pads make a dimension negative");
+    params.pads[axes[i]] = pads[i];
+    params.pads[axes[i] + rank] = pads[i + axes.size()];
+  }
+  ASSIGN_OR_RETURN(params.mode, ctx.node().string_attr("mode", "constant"));
+  if (params.mode != "constant" && params.mode != "reflect" && params.mode != "edge") {
+    return ctx.err(fmt::format("unsupported mode '{}' (constant, reflect and edge are)",
+                               params.mode));
+  }
+  if (ctx.opset() >= 11) {
+    if (ctx.has_in(2)) {
+      const Tensor* value = ctx.constant(2);
+      if (value == nullptr) return ctx.err("input 'constant_value' must be a constant");
+      if (value->element_count() != 1) return ctx.err("constant_value must be a scalar");
+      ASSIGN_OR_RETURN(params.value, scalar_as_double(ctx, *value));
+    }
+  } else {
+    ASSIGN_OR_RETURN(float value, ctx.node().float_attr("value", 0.0F));
+    params.value = value;
   }
   ctx.set_out(0, x->dtype, std::move(out));
   return Status::ok();
@@ -692,6 +758,7 @@ Status infer_gather(Ctx& ctx) {
   ASSIGN_OR_RETURN(const ValueInfo* indices, ctx.in(1));
   ASSIGN_OR_RETURN(int64_t axis_attr, ctx.node().int_attr("axis", 0));
   ASSIGN_OR_RETURN(int64_t axis_signed, ctx.axis(axis_attr, data->shape.size()));
+  ctx.params().axis = axis_signed;
   const auto axis = static_cast<size_t>(axis_signed);
   Shape out(data->shape.begin(), data->shape.begin() + axis_signed);
   out.insert(out.end(), indices->shape.begin(), indices->shape.end());
@@ -966,10 +1033,12 @@ Status infer_shapes(Graph& graph, int64_t batch) {
       graph.constants[name] = tensor;
     }
   }
-  for (const Node& node : graph.nodes) {
+  graph.params.assign(graph.nodes.size(), NodeParams{});
+  for (size_t i = 0; i < graph.nodes.size(); ++i) {
+    const Node& node = graph.nodes[i];
     auto handler = handlers().find(node.op_type);
     if (handler == handlers().end()) return node.error("unsupported op");
-    Ctx ctx(graph, node);
+    Ctx ctx(graph, node, graph.params[i]);
     RETURN_IF_ERROR(handler->second(ctx));
     fold(ctx);
   }

@@ -33,7 +33,11 @@
 //              load_delay_ms: extra time create_model takes, to emulate a slow model load (an
 //              MPS reconfiguration takes ~10 s) in demos and tests; `stop` cuts it short.
 //
-// "onnx"       Reserved for the engine (needs `path`); not built yet: kUnavailable.
+// "onnx"       An ONNX file (`path`) run by the engine on the worker's device. The spec's
+//              tensors are the model's inputs and outputs without their batch dimension (names,
+//              dtypes and item shapes must match the file's); the engine has a plan for every
+//              batch size 1..max_batch. Its weights live in the WeightStore (region
+//              "engine-<hash>"), so a shadow maps the live worker's copy.
 
 #include <atomic>
 #include <cstddef>
@@ -62,6 +66,7 @@ struct ModelOptions {
   uint32_t working_set_kb = 256;  // synthetic: per-thread working set, 1 KiB .. 1 GiB
   uint32_t weights_mb = 0;        // synthetic: MiB of weights, 0 .. 65536 (0: none)
   uint32_t load_delay_ms = 0;     // synthetic: simulated extra load time, 0 .. 600000
+  int64_t max_batch = 1;          // onnx: the largest batch the worker runs, 1 .. 4096
   // Cuts a load delay short when it turns true (a worker told to stop while loading): the load
   // then fails with kUnavailable. Nullable.
   const std::atomic<bool>* stop = nullptr;
@@ -92,6 +97,10 @@ class Model {
 // private copy.
 Result<std::unique_ptr<Model>> create_model(const ModelOptions& options, const shm::ModelSpec& spec,
                                             backends::WeightStore* weights = nullptr);
+
+// The spec of one item of the ONNX model at `path` (its inputs and outputs without the batch
+// dimension), for configs that leave the tensors to the model file.
+Result<shm::ModelSpec> onnx_item_spec(const std::string& path);
 
 // Weight j of the synthetic model: a fixed pseudo-random pattern (splitmix64 of j), in [0, 1].
 float synthetic_weight(size_t j);

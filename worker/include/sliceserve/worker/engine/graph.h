@@ -54,12 +54,23 @@ struct Attribute {
   Tensor t;
 };
 
+// An op that fusion (fusion.h) merged into the node before it: the node's result goes through
+// it, and the node's output is then this op's. Element-wise ops only, so shapes do not change.
+struct FusedOp {
+  std::string op_type;  // Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish or Add
+  std::string name;     // the merged node's name, for errors
+  float alpha = 0.0F;   // LeakyRelu: alpha; Clip: min; HardSigmoid: alpha
+  float beta = 0.0F;    // Clip: max; HardSigmoid: beta
+  std::string addend;   // Add: the other operand, same shape as the result
+};
+
 struct Node {
   std::string op_type;
   std::string name;
   std::vector<std::string> inputs;   // "" for an absent optional input
   std::vector<std::string> outputs;  // "" for an absent optional output
   std::map<std::string, Attribute, std::less<>> attributes;
+  std::vector<FusedOp> fused;  // applied in order to the node's result
 
   // "node 'conv1' (Conv)", the prefix of every node-specific error.
   std::string describe() const;
@@ -82,6 +93,22 @@ struct Node {
 // ONNX TensorProto::DataType numbers (1 = FLOAT, 7 = INT64, ...) to the engine's dtypes.
 Result<DataType> data_type_from_onnx(int64_t onnx_type);
 
+// A node's parameters as shape inference resolved them for the current shapes: defaults applied,
+// axes normalised, auto_pad turned into pads. Only the fields of the node's op are set.
+struct NodeParams {
+  std::vector<int64_t> kernel, strides, dilations;  // Conv, MaxPool, AveragePool
+  std::vector<int64_t> pads;  // window ops: begins then ends per spatial dimension (as declared,
+                              // without what ceil_mode adds); Pad: begins then ends per dimension
+  int64_t axis = 0;           // Concat, Split, Softmax, Gather, Flatten
+  std::vector<int64_t> perm;  // Transpose
+  std::vector<int64_t> sizes;                // Split: one per output
+  std::vector<int64_t> starts, steps;        // Slice: one per dimension
+  std::vector<int64_t> axes;                 // ReduceMean: sorted; empty with noop: identity
+  bool keepdims = true;                      // ReduceMean
+  std::string mode;                          // Pad: constant | reflect | edge
+  double value = 0.0;                        // Pad: the constant
+};
+
 struct Graph {
   std::string name;
   int64_t opset = 0;              // default-domain opset version
@@ -94,6 +121,7 @@ struct Graph {
   // (initializers, Constant nodes and folded shape computations).
   std::map<std::string, ValueInfo, std::less<>> values;
   std::map<std::string, Tensor, std::less<>> constants;
+  std::vector<NodeParams> params;  // one per node
 
   const ValueInfo* find_value(std::string_view value_name) const;
   const Tensor* find_constant(std::string_view value_name) const;

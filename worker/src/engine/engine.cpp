@@ -1,0 +1,104 @@
+#include "sliceserve/worker/engine/engine.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <deque>
+
+#include "sliceserve/worker/engine/fusion.h"
+#include "sliceserve/worker/engine/lowering.h"
+#include "sliceserve/worker/engine/onnx_loader.h"
+#include "sliceserve/worker/engine/shape_inference.h"
+
+namespace sliceserve::worker::engine {
+
+Result<std::unique_ptr<Engine>> Engine::load_file(const std::string& path,
+                                                  const EngineOptions& options) {
+  ASSIGN_OR_RETURN(Graph graph, load_onnx_file(path));
+  auto engine = load_graph(std::move(graph), options);
+  if (!engine.is_ok()) return engine.status().with_context(path);
+  return engine;
+}
+
+Result<std::unique_ptr<Engine>> Engine::load_graph(Graph graph, const EngineOptions& options) {
+  if (options.max_batch < 0 || options.max_batch > 4096) {
+    return Status{ErrorCode::kInvalidArgument,
+                  fmt::format("max_batch {} is out of range [0, 4096]", options.max_batch)};
+  }
+  if (options.device != "cpu") {
+    return Status{ErrorCode::kUnavailable,
+                  fmt::format("no executor for device '{}' in this build", options.device)};
+  }
+  for (const ValueInfo& input : graph.inputs) {
+    if (options.max_batch > 0 && (!input.has_shape || input.shape.empty())) {
+      return Status{ErrorCode::kInvalidArgument,
+                    fmt::format("input '{}' has no batch dimension", input.name)};
+    }
+  }
+  auto engine = std::unique_ptr<Engine>(new Engine());
+  engine->max_batch_ = options.max_batch;
+  const int64_t first_batch = options.max_batch > 0 ? 1 : 0;
+  RETURN_IF_ERROR(infer_shapes(graph, first_batch));
+  engine->inputs_ = graph.inputs;
+  engine->outputs_ = graph.outputs;
+  for (const auto* list : {&engine->inputs_, &engine->outputs_}) {
+    for (const ValueInfo& info : *list) {
+      for (int64_t d : info.shape) {
+        if (d < 0) {
+          return Status{ErrorCode::kInvalidArgument,
+                        fmt::format("'{}' has shape {}: a dimension other than the batch is "
+                                    "unknown",
+                                    info.name, shm::shape_to_string(info.shape))};
+        }
+      }
+    }
+  }
+
+  ASSIGN_OR_RETURN(FusionCounts fused, fuse(graph));
+  spdlog::debug(
+      "engine: fused {} BatchNormalization, {} Add, {} activations, {} HardSwish; removed {} "
+      "no-ops",
+      fused.batch_norm, fused.add, fused.activation, fused.hardswish, fused.removed);
+
+  std::vector<backends::Plan> plans;
+  std::deque<Tensor> storage;  // folded constants the plans point to, until compile returns
+  for (int64_t batch = first_batch; batch <= std::max<int64_t>(options.max_batch, 0); ++batch) {
+    RETURN_IF_ERROR(infer_shapes(graph, batch));
+    ASSIGN_OR_RETURN(backends::Plan plan, lower(graph, batch, storage));
+    plans.push_back(std::move(plan));
+  }
+  engine->executor_ = backends::create_cpu_executor();
+  RETURN_IF_ERROR(engine->executor_->compile(plans, options.weights));
+  return engine;
+}
+
+std::vector<int64_t> Engine::input_shape(size_t i, int64_t batch) const {
+  std::vector<int64_t> shape = inputs_.at(i).shape;
+  if (max_batch_ > 0 && !shape.empty()) shape[0] = batch;
+  return shape;
+}
+
+std::vector<int64_t> Engine::output_shape(size_t i, int64_t batch) const {
+  std::vector<int64_t> shape = outputs_.at(i).shape;
+  if (max_batch_ > 0 && !shape.empty()) shape[0] = batch;
+  return shape;
+}
+
+Status Engine::run(int64_t batch, std::span<const std::byte* const> inputs,
+                   std::span<std::byte* const> outputs, backends::ComputeContext& ctx) {
+  const bool batch_ok = max_batch_ > 0 ? (batch >= 1 && batch <= max_batch_) : batch == 0;
+  if (!batch_ok) {
+    return {ErrorCode::kInvalidArgument,
+            fmt::format("batch {} is out of range (the engine was built for {})", batch,
+                        max_batch_ > 0 ? fmt::format("1..{}", max_batch_) : "0")};
+  }
+  if (inputs.size() != inputs_.size() || outputs.size() != outputs_.size()) {
+    return {ErrorCode::kInvalidArgument,
+            fmt::format("{} inputs and {} outputs given, the model has {} and {}", inputs.size(),
+                        outputs.size(), inputs_.size(), outputs_.size())};
+  }
+  const auto index = static_cast<size_t>(max_batch_ > 0 ? batch - 1 : 0);
+  return executor_->run(index, inputs, outputs, ctx);
+}
+
+}  // namespace sliceserve::worker::engine
