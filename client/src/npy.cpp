@@ -521,8 +521,7 @@ Status write_npy(const std::string& path, const NpyArray& array) {
     tmp = dir + "." + base + ".tmp." + std::to_string(::getpid()) + "." +
           std::to_string(counter.fetch_add(1));
     raw_fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (raw_fd < 0 && errno != EEXIST)
-      return io_error("cannot create a file next to it", path, errno);
+    if (raw_fd < 0 && errno != EEXIST) return io_error("cannot write", path, errno);
   }
   if (raw_fd < 0) return io_error("cannot create a temporary file next to it", path, EEXIST);
   Fd fd(raw_fd);

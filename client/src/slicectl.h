@@ -4,12 +4,16 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace sliceserve::slicectl {
 
-// Exit codes: 0 success, 1 failure (its reason on stderr). CLI11 reports usage errors itself.
+// Exit codes: 0 success, 1 failure (its reason on stderr). CLI11 reports usage errors itself
+// (with its own codes, 105 and up). run-model and infer answer 2 when the files named on the
+// command line are wrong: missing, malformed, not matching the model's tensors or their shapes.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;
+inline constexpr int kExitBadInput = 2;
 
 struct StatusOptions {
   bool json = false;
@@ -42,5 +46,32 @@ struct ControlOptions {
   uint32_t wait_timeout_ms = 60000;
 };
 int run_control(const std::string& instance, const ControlOptions& options);
+
+// run-model / infer: .npy files bound to a model's inputs and outputs. Plain files fill the
+// tensors that no NAME=FILE pair names, in the model's declaration order. Every input needs a
+// file; outputs without one are not written.
+struct TensorFiles {
+  std::vector<std::string> inputs;         // --input FILE
+  std::vector<std::string> named_inputs;   // --input-name NAME=FILE
+  std::vector<std::string> outputs;        // --output FILE
+  std::vector<std::string> named_outputs;  // --output-name NAME=FILE
+};
+
+// run-model: an ONNX file run once on this machine through the engine, no daemon.
+struct RunModelOptions {
+  std::string model_path;
+  TensorFiles files;
+  unsigned threads = 0;  // compute threads, 0: every cpu this process may use
+};
+int run_model(const RunModelOptions& options);
+
+// infer: the same through a running sliceserved; a leading dimension of N items beyond the
+// model's per-item shape sends N requests, all in flight, and stacks their outputs.
+struct InferOptions {
+  std::string model;
+  TensorFiles files;
+  uint32_t timeout_ms = 10000;  // per request
+};
+int run_infer(const std::string& instance, const InferOptions& options);
 
 }  // namespace sliceserve::slicectl

@@ -5,6 +5,8 @@
 //   slicectl resize MODEL SLICE [--no-wait]
 //   slicectl policy MODEL on|off
 //   slicectl backend MODEL NAME [--no-wait]
+//   slicectl run-model FILE.onnx --input IN.npy --output OUT.npy [--threads N]   (no daemon)
+//   slicectl infer MODEL --input IN.npy --output OUT.npy [--timeout-ms T]
 //
 // The global options (--instance, --config) go before or after the subcommand.
 //
@@ -50,7 +52,7 @@ std::optional<std::string> resolve_instance(const GlobalOptions& g) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"slicectl: status, control and load generation for a SliceServe instance"};
+  CLI::App app{"slicectl: status, control, load generation and .npy inference for SliceServe"};
   app.require_subcommand(1);
   // Global options may also follow the subcommand: `slicectl status --instance demo`.
   app.fallthrough();
@@ -116,7 +118,39 @@ int main(int argc, char** argv) {
   backend_cmd->add_option("name", control.backend, "Backend name")->required();
   backend_cmd->add_flag("--no-wait", no_wait, "Return once the switch has started");
 
+  // run-model / infer: .npy files for the model's inputs and outputs; each option once per file.
+  auto add_tensor_files = [](CLI::App* cmd, slicectl::TensorFiles& files) {
+    cmd->add_option("--input", files.inputs,
+                    "Input .npy file; repeat for several inputs, in the model's order")
+        ->allow_extra_args(false);
+    cmd->add_option("--input-name", files.named_inputs, "NAME=FILE: the .npy file of input NAME")
+        ->allow_extra_args(false);
+    cmd->add_option("--output", files.outputs,
+                    "Output .npy file; repeat for several outputs, in the model's order")
+        ->allow_extra_args(false);
+    cmd->add_option("--output-name", files.named_outputs, "NAME=FILE: where to write output NAME")
+        ->allow_extra_args(false);
+  };
+  slicectl::RunModelOptions run_model;
+  auto* run_model_cmd = app.add_subcommand(
+      "run-model", "Run an ONNX model once on .npy inputs on this machine (engine, no daemon)");
+  run_model_cmd->add_option("model", run_model.model_path, "ONNX file")->required();
+  add_tensor_files(run_model_cmd, run_model.files);
+  run_model_cmd
+      ->add_option("--threads", run_model.threads,
+                   "Compute threads (default: every cpu this process may use)")
+      ->check(CLI::Range(1u, 4096u));
+  slicectl::InferOptions infer;
+  auto* infer_cmd = app.add_subcommand(
+      "infer", "Send .npy inputs to a served model; a leading N beyond its shape is N requests");
+  infer_cmd->add_option("model", infer.model, "Model")->required();
+  add_tensor_files(infer_cmd, infer.files);
+  infer_cmd->add_option("--timeout-ms", infer.timeout_ms, "Per-request timeout (default 10000)")
+      ->check(CLI::Range(1u, 3'600'000u));
+
   CLI11_PARSE(app, argc, argv);
+
+  if (run_model_cmd->parsed()) return slicectl::run_model(run_model);
 
   if (bench_cmd->parsed() && !bench.rate && !bench.concurrency) {
     fmt::print(stderr, "slicectl bench: give --rate R or --concurrency C\n");
@@ -125,6 +159,7 @@ int main(int argc, char** argv) {
   std::optional<std::string> instance = resolve_instance(global);
   if (!instance) return slicectl::kExitFailure;
   if (status_cmd->parsed()) return slicectl::run_status(*instance, status);
+  if (infer_cmd->parsed()) return slicectl::run_infer(*instance, infer);
   for (auto* cmd : {resize_cmd, policy_cmd, backend_cmd}) {
     if (!cmd->parsed()) continue;
     control.command = cmd->get_name();
