@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -765,6 +766,307 @@ TEST(ReferenceOps, FillWritesOnesOfTheOutputDtype) {
   EXPECT_EQ(b.values<uint8_t>(), (std::vector<uint8_t>{1, 1}));
   EXPECT_EQ(h.values<uint16_t>(), (std::vector<uint16_t>{0x3c00, 0x3c00}));
   EXPECT_EQ(i.values<int64_t>(), (std::vector<int64_t>{1, 1}));
+}
+
+// ---- randomised cross-checks against direct per-element formulas ---------------------------
+
+Dims unravel(int64_t flat, const Dims& dims) {
+  Dims index(dims.size());
+  for (size_t i = dims.size(); i-- > 0;) {
+    index[i] = flat % dims[i];
+    flat /= dims[i];
+  }
+  return index;
+}
+
+int64_t ravel(const Dims& index, const Dims& dims) {
+  int64_t flat = 0;
+  for (size_t i = 0; i < dims.size(); ++i) flat = flat * dims[i] + index[i];
+  return flat;
+}
+
+int64_t count_of(const Dims& dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  return n;
+}
+
+// Small integers: every sum of products below is exact in fp32, so results compare exactly.
+std::vector<float> random_floats(std::mt19937& rng, int64_t n) {
+  std::uniform_int_distribution<int> value(-3, 3);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = float(value(rng));
+  return v;
+}
+
+TEST(ReferenceOps, ConvMatchesDirectFormulaOnRandomShapes) {
+  std::mt19937 rng(7);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int iteration = 0; iteration < 60; ++iteration) {
+    const size_t spatial = size_t(pick(1, 3));
+    const int64_t n = pick(1, 2), group = pick(1, 2), cg = pick(1, 2), mg = pick(1, 3);
+    PlanOp op = make_op(OpKind::kConv);
+    op.group = group;
+    Dims x_dims{n, group * cg}, w_dims{group * mg, cg}, y_dims{n, group * mg};
+    op.pads.assign(2 * spatial, 0);
+    for (size_t i = 0; i < spatial; ++i) {
+      op.kernel.push_back(pick(1, 3));
+      op.strides.push_back(pick(1, 2));
+      op.dilations.push_back(pick(1, 2));
+      op.pads[i] = pick(0, 2);
+      op.pads[spatial + i] = pick(0, 2);
+      const int64_t extent = (op.kernel[i] - 1) * op.dilations[i] + 1;
+      const int64_t in =
+          std::max<int64_t>(1, extent - op.pads[i] - op.pads[spatial + i]) + pick(0, 4);
+      x_dims.push_back(in);
+      w_dims.push_back(op.kernel[i]);
+      y_dims.push_back((in + op.pads[i] + op.pads[spatial + i] - extent) / op.strides[i] + 1);
+    }
+    const Tensor x = f32(x_dims, random_floats(rng, count_of(x_dims)));
+    const Tensor w = f32(w_dims, random_floats(rng, count_of(w_dims)));
+    const Tensor b = f32({group * mg}, random_floats(rng, group * mg));
+    Tensor y = output(DataType::kFp32, y_dims);
+    ASSERT_TRUE(run(op, {x.ref(), w.ref(), b.ref()}, {y.mut()}).is_ok()) << iteration;
+    const std::vector<float> got = y.values<float>();
+    const std::vector<float> xv = x.values<float>(), wv = w.values<float>(), bv = b.values<float>();
+    for (int64_t flat = 0; flat < count_of(y_dims); ++flat) {
+      const Dims yi = unravel(flat, y_dims);
+      const int64_t oc = yi[1], g = oc / mg;
+      double sum = bv[size_t(oc)];
+      Dims w_sub(w_dims.begin() + 2, w_dims.end());
+      for (int64_t ic = 0; ic < cg; ++ic) {
+        for (int64_t k = 0; k < count_of(w_sub); ++k) {
+          const Dims ki = unravel(k, w_sub);
+          Dims xi{yi[0], g * cg + ic};
+          bool inside = true;
+          for (size_t s = 0; s < spatial; ++s) {
+            const int64_t pos = yi[2 + s] * op.strides[s] + ki[s] * op.dilations[s] - op.pads[s];
+            inside = inside && pos >= 0 && pos < x_dims[2 + s];
+            xi.push_back(pos);
+          }
+          if (!inside) continue;
+          Dims wi{oc, ic};
+          wi.insert(wi.end(), ki.begin(), ki.end());
+          sum += double(xv[size_t(ravel(xi, x_dims))]) * wv[size_t(ravel(wi, w_dims))];
+        }
+      }
+      ASSERT_EQ(got[size_t(flat)], float(sum)) << "iteration " << iteration << " element " << flat;
+    }
+  }
+}
+
+TEST(ReferenceOps, PoolsMatchDirectFormulaOnRandomShapes) {
+  std::mt19937 rng(11);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int iteration = 0; iteration < 80; ++iteration) {
+    const size_t spatial = size_t(pick(1, 3));
+    const bool is_max = pick(0, 1) == 1;
+    PlanOp op = make_op(is_max ? OpKind::kMaxPool : OpKind::kAveragePool);
+    op.count_include_pad = pick(0, 1) == 1;
+    Dims x_dims{pick(1, 2), pick(1, 2)}, y_dims = x_dims;
+    op.pads.assign(2 * spatial, 0);
+    for (size_t i = 0; i < spatial; ++i) {
+      op.kernel.push_back(pick(1, 3));
+      op.strides.push_back(pick(1, 3));
+      op.dilations.push_back(is_max ? pick(1, 2) : 1);
+      op.pads[i] = pick(0, op.kernel[i] - 1);
+      op.pads[spatial + i] = pick(0, op.kernel[i] - 1);
+      const int64_t extent = (op.kernel[i] - 1) * op.dilations[i] + 1;
+      const int64_t in = std::max<int64_t>(1, extent) + pick(0, 4);
+      const int64_t span = in + op.pads[i] + op.pads[spatial + i] - extent;
+      int64_t out = (pick(0, 1) == 1 ? (span + op.strides[i] - 1) : span) / op.strides[i] + 1;
+      if ((out - 1) * op.strides[i] >= in + op.pads[i]) --out;  // onnxruntime's ceil-mode rule
+      x_dims.push_back(in);
+      y_dims.push_back(out);
+    }
+    const Tensor x = f32(x_dims, random_floats(rng, count_of(x_dims)));
+    Tensor y = output(DataType::kFp32, y_dims);
+    ASSERT_TRUE(run(op, {x.ref()}, {y.mut()}).is_ok()) << iteration;
+    const std::vector<float> got = y.values<float>(), xv = x.values<float>();
+    const Dims k_dims = op.kernel;
+    for (int64_t flat = 0; flat < count_of(y_dims); ++flat) {
+      const Dims yi = unravel(flat, y_dims);
+      double best = -std::numeric_limits<double>::infinity(), sum = 0;
+      int64_t in_bounds = 0, in_padded = 0;
+      for (int64_t k = 0; k < count_of(k_dims); ++k) {
+        const Dims ki = unravel(k, k_dims);
+        Dims xi{yi[0], yi[1]};
+        bool inside = true, padded = true;
+        for (size_t s = 0; s < spatial; ++s) {
+          const int64_t pos = yi[2 + s] * op.strides[s] + ki[s] * op.dilations[s] - op.pads[s];
+          inside = inside && pos >= 0 && pos < x_dims[2 + s];
+          padded = padded && pos >= -op.pads[s] && pos < x_dims[2 + s] + op.pads[spatial + s];
+          xi.push_back(pos);
+        }
+        in_padded += padded ? 1 : 0;
+        if (!inside) continue;
+        ++in_bounds;
+        const double v = xv[size_t(ravel(xi, x_dims))];
+        best = std::max(best, v);
+        sum += v;
+      }
+      const float expected =
+          is_max ? float(best) : float(sum / double(op.count_include_pad ? in_padded : in_bounds));
+      ASSERT_FLOAT_EQ(got[size_t(flat)], expected) << "iteration " << iteration << " " << flat;
+    }
+  }
+}
+
+TEST(ReferenceOps, BinaryMatchesNaiveBroadcastOnRandomShapes) {
+  std::mt19937 rng(13);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int iteration = 0; iteration < 100; ++iteration) {
+    const size_t rank = size_t(pick(0, 4));
+    Dims y_dims, a_dims, b_dims;
+    for (size_t i = 0; i < rank; ++i) y_dims.push_back(pick(1, 3));
+    const size_t a_rank = size_t(pick(0, int(rank))), b_rank = size_t(pick(0, int(rank)));
+    for (size_t i = rank - a_rank; i < rank; ++i) a_dims.push_back(pick(0, 1) ? y_dims[i] : 1);
+    for (size_t i = rank - b_rank; i < rank; ++i) b_dims.push_back(pick(0, 1) ? y_dims[i] : 1);
+    // The output is the broadcast of the two: a dimension neither operand has becomes 1.
+    for (size_t i = 0; i < rank; ++i) {
+      const int64_t da = i < rank - a_rank ? 1 : a_dims[i - (rank - a_rank)];
+      const int64_t db = i < rank - b_rank ? 1 : b_dims[i - (rank - b_rank)];
+      y_dims[i] = std::max(da, db);
+    }
+    // ... and has the larger operand's rank.
+    y_dims.erase(y_dims.begin(), y_dims.begin() + int64_t(rank - std::max(a_rank, b_rank)));
+    std::vector<int32_t> av, bv;
+    for (int64_t i = 0; i < count_of(a_dims); ++i) av.push_back(pick(-100, 100));
+    for (int64_t i = 0; i < count_of(b_dims); ++i) bv.push_back(pick(-100, 100));
+    const Tensor a = make(DataType::kInt32, a_dims, av), b = make(DataType::kInt32, b_dims, bv);
+    PlanOp op = make_op(OpKind::kBinary);
+    op.binary = BinaryAlg::kSub;
+    Tensor y = output(DataType::kInt32, y_dims);
+    const Status status = run(op, {a.ref(), b.ref()}, {y.mut()});
+    ASSERT_TRUE(status.is_ok()) << iteration << ": " << status.to_string();
+    const std::vector<int32_t> got = y.values<int32_t>();
+    for (int64_t flat = 0; flat < count_of(y_dims); ++flat) {
+      const Dims yi = unravel(flat, y_dims);
+      auto operand_index = [&](const Dims& dims) {
+        Dims index;
+        for (size_t i = 0; i < dims.size(); ++i) {
+          index.push_back(dims[i] == 1 ? 0 : yi[yi.size() - dims.size() + i]);
+        }
+        return size_t(ravel(index, dims));
+      };
+      ASSERT_EQ(got[size_t(flat)], av[operand_index(a_dims)] - bv[operand_index(b_dims)])
+          << "iteration " << iteration << " element " << flat;
+    }
+  }
+}
+
+TEST(ReferenceOps, PadMatchesNaiveOnRandomShapes) {
+  std::mt19937 rng(17);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int iteration = 0; iteration < 150; ++iteration) {
+    const size_t rank = size_t(pick(1, 4));
+    PlanOp op = make_op(OpKind::kPad);
+    op.pad_mode = PlanOp::PadMode(pick(0, 2));
+    op.pad_value = -1;
+    Dims x_dims, y_dims, kept_begin, kept;
+    op.pads.assign(2 * rank, 0);
+    for (size_t i = 0; i < rank; ++i) {
+      const int64_t in = pick(1, 4);
+      op.pads[i] = pick(-1, 3);
+      op.pads[rank + i] = pick(-1, 3);
+      if (in + std::min<int64_t>(0, op.pads[i]) + std::min<int64_t>(0, op.pads[rank + i]) < 1) {
+        op.pads[i] = std::max<int64_t>(0, op.pads[i]);  // keep at least one element
+        op.pads[rank + i] = std::max<int64_t>(0, op.pads[rank + i]);
+      }
+      x_dims.push_back(in);
+      y_dims.push_back(in + op.pads[i] + op.pads[rank + i]);
+      kept_begin.push_back(std::max<int64_t>(0, -op.pads[i]));
+      kept.push_back(in - kept_begin.back() - std::max<int64_t>(0, -op.pads[rank + i]));
+    }
+    std::vector<int16_t> xv;
+    for (int64_t i = 0; i < count_of(x_dims); ++i) xv.push_back(int16_t(i));
+    const Tensor x = make(DataType::kInt16, x_dims, xv);
+    Tensor y = output(DataType::kInt16, y_dims);
+    ASSERT_TRUE(run(op, {x.ref()}, {y.mut()}).is_ok()) << iteration;
+    const std::vector<int16_t> got = y.values<int16_t>();
+    for (int64_t flat = 0; flat < count_of(y_dims); ++flat) {
+      const Dims yi = unravel(flat, y_dims);
+      Dims xi;
+      bool in_pad = false;
+      for (size_t i = 0; i < rank; ++i) {
+        // r: the position relative to the kept part of dimension i.
+        const int64_t r = yi[i] - std::max<int64_t>(0, op.pads[i]);
+        const int64_t len = kept[i];
+        int64_t m = r;
+        if (r < 0 || r >= len) {
+          in_pad = true;
+          if (op.pad_mode == PlanOp::PadMode::kEdge) {
+            m = std::clamp<int64_t>(r, 0, len - 1);
+          } else if (op.pad_mode == PlanOp::PadMode::kReflect) {
+            m = r;  // reflect repeatedly, like numpy
+            while (m < 0 || m >= len) {
+              if (len == 1) {
+                m = 0;
+              } else if (m < 0) {
+                m = -m;
+              } else {
+                m = 2 * (len - 1) - m;
+              }
+            }
+          }
+        }
+        xi.push_back(kept_begin[i] + m);
+      }
+      const int16_t expected = in_pad && op.pad_mode == PlanOp::PadMode::kConstant
+                                   ? int16_t(-1)
+                                   : xv[size_t(ravel(xi, x_dims))];
+      ASSERT_EQ(got[size_t(flat)], expected) << "iteration " << iteration << " element " << flat;
+    }
+  }
+}
+
+TEST(ReferenceOps, TransposeAndSliceMatchNaiveOnRandomShapes) {
+  std::mt19937 rng(19);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int iteration = 0; iteration < 100; ++iteration) {
+    const size_t rank = size_t(pick(1, 5));
+    Dims x_dims;
+    for (size_t i = 0; i < rank; ++i) x_dims.push_back(pick(1, 4));
+    std::vector<uint8_t> xv;
+    for (int64_t i = 0; i < count_of(x_dims); ++i) xv.push_back(uint8_t(i * 7));
+    const Tensor x = make(DataType::kUint8, x_dims, xv);
+
+    PlanOp transpose = make_op(OpKind::kTranspose);
+    transpose.perm.resize(rank);
+    for (size_t i = 0; i < rank; ++i) transpose.perm[i] = int64_t(i);
+    std::shuffle(transpose.perm.begin(), transpose.perm.end(), rng);
+    Dims t_dims;
+    for (int64_t p : transpose.perm) t_dims.push_back(x_dims[size_t(p)]);
+    Tensor t = output(DataType::kUint8, t_dims);
+    ASSERT_TRUE(run(transpose, {x.ref()}, {t.mut()}).is_ok());
+    const std::vector<uint8_t> t_got = t.values<uint8_t>();
+    for (int64_t flat = 0; flat < count_of(t_dims); ++flat) {
+      const Dims ti = unravel(flat, t_dims);
+      Dims xi(rank);
+      for (size_t i = 0; i < rank; ++i) xi[size_t(transpose.perm[i])] = ti[i];
+      ASSERT_EQ(t_got[size_t(flat)], xv[size_t(ravel(xi, x_dims))]) << iteration;
+    }
+
+    PlanOp slice = make_op(OpKind::kSlice);
+    Dims s_dims;
+    for (size_t i = 0; i < rank; ++i) {
+      const int64_t start = pick(0, int(x_dims[i]) - 1);
+      int64_t step = pick(1, 2) * (pick(0, 1) ? 1 : -1);
+      const int64_t room = step > 0 ? (x_dims[i] - 1 - start) / step : start / -step;
+      slice.starts.push_back(start);
+      slice.steps.push_back(step);
+      s_dims.push_back(pick(1, int(room) + 1));
+    }
+    Tensor s = output(DataType::kUint8, s_dims);
+    ASSERT_TRUE(run(slice, {x.ref()}, {s.mut()}).is_ok());
+    const std::vector<uint8_t> s_got = s.values<uint8_t>();
+    for (int64_t flat = 0; flat < count_of(s_dims); ++flat) {
+      const Dims si = unravel(flat, s_dims);
+      Dims xi(rank);
+      for (size_t i = 0; i < rank; ++i) xi[i] = slice.starts[i] + si[i] * slice.steps[i];
+      ASSERT_EQ(s_got[size_t(flat)], xv[size_t(ravel(xi, x_dims))]) << iteration;
+    }
+  }
 }
 
 // ---- errors ---------------------------------------------------------------------------------

@@ -804,7 +804,7 @@ Status run_pool(const PlanOp& op, Inputs in, Outputs out) {
                   for (int64_t w : tw.positions) {
                     const F v = load_value<T>(xp, row + w);
                     if (is_max) {
-                      // NaN wins, as in onnxruntime and numpy's maximum.
+                      // NaN propagates, like numpy's maximum.
                       if (v > best || std::isnan(double(v))) best = v;
                     } else {
                       sum += double(v);

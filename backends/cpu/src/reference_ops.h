@@ -10,9 +10,14 @@
 //   - Cast: float -> integer saturates (NaN -> 0, truncation toward zero); integer -> integer
 //     wraps modulo 2^bits like numpy; -> bool is value != 0 (NaN is true); -> fp16 rounds to
 //     nearest even (overflow -> inf). Pad's pad_value is converted the same way.
-//   - Pooling windows count only in-bounds elements; a window with none gives 0 (average) or
-//     the dtype's lowest value (max). count_include_pad counts the window elements inside the
-//     padded input, not those beyond the end pads that ceil_mode adds.
+//   - Pooling windows count only in-bounds elements (MaxPool's pads are -inf); a window with
+//     none gives 0 (average) or -inf / the integer minimum (max). count_include_pad divides by
+//     the window elements inside the padded input, not those beyond the end pads that ceil_mode
+//     adds. The output's spatial dims must be the floor or the ceil formula's; a NaN in a max
+//     window propagates.
+//   - Shapes are checked completely (outputs against what the op implies), never trusted.
+//   - Relu ignores alpha (LeakyRelu is its own function). Kernels are pure: safe from any
+//     thread, no state kept between calls.
 //   - Pad with negative pads crops first; reflect and edge then work on the cropped tensor.
 //   - ReduceMean with empty axes reduces every axis; integer means truncate toward zero.
 //   - fp16 is IEEE binary16 stored as raw bits; Unary and Binary compute it in fp32.
