@@ -19,6 +19,7 @@
 
 #include "sliceserve/worker/engine/onnx_loader.h"
 #include "support/onnx_model_builder.h"
+#include "support/onnx_node_tests.h"
 
 namespace sliceserve::worker::engine {
 namespace {
@@ -351,36 +352,17 @@ TEST(ShapeInferenceModels, TorchvisionExports) {
 // --- ONNX's own backend node tests (Debian libonnx-testdata): the inferred output shapes must
 // equal those of output_*.pb for every test whose ops are all supported.
 
-constexpr const char* kNodeTestDir = "/usr/share/libonnx-testdata/data/node";
-
-bool read_proto(const std::filesystem::path& path, google::protobuf::MessageLite& message) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return message.ParseFromString(bytes);
-}
-
 TEST(ShapeInferenceConformance, OnnxNodeTests) {
-  if (!std::filesystem::is_directory(kNodeTestDir)) GTEST_SKIP() << "no libonnx-testdata";
+  if (!std::filesystem::is_directory(testing::kOnnxNodeTestDir))
+    GTEST_SKIP() << "no libonnx-testdata";
   struct Counts {
     int passed = 0, total = 0, skipped = 0;
   };
   std::map<std::string, Counts> table;
   std::vector<std::string> failures;
-  std::vector<std::filesystem::path> dirs;
-  for (const auto& entry : std::filesystem::directory_iterator(kNodeTestDir)) {
-    dirs.push_back(entry.path());
-  }
-  std::sort(dirs.begin(), dirs.end());
-  for (const auto& dir : dirs) {
-    onnx::ModelProto model;
-    if (!read_proto(dir / "model.onnx", model) || model.graph().node_size() == 0) continue;
-    bool supported = true;
-    for (const auto& node : model.graph().node()) {
-      if (supported_ops().count(node.op_type()) == 0 || !node.domain().empty()) supported = false;
-    }
-    if (!supported) continue;
-    const std::string op = model.graph().node(model.graph().node_size() - 1).op_type();
+  for (const auto& node_test : testing::supported_node_tests()) {
+    const std::filesystem::path& dir = node_test.dir;
+    const std::string& op = node_test.op;
     const std::string test = dir.filename().string();
     Counts& counts = table[op];
     auto graph = load_onnx_file((dir / "model.onnx").string());
@@ -400,7 +382,8 @@ TEST(ShapeInferenceConformance, OnnxNodeTests) {
     std::vector<ValueInfo> data_inputs;
     for (size_t i = 0; i < graph->inputs.size(); ++i) {
       onnx::TensorProto input;
-      if (!read_proto(dir / "test_data_set_0" / ("input_" + std::to_string(i) + ".pb"), input)) {
+      if (!testing::read_proto(dir / "test_data_set_0" / ("input_" + std::to_string(i) + ".pb"),
+                               input)) {
         data_inputs.push_back(graph->inputs[i]);
         continue;
       }
@@ -428,8 +411,8 @@ TEST(ShapeInferenceConformance, OnnxNodeTests) {
     bool ok = true;
     for (size_t i = 0; i < graph->outputs.size(); ++i) {
       onnx::TensorProto expected;
-      if (!read_proto(dir / "test_data_set_0" / ("output_" + std::to_string(i) + ".pb"),
-                      expected)) {
+      if (!testing::read_proto(dir / "test_data_set_0" / ("output_" + std::to_string(i) + ".pb"),
+                               expected)) {
         continue;
       }
       const Dims want(expected.dims().begin(), expected.dims().end());

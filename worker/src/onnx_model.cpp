@@ -16,18 +16,18 @@ namespace {
 using engine::ValueInfo;
 
 std::string describe(const ValueInfo& info, size_t skip) {
-  return fmt::format("{} {}", shm::data_type_name(info.dtype),
-                     shm::shape_to_string(std::vector<int64_t>(
-                         info.shape.begin() + static_cast<std::ptrdiff_t>(skip), info.shape.end())));
+  return fmt::format(
+      "{} {}", shm::data_type_name(info.dtype),
+      shm::shape_to_string(std::vector<int64_t>(
+          info.shape.begin() + static_cast<std::ptrdiff_t>(skip), info.shape.end())));
 }
 
 // The spec's tensors must be the model's, one item each.
 Status check_tensors(std::span<const shm::TensorSpec> declared, const std::vector<ValueInfo>& model,
                      std::string_view what) {
   if (declared.size() != model.size()) {
-    return {ErrorCode::kInvalidArgument,
-            fmt::format("the config declares {} {}s, the model has {}", declared.size(), what,
-                        model.size())};
+    return {ErrorCode::kInvalidArgument, fmt::format("the config declares {} {}s, the model has {}",
+                                                     declared.size(), what, model.size())};
   }
   for (size_t i = 0; i < model.size(); ++i) {
     const shm::TensorSpec& spec = declared[i];
@@ -110,7 +110,7 @@ class OnnxModel final : public Model {
 
   shm::ModelSpec spec_;
   std::unique_ptr<engine::Engine> engine_;
-  std::vector<std::vector<std::byte>> inputs_;   // max_batch items of each input, contiguous
+  std::vector<std::vector<std::byte>> inputs_;  // max_batch items of each input, contiguous
   std::vector<std::vector<std::byte>> outputs_;
 };
 
@@ -123,15 +123,14 @@ Result<std::unique_ptr<Model>> create_onnx_model(const ModelOptions& options,
     return Status{ErrorCode::kInvalidArgument,
                   fmt::format("max_batch {} is out of range [1, 4096]", options.max_batch)};
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> loaded,
-                   engine::Engine::load_file(options.path,
-                                             {.max_batch = options.max_batch,
-                                              .device = "cpu",
-                                              .weights = weights}));
-  RETURN_IF_ERROR(check_tensors(spec.input_specs(), loaded->inputs(), "input")
-                      .with_context(options.path));
-  RETURN_IF_ERROR(check_tensors(spec.output_specs(), loaded->outputs(), "output")
-                      .with_context(options.path));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<engine::Engine> loaded,
+      engine::Engine::load_file(
+          options.path, {.max_batch = options.max_batch, .device = "cpu", .weights = weights}));
+  RETURN_IF_ERROR(
+      check_tensors(spec.input_specs(), loaded->inputs(), "input").with_context(options.path));
+  RETURN_IF_ERROR(
+      check_tensors(spec.output_specs(), loaded->outputs(), "output").with_context(options.path));
   return std::unique_ptr<Model>(new OnnxModel(spec, std::move(loaded)));
 }
 
@@ -144,9 +143,8 @@ Result<shm::ModelSpec> onnx_item_spec(const std::string& path) {
   auto add = [&](const std::vector<ValueInfo>& values, shm::TensorSpec* out, uint32_t* count,
                  std::string_view what) -> Status {
     if (values.size() > shm::kMaxTensors) {
-      return {ErrorCode::kInvalidArgument,
-              fmt::format("{}: {} {}s, at most {} are supported", path, values.size(), what,
-                          shm::kMaxTensors)};
+      return {ErrorCode::kInvalidArgument, fmt::format("{}: {} {}s, at most {} are supported", path,
+                                                       values.size(), what, shm::kMaxTensors)};
     }
     for (const ValueInfo& info : values) {
       if (info.shape.size() < 2) {

@@ -51,7 +51,8 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 Dims row_major_strides(const Dims& dims) {
   Dims strides(dims.size(), 1);
-  for (size_t i = dims.size(); i-- > 1;) strides[i - 1] = strides[i] * std::max<int64_t>(dims[i], 1);
+  for (size_t i = dims.size(); i-- > 1;)
+    strides[i - 1] = strides[i] * std::max<int64_t>(dims[i], 1);
   return strides;
 }
 
@@ -93,8 +94,8 @@ struct Buffer {
 
 struct WeightEntry {
   std::string name;
-  memory::desc md;        // the layout kept (fp32), or empty: the bytes as they are
-  memory::desc src_md;    // the layout of `source` (fp32)
+  memory::desc md;                // the layout kept (fp32), or empty: the bytes as they are
+  memory::desc src_md;            // the layout of `source` (fp32)
   std::vector<std::byte> source;  // a copy of the constant's bytes, until the region is filled
   size_t bytes = 0;
   size_t offset = 0;
@@ -104,10 +105,10 @@ struct Step {
   enum class Kind { kPrimitive, kReference, kCopy };
   Kind kind = Kind::kPrimitive;
   dnnl::primitive primitive;
-  std::vector<std::pair<int, size_t>> args;  // kPrimitive: (DNNL_ARG_*, buffer)
-  const PlanOp* op = nullptr;                // kReference
+  std::vector<std::pair<int, size_t>> args;   // kPrimitive: (DNNL_ARG_*, buffer)
+  const PlanOp* op = nullptr;                 // kReference
   std::vector<size_t> inputs, outputs, sums;  // kReference buffers (inputs: SIZE_MAX = absent)
-  size_t from = 0, to = 0;                   // kCopy buffers, same bytes
+  size_t from = 0, to = 0;                    // kCopy buffers, same bytes
 };
 
 struct CompiledPlan {
@@ -182,9 +183,10 @@ class PlanBuilder {
     for (size_t i = 0; i < plan.outputs.size(); ++i) {
       const auto v = static_cast<size_t>(plan.outputs[i]);
       RETURN_IF_ERROR(ensure_present(v, "graph output"));
-      const size_t out = new_buffer(new_storage(Storage::Kind::kOutput, i, value(v).byte_size()), v);
+      const size_t out =
+          new_buffer(new_storage(Storage::Kind::kOutput, i, value(v).byte_size()), v);
       try {
-        copy_or_reorder(canonical_[v], out);
+        copy_or_reorder(current(v), out);
       } catch (const dnnl::error& e) {
         return dnnl_failure("graph output '" + value(v).name + "'", e);
       }
@@ -242,11 +244,17 @@ class PlanBuilder {
     }
     if (pv.data.size() != pv.byte_size()) {
       return {ErrorCode::kInvalidArgument,
-              fmt::format("constant '{}' has {} bytes, its shape needs {}", pv.name,
-                          pv.data.size(), pv.byte_size())};
+              fmt::format("constant '{}' has {} bytes, its shape needs {}", pv.name, pv.data.size(),
+                          pv.byte_size())};
     }
-    canonical_[v] = weight_buffer(v, std::nullopt, std::nullopt);
     return Status::ok();
+  }
+
+  // The buffer that holds value v as computed; a constant's row-major weight buffer is made on
+  // first use (a Conv's weights are only ever read in the primitive's layout).
+  size_t current(size_t v) {
+    if (canonical_[v] == SIZE_MAX) canonical_[v] = weight_buffer(v, std::nullopt, std::nullopt);
+    return canonical_[v];
   }
 
   // A buffer over constant v's weight entry in layout md (from src_md; both default to
@@ -260,8 +268,8 @@ class PlanBuilder {
       keep = md ? *md : plain_md(pv.dims);
     }
     const size_t entry = ex_.weight(pv, keep, from);
-    const size_t b = new_buffer(
-        new_storage(Storage::Kind::kWeight, entry, ex_.entries_[entry].bytes), v);
+    const size_t b =
+        new_buffer(new_storage(Storage::Kind::kWeight, entry, ex_.entries_[entry].bytes), v);
     if (pv.dtype == DataType::kFp32) {
       out_.buffers[b].md = keep;
       out_.buffers[b].plain = keep == plain_md(pv.dims);
@@ -281,8 +289,8 @@ class PlanBuilder {
       step.from = from;
       step.to = to;
     } else {
-      step.primitive = dnnl::reorder(dnnl::reorder::primitive_desc(ex_.engine_, a.md, ex_.engine_,
-                                                                   b.md));
+      step.primitive =
+          dnnl::reorder(dnnl::reorder::primitive_desc(ex_.engine_, a.md, ex_.engine_, b.md));
       step.args = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
     }
     out_.steps.push_back(std::move(step));
@@ -291,8 +299,8 @@ class PlanBuilder {
   // Value v in layout md: its canonical buffer when that is the layout, else a reorder into a
   // temporary, made once per layout.
   size_t in_layout(size_t v, const memory::desc& md) {
-    const size_t current = canonical_[v];
-    if (out_.buffers[current].md == md) return current;
+    // A constant is kept in each layout it is read in; only those become weight entries.
+    if (canonical_[v] != SIZE_MAX && out_.buffers[canonical_[v]].md == md) return canonical_[v];
     for (size_t b : converted_[v]) {
       if (out_.buffers[b].md == md) return b;
     }
@@ -301,14 +309,14 @@ class PlanBuilder {
       b = weight_buffer(v, md, std::nullopt);
     } else {
       b = new_activation(v, md);
-      copy_or_reorder(current, b);  // later readers in this layout reuse (and touch) it
+      copy_or_reorder(current(v), b);  // later readers in this layout reuse (and touch) it
     }
     converted_[v].push_back(b);
     return b;
   }
 
   size_t row_major(size_t v) {
-    if (out_.buffers[canonical_[v]].plain) return canonical_[v];
+    if (out_.buffers[current(v)].plain) return current(v);
     return in_layout(v, plain_md(value(v).dims));
   }
 
@@ -426,7 +434,7 @@ class PlanBuilder {
   // The sum post-op adds into the destination: put the addend there first.
   void load_addend(const PlanOp& op, size_t dst) {
     for (const PostOp& p : op.post_ops) {
-      if (p.kind == PostOp::Kind::kSum) copy_or_reorder(canonical_[static_cast<size_t>(p.value)], dst);
+      if (p.kind == PostOp::Kind::kSum) copy_or_reorder(current(static_cast<size_t>(p.value)), dst);
     }
   }
 
@@ -461,9 +469,8 @@ class PlanBuilder {
     auto make = [&](const memory::desc& w_md) {
       const memory::desc bias_md = has_bias ? plain_md({wv.dims[0]}) : memory::desc();
       dnnl::convolution_forward::desc desc(
-          prop_kind::forward_inference, algorithm::convolution_direct,
-          any_md(value(x).dims), w_md, bias_md, any_md(yv.dims), strides, dilations, pad_l,
-          pad_r);
+          prop_kind::forward_inference, algorithm::convolution_direct, any_md(value(x).dims), w_md,
+          bias_md, any_md(yv.dims), strides, dilations, pad_l, pad_r);
       return dnnl::convolution_forward::primitive_desc(desc, attr, ex_.engine_);
     };
     const memory::desc w_any(w_dims, memory::data_type::f32, memory::format_tag::any);
@@ -486,8 +493,8 @@ class PlanBuilder {
     std::vector<std::pair<int, size_t>> args = {
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, y}};
     if (has_bias) {
-      args.push_back({DNNL_ARG_BIAS, weight_buffer(static_cast<size_t>(op.inputs[2]),
-                                                   std::nullopt, std::nullopt)});
+      args.push_back({DNNL_ARG_BIAS, weight_buffer(static_cast<size_t>(op.inputs[2]), std::nullopt,
+                                                   std::nullopt)});
     }
     primitive_step(dnnl::convolution_forward(pd), std::move(args));
     canonical_[static_cast<size_t>(op.outputs[0])] = y;
@@ -507,8 +514,8 @@ class PlanBuilder {
     std::optional<size_t> bias;
     if (has_c) {
       const PlanValue& c = value(static_cast<size_t>(op.inputs[2]));
-      const bool row = c.element_count() == n &&
-                       (c.dims.size() == 1 || (c.dims.size() == 2 && c.dims[0] == 1));
+      const bool row =
+          c.element_count() == n && (c.dims.size() == 1 || (c.dims.size() == 2 && c.dims[0] == 1));
       if (!c.is_constant || !row || op.beta != 1.0F) return false;
     }
     const memory::desc a_md = op.trans_a ? transposed_md(m, k) : plain_md({m, k});
@@ -595,13 +602,12 @@ class PlanBuilder {
                                    : algorithm::pooling_avg_exclude_padding;
       }
     }
-    const size_t src = canonical_[x];
+    const size_t src = current(x);
     dnnl::pooling_v2_forward::primitive_desc pd;
     try {
       pd = dnnl::pooling_v2_forward::primitive_desc(
-          dnnl::pooling_v2_forward::desc(prop_kind::forward_inference, alg,
-                                         out_.buffers[src].md, any_md(yv.dims), strides, kernel,
-                                         dilations, pad_l, pad_r),
+          dnnl::pooling_v2_forward::desc(prop_kind::forward_inference, alg, out_.buffers[src].md,
+                                         any_md(yv.dims), strides, kernel, dilations, pad_l, pad_r),
           ex_.engine_);
     } catch (const dnnl::error&) {
       return false;
@@ -618,12 +624,12 @@ class PlanBuilder {
     const PlanValue& xv = value(x);
     if (xv.dims.size() < 2) return false;
     for (size_t i = 1; i <= 4; ++i) {
-      if (op.inputs[i] < 0 || value(static_cast<size_t>(op.inputs[i])).element_count() !=
-                                  xv.dims[1]) {
+      if (op.inputs[i] < 0 ||
+          value(static_cast<size_t>(op.inputs[i])).element_count() != xv.dims[1]) {
         return false;
       }
     }
-    const size_t src = canonical_[x];
+    const size_t src = current(x);
     const auto flags = dnnl::normalization_flags::use_global_stats |
                        dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
     dnnl::batch_normalization_forward::primitive_desc pd;
@@ -636,17 +642,14 @@ class PlanBuilder {
       return false;
     }
     const memory::desc channel = plain_md({xv.dims[1]});
-    auto param = [&](size_t i) {
-      return in_layout(static_cast<size_t>(op.inputs[i]), channel);
-    };
+    auto param = [&](size_t i) { return in_layout(static_cast<size_t>(op.inputs[i]), channel); };
     const size_t y = new_activation(static_cast<size_t>(op.outputs[0]), pd.dst_desc());
-    primitive_step(dnnl::batch_normalization_forward(pd),
-                   {{DNNL_ARG_SRC, src},
-                    {DNNL_ARG_SCALE, param(1)},
-                    {DNNL_ARG_SHIFT, param(2)},
-                    {DNNL_ARG_MEAN, param(3)},
-                    {DNNL_ARG_VARIANCE, param(4)},
-                    {DNNL_ARG_DST, y}});
+    primitive_step(dnnl::batch_normalization_forward(pd), {{DNNL_ARG_SRC, src},
+                                                           {DNNL_ARG_SCALE, param(1)},
+                                                           {DNNL_ARG_SHIFT, param(2)},
+                                                           {DNNL_ARG_MEAN, param(3)},
+                                                           {DNNL_ARG_VARIANCE, param(4)},
+                                                           {DNNL_ARG_DST, y}});
     canonical_[static_cast<size_t>(op.outputs[0])] = y;
     return true;
   }
@@ -678,7 +681,7 @@ class PlanBuilder {
         return false;  // HardSigmoid: no single oneDNN function
     }
     const size_t x = static_cast<size_t>(op.inputs[0]);
-    const size_t src = canonical_[x];
+    const size_t src = current(x);
     dnnl::eltwise_forward::primitive_desc pd;
     try {
       pd = dnnl::eltwise_forward::primitive_desc(
@@ -705,7 +708,7 @@ class PlanBuilder {
                     : op.binary == BinaryAlg::kSub ? algorithm::binary_sub
                     : op.binary == BinaryAlg::kMul ? algorithm::binary_mul
                                                    : algorithm::binary_div;
-    const size_t src0 = canonical_[a];
+    const size_t src0 = current(a);
     const memory::desc& md0 = out_.buffers[src0].md;
     // B either in A's layout or, when it broadcasts, row-major with leading ones.
     const bool same = value(b).dims == out_dims;
@@ -738,7 +741,7 @@ class PlanBuilder {
     std::vector<size_t> buffers;
     for (int v : op.inputs) {
       if (value(static_cast<size_t>(v)).element_count() == 0) return false;
-      buffers.push_back(canonical_[static_cast<size_t>(v)]);
+      buffers.push_back(current(static_cast<size_t>(v)));
       srcs.push_back(out_.buffers[buffers.back()].md);
     }
     dnnl::concat::primitive_desc pd;
@@ -781,7 +784,7 @@ class PlanBuilder {
     const size_t x = static_cast<size_t>(op.inputs[0]);
     // oneDNN centres an even window differently from ONNX; those go to the reference kernel.
     if (op.size % 2 == 0 || value(x).dims.size() != 4) return false;
-    const size_t src = canonical_[x];
+    const size_t src = current(x);
     dnnl::lrn_forward::primitive_desc pd;
     try {
       pd = dnnl::lrn_forward::primitive_desc(
@@ -820,7 +823,8 @@ class PlanBuilder {
       step.inputs.push_back(v < 0 ? SIZE_MAX : row_major(static_cast<size_t>(v)));
     }
     for (const PostOp& p : op.post_ops) {
-      if (p.kind == PostOp::Kind::kSum) step.sums.push_back(row_major(static_cast<size_t>(p.value)));
+      if (p.kind == PostOp::Kind::kSum)
+        step.sums.push_back(row_major(static_cast<size_t>(p.value)));
     }
     for (int v : op.outputs) {
       const size_t y = new_activation(static_cast<size_t>(v));
@@ -844,9 +848,8 @@ class PlanBuilder {
         order.push_back(i);
       }
     }
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return out_.storages[a].bytes > out_.storages[b].bytes;
-    });
+    std::sort(order.begin(), order.end(),
+              [&](size_t a, size_t b) { return out_.storages[a].bytes > out_.storages[b].bytes; });
     std::vector<size_t> placed;
     size_t arena = 0;
     for (size_t i : order) {
@@ -1002,7 +1005,7 @@ Status OneDnnExecutor::compile(std::span<const Plan> plans, WeightStore* weights
 void OneDnnExecutor::pin_threads(unsigned threads, const std::vector<unsigned>& cpus) {
   if (threads == pinned_threads_ && cpus == pinned_cpus_) return;
   if (!cpus.empty()) {
-#pragma omp parallel num_threads(static_cast<int>(threads))
+#pragma omp parallel num_threads(static_cast <int>(threads))
     {
       // Thread 0 is the caller, already on cpus[0].
       const auto t = static_cast<size_t>(omp_get_thread_num());

@@ -44,10 +44,6 @@ const Tensor* fp32_initializer(const Graph& graph, std::string_view name) {
 std::optional<float> scalar_constant(const Graph& graph, const Node& node, size_t index) {
   if (!node.has_input(index)) return std::nullopt;
   const Tensor* t = graph.find_constant(node.inputs[index]);
-  if (t == nullptr) {
-    auto it = graph.initializers.find(node.inputs[index]);
-    if (it != graph.initializers.end()) t = &it->second;
-  }
   if (t == nullptr || t->element_count() != 1) return std::nullopt;
   if (t->dtype == DataType::kFp32) return t->as<float>()[0];
   if (t->dtype == DataType::kFp64) return static_cast<float>(t->as<double>()[0]);
@@ -138,8 +134,8 @@ bool fold_batch_norm(Graph& graph, Node& conv, const Node& bn) {
     fb[c] = static_cast<float>((bias - mean[c]) * s + shift[c]);
   }
   const std::string w_name = conv.inputs[1] + "/bn:" + bn.name;
-  const std::string b_name = (conv.has_input(2) ? conv.inputs[2] : conv.inputs[1] + "/bias") +
-                             "/bn:" + bn.name;
+  const std::string b_name =
+      (conv.has_input(2) ? conv.inputs[2] : conv.inputs[1] + "/bias") + "/bn:" + bn.name;
   graph.initializers[w_name] = std::move(folded_w);
   graph.initializers[b_name] = std::move(folded_b);
   conv.inputs.resize(3);
@@ -171,9 +167,9 @@ int remove_no_ops(Graph& graph) {
     for (std::string& input : node.inputs) {
       if (auto it = renamed.find(input); it != renamed.end()) input = it->second;
     }
-    const bool no_op = node.op_type == "Identity" ||
-                       (node.op_type == "Dropout" && !node.has_input(2) &&
-                        (node.outputs.size() < 2 || node.outputs[1].empty()));
+    const bool no_op =
+        node.op_type == "Identity" || (node.op_type == "Dropout" && !node.has_input(2) &&
+                                       (node.outputs.size() < 2 || node.outputs[1].empty()));
     if (no_op && node.has_input(0) && !node.outputs.empty() &&
         !is_graph_output(graph, node.outputs[0])) {
       renamed[node.outputs[0]] = node.inputs[0];
@@ -267,9 +263,8 @@ Result<FusionCounts> fuse(Graph& graph) {
     bool merged = false;
     if (node.op_type == "BatchNormalization" && node.has_input(0)) {
       auto p = fusable_producer(node.inputs[0]);
-      const bool one_output =
-          std::all_of(node.outputs.begin() + 1, node.outputs.end(),
-                      [](const std::string& output) { return output.empty(); });
+      const bool one_output = std::all_of(node.outputs.begin() + 1, node.outputs.end(),
+                                          [](const std::string& output) { return output.empty(); });
       if (p && one_output && slots[*p]->op_type == "Conv" && slots[*p]->fused.empty() &&
           fold_batch_norm(graph, *slots[*p], node)) {
         merge(*p, i);
@@ -281,7 +276,6 @@ Result<FusionCounts> fuse(Graph& graph) {
         const std::string& other = node.inputs[1 - side];
         auto p = fusable_producer(node.inputs[side]);
         if (!p || slots[*p]->op_type != "Conv" || graph.find_constant(other) != nullptr ||
-            graph.initializers.count(other) != 0 ||
             !same_known_shape(graph, node.inputs[side], other)) {
           continue;
         }

@@ -174,8 +174,9 @@ const ValueInfo* Graph::find_value(std::string_view value_name) const {
 }
 
 const Tensor* Graph::find_constant(std::string_view value_name) const {
-  auto it = constants.find(value_name);
-  return it == constants.end() ? nullptr : &it->second;
+  if (auto it = constants.find(value_name); it != constants.end()) return &it->second;
+  auto it = initializers.find(value_name);
+  return it == initializers.end() ? nullptr : &it->second;
 }
 
 }  // namespace sliceserve::worker::engine

@@ -314,9 +314,9 @@ class Lowerer {
         if (r == nullptr || r->element_count() != 1) {
           return node.error("input 'ratio' must be a scalar constant");
         }
-        ratio = r->dtype == DataType::kFp64 ? r->as<double>()[0]
+        ratio = r->dtype == DataType::kFp64   ? r->as<double>()[0]
                 : r->dtype == DataType::kFp32 ? r->as<float>()[0]
-                                                : 0.5;
+                                              : 0.5;
       }
       if (flag[0] != 0 && ratio != 0.0) {
         return node.error("training-mode Dropout (random) is not supported: this engine infers");

@@ -279,6 +279,15 @@ Result<Graph> load_onnx_bytes(std::span<const std::byte> bytes) {
   return convert_model(model);
 }
 
+Result<Tensor> load_onnx_tensor(std::span<const std::byte> bytes) {
+  onnx::TensorProto proto;
+  if (bytes.size() > INT_MAX ||
+      !proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return invalid("not a valid ONNX TensorProto");
+  }
+  return convert_tensor(proto, proto.name().empty() ? "tensor" : "tensor '" + proto.name() + "'");
+}
+
 Result<Graph> load_onnx_file(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) return Status(ErrorCode::kNotFound, fmt::format("cannot open model '{}'", path));

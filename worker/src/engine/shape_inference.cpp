@@ -717,8 +717,8 @@ Status infer_pad(Ctx& ctx) {
   }
   ASSIGN_OR_RETURN(params.mode, ctx.node().string_attr("mode", "constant"));
   if (params.mode != "constant" && params.mode != "reflect" && params.mode != "edge") {
-    return ctx.err(fmt::format("unsupported mode '{}' (constant, reflect and edge are)",
-                               params.mode));
+    return ctx.err(
+        fmt::format("unsupported mode '{}' (constant, reflect and edge are)", params.mode));
   }
   if (ctx.opset() >= 11) {
     if (ctx.has_in(2)) {

@@ -124,6 +124,7 @@ struct Graph {
   std::vector<NodeParams> params;  // one per node
 
   const ValueInfo* find_value(std::string_view value_name) const;
+  // A value known at load time: a constant, else an initializer; nullptr otherwise.
   const Tensor* find_constant(std::string_view value_name) const;
 };
 
