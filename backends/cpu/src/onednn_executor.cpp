@@ -562,6 +562,7 @@ class PlanBuilder {
   }
 
   std::optional<bool> pool(const PlanOp& op) {
+    if (op.outputs.size() != 1) return false;  // MaxPool's Indices: the reference kernel
     const size_t x = static_cast<size_t>(op.inputs[0]);
     const PlanValue& xv = value(x);
     const PlanValue& yv = value(static_cast<size_t>(op.outputs[0]));
@@ -622,7 +623,7 @@ class PlanBuilder {
   std::optional<bool> batch_norm(const PlanOp& op) {
     const size_t x = static_cast<size_t>(op.inputs[0]);
     const PlanValue& xv = value(x);
-    if (xv.dims.size() < 2) return false;
+    if (xv.dims.size() < 2 || op.training) return false;
     for (size_t i = 1; i <= 4; ++i) {
       if (op.inputs[i] < 0 ||
           value(static_cast<size_t>(op.inputs[i])).element_count() != xv.dims[1]) {

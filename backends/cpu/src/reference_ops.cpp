@@ -743,11 +743,19 @@ Status run_conv(const PlanOp& op, Inputs in, Outputs out, Inputs sums) {
   return Status::ok();
 }
 
+// MaxPool's optional second output, Indices (int64, Y's dims), gets each maximum's position in
+// X flattened (N and C included, padding not), the spatial part row-major (ONNX's storage_order
+// 0) or column-major (1).
 Status run_pool(const PlanOp& op, Inputs in, Outputs out) {
-  RETURN_IF_ERROR(check_io(op, in, out, 1, 1, 1, 1));
+  const bool is_max = op.kind == OpKind::kMaxPool;
+  RETURN_IF_ERROR(check_io(op, in, out, 1, 1, 1, is_max ? 2 : 1));
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
-  const bool is_max = op.kind == OpKind::kMaxPool;
+  auto* indices = out.size() > 1 ? reinterpret_cast<int64_t*>(out[1].data) : nullptr;
+  if (indices != nullptr) {
+    RETURN_IF_ERROR(check_dtype(op, "Indices", out[1].dtype, DataType::kInt64));
+    RETURN_IF_ERROR(check_dims(op, "Indices", out[1].dims, y.dims));
+  }
   RETURN_IF_ERROR(check_dtype(op, "Y", y.dtype, x.dtype));
   const size_t rank = x.dims.size();
   if (rank < 3 || rank > 5) return invalid(op, "needs 1 to 3 spatial dimensions");
@@ -798,6 +806,7 @@ Status run_pool(const PlanOp& op, Inputs in, Outputs out) {
               F best = std::numeric_limits<F>::has_infinity ? -std::numeric_limits<F>::infinity()
                                                             : std::numeric_limits<F>::lowest();
               double sum = 0;
+              int64_t best_at = -1;
               for (int64_t d : td.positions) {
                 for (int64_t h : th.positions) {
                   const int64_t row = (d * axes[1].in + h) * axes[2].in;
@@ -805,7 +814,12 @@ Status run_pool(const PlanOp& op, Inputs in, Outputs out) {
                     const F v = load_value<T>(xp, row + w);
                     if (is_max) {
                       // NaN propagates, like numpy's maximum.
-                      if (v > best || std::isnan(double(v))) best = v;
+                      if (best_at < 0 || v > best || std::isnan(double(v))) {
+                        best = v;
+                        best_at = p * in_plane + (op.column_major_indices
+                                                      ? (w * axes[1].in + h) * axes[0].in + d
+                                                      : row + w);
+                      }
                     } else {
                       sum += double(v);
                     }
@@ -813,6 +827,7 @@ Status run_pool(const PlanOp& op, Inputs in, Outputs out) {
                 }
               }
               if (is_max) {
+                if (indices != nullptr) indices[o] = best_at;
                 store_value<T>(y.data, o++, best);
                 continue;
               }
@@ -859,7 +874,7 @@ Status run_global_average_pool(const PlanOp& op, Inputs in, Outputs out) {
 // ---- normalisation -------------------------------------------------------------------------
 
 Status run_batch_norm(const PlanOp& op, Inputs in, Outputs out) {
-  RETURN_IF_ERROR(check_io(op, in, out, 5, 5, 1, 1));
+  RETURN_IF_ERROR(check_io(op, in, out, 5, 5, 1, op.training ? 3 : 1));
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "Y", y.dtype, x.dtype));
@@ -883,6 +898,38 @@ Status run_batch_norm(const PlanOp& op, Inputs in, Outputs out) {
   return visit_float(op, x.dtype, [&](auto type) -> Status {
     using T = typename decltype(type)::type;
     using F = Compute<T>;
+    if (op.training) {
+      // The batch's statistics normalise; the running ones are updated (outputs 1 and 2).
+      for (size_t i = 1; i < 3; ++i) {
+        RETURN_IF_ERROR(
+            check_dims(op, i == 1 ? "running_mean" : "running_var", out[i].dims, Dims{c}));
+        RETURN_IF_ERROR(check_dtype(op, "running statistics", out[i].dtype, in[i + 2].dtype));
+      }
+      const double count = double(outer * inner);
+      for (int64_t ch = 0; ch < c; ++ch) {
+        double sum = 0, squares = 0;
+        for (int64_t b = 0; b < outer; ++b) {
+          for (int64_t i = 0; i < inner; ++i) {
+            const double v = double(load_value<T>(x.data, (b * c + ch) * inner + i));
+            sum += v;
+            squares += v * v;
+          }
+        }
+        const double mean = count > 0 ? sum / count : 0.0;
+        const double var = count > 0 ? std::max(0.0, squares / count - mean * mean) : 0.0;
+        const double m = double(op.momentum);
+        const double running_mean = params[2][size_t(ch)] * m + mean * (1 - m);
+        const double running_var = params[3][size_t(ch)] * m + var * (1 - m);
+        RETURN_IF_ERROR(visit_float(op, out[1].dtype, [&](auto stat) -> Status {
+          using S = typename decltype(stat)::type;
+          store_value<S>(out[1].data, ch, Compute<S>(running_mean));
+          store_value<S>(out[2].data, ch, Compute<S>(running_var));
+          return Status::ok();
+        }));
+        params[2][size_t(ch)] = mean;
+        params[3][size_t(ch)] = var;
+      }
+    }
     for (int64_t ch = 0; ch < c; ++ch) {
       const double factor =
           params[0][size_t(ch)] / std::sqrt(params[3][size_t(ch)] + double(op.epsilon));
@@ -982,6 +1029,28 @@ Status run_unary(const PlanOp& op, Inputs in, Outputs out) {
   RETURN_IF_ERROR(check_dims(op, "Y", y.dims, x.dims));
   if (!valid_unary(op.unary)) return invalid(op, "unknown unary function");
   const int64_t count = element_count(x.dims);
+  const bool integer = x.dtype != DataType::kFp16 && x.dtype != DataType::kFp32 &&
+                       x.dtype != DataType::kFp64 && x.dtype != DataType::kBool;
+  if (integer && (op.unary == UnaryAlg::kClip || op.unary == UnaryAlg::kRelu)) {
+    // Clip and Relu are defined on integers too (Clip's bounds arrive as floats; the types the
+    // engine serves fit them exactly up to 2^24).
+    return visit_dtype(op, x.dtype, [&](auto type) -> Status {
+      using T = typename decltype(type)::type;
+      if constexpr (std::is_integral_v<T>) {
+        const double low = op.unary == UnaryAlg::kRelu ? 0.0 : static_cast<double>(op.alpha);
+        const double high = op.unary == UnaryAlg::kRelu ? INFINITY : static_cast<double>(op.beta);
+        const T* xs = reinterpret_cast<const T*>(x.data);
+        T* ys = reinterpret_cast<T*>(y.data);
+        for (int64_t i = 0; i < count; ++i) {
+          const auto v = static_cast<double>(xs[i]);
+          ys[i] = v < low ? static_cast<T>(low) : v > high ? static_cast<T>(high) : xs[i];
+        }
+        return Status::ok();
+      } else {
+        return unsupported_dtype(op, x.dtype);
+      }
+    });
+  }
   return visit_float(op, x.dtype, [&](auto type) -> Status {
     using T = typename decltype(type)::type;
     using F = Compute<T>;

@@ -164,11 +164,23 @@ class Lowerer {
       return emit(std::move(conv));
     }
     if (type == "BatchNormalization") {
-      RETURN_IF_ERROR(only_first_output(node));
       ASSIGN_OR_RETURN(int64_t training, node.int_attr("training_mode", 0));
-      if (training != 0) return node.error("training_mode is not supported");
       ASSIGN_OR_RETURN(PlanOp bn, op(node, OpKind::kBatchNorm, 5));
       ASSIGN_OR_RETURN(bn.epsilon, node.float_attr("epsilon", 1e-5F));
+      ASSIGN_OR_RETURN(bn.momentum, node.float_attr("momentum", 0.9F));
+      bn.training = training != 0;
+      if (!bn.training) {
+        RETURN_IF_ERROR(only_first_output(node));
+      } else {
+        // Training mode: the running mean and var are outputs 1 and 2 (both, or neither read).
+        for (size_t i = 1; i < 3; ++i) {
+          if (i >= node.outputs.size() || node.outputs[i].empty()) {
+            return node.error("training_mode needs outputs running_mean and running_var");
+          }
+          ASSIGN_OR_RETURN(int stat, value(node.outputs[i]));
+          bn.outputs.push_back(stat);
+        }
+      }
       return emit(std::move(bn));
     }
     if (type == "Relu" || type == "LeakyRelu" || type == "Clip" || type == "Sigmoid" ||
@@ -190,11 +202,17 @@ class Lowerer {
       return emit(std::move(binary));
     }
     if (type == "MaxPool" || type == "AveragePool") {
-      RETURN_IF_ERROR(only_first_output(node));
       ASSIGN_OR_RETURN(int64_t storage_order, node.int_attr("storage_order", 0));
-      if (storage_order != 0) return node.error("storage_order 1 is not supported");
+      if (storage_order != 0 && storage_order != 1) {
+        return node.error(fmt::format("storage_order {} is not 0 or 1", storage_order));
+      }
       ASSIGN_OR_RETURN(PlanOp pool,
                        op(node, type == "MaxPool" ? OpKind::kMaxPool : OpKind::kAveragePool, 1));
+      pool.column_major_indices = storage_order == 1;
+      if (type == "MaxPool" && node.outputs.size() > 1 && !node.outputs[1].empty()) {
+        ASSIGN_OR_RETURN(int indices, value(node.outputs[1]));
+        pool.outputs.push_back(indices);
+      }
       set_window(pool, params);
       ASSIGN_OR_RETURN(int64_t include_pad, node.int_attr("count_include_pad", 0));
       pool.count_include_pad = include_pad != 0;

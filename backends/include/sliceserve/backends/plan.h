@@ -45,10 +45,13 @@ enum class BinaryAlg { kAdd, kSub, kMul, kDiv };
 
 enum class OpKind {
   kConv,             // in: X, W, [B]; group, kernel, strides, dilations, pads; post_ops
-  kBatchNorm,        // in: X, scale, bias, mean, var; epsilon (inference: running statistics)
+  kBatchNorm,        // in: X, scale, bias, mean, var; epsilon. Inference: the running statistics.
+                     // training: the batch's (population variance) and out: Y, running mean
+                     // and var (momentum x given + (1 - momentum) x the batch's)
   kUnary,            // in: X; unary, alpha, beta
   kBinary,           // in: A, B; binary
-  kMaxPool,          // in: X; kernel, strides, dilations, pads (ceil_mode already applied)
+  kMaxPool,          // in: X; kernel, strides, dilations, pads (ceil_mode already applied);
+                     // out: Y, optionally Indices (int64; column-major spatially if asked)
   kAveragePool,      // in: X; kernel, strides, pads; count_include_pad
   kGlobalAveragePool,  // in: X (rank >= 3): mean over every spatial dimension
   kGemm,             // in: A, B, [C]; trans_a, trans_b, alpha, beta; post_ops. Rank-2 A and B
@@ -91,6 +94,7 @@ struct PlanOp {
   std::vector<int64_t> kernel, strides, dilations, pads;
   int64_t group = 1;
   bool count_include_pad = false;
+  bool column_major_indices = false;  // MaxPool's Indices with ONNX storage_order 1
 
   UnaryAlg unary = UnaryAlg::kRelu;
   BinaryAlg binary = BinaryAlg::kAdd;
@@ -98,6 +102,8 @@ struct PlanOp {
   float beta = 0.0F;   // Unary, Gemm, LRN
   float bias = 0.0F;   // LRN
   float epsilon = 1e-5F;
+  bool training = false;   // BatchNorm
+  float momentum = 0.9F;   // BatchNorm, training
   bool trans_a = false, trans_b = false;
 
   int64_t axis = 0;            // Concat, Split, Softmax, Gather
