@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "sliceserve/shm/layout.h"
+#include "sliceserve/worker/model.h"
 
 namespace sliceserve::controller {
 namespace {
@@ -79,7 +80,7 @@ constexpr std::string_view kTensorKeys[] = {"name", "dtype", "shape"};
 
 constexpr std::string_view kBackends[] = {"cpu", "mps", "greenctx", "cumask"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
-constexpr std::string_view kKinds[] = {"synthetic", "null"};
+constexpr std::string_view kKinds[] = {"synthetic", "null", "onnx"};
 constexpr std::string_view kCpuModes[] = {"process", "affinity"};
 
 bool contains(std::span<const std::string_view> set, std::string_view item) {
@@ -693,8 +694,14 @@ class ConfigParser {
     if (auto policy = read_bool(table, prefix, "policy")) model.policy = *policy;
     read_u32(table, prefix, "lanes", 1, shm::kMaxLanes, model.lanes);
     read_u32(table, prefix, "slots_per_lane", 1, shm::kMaxSlotsPerLane, model.slots_per_lane);
-    parse_tensors(table, prefix, "inputs", model.inputs);
-    parse_tensors(table, prefix, "outputs", model.outputs);
+    // An ONNX model's file declares its tensors; the config may leave them out.
+    const bool onnx = model.kind == "onnx";
+    if (onnx && !table.contains("path")) require(table, prefix, "path");
+    if (!onnx || table.contains("inputs")) parse_tensors(table, prefix, "inputs", model.inputs);
+    if (!onnx || table.contains("outputs")) parse_tensors(table, prefix, "outputs", model.outputs);
+    if (onnx && !model.path.empty() && issues_.size() == issues_before) {
+      tensors_from_model(table, prefix, model);
+    }
 
     if (issues_.size() == issues_before) {
       uint64_t bytes = 0;
@@ -713,6 +720,51 @@ class ConfigParser {
       }
     }
     return marks;
+  }
+
+  // Fills the tensors the config left out from the ONNX file; those it declares must be the
+  // file's.
+  void tensors_from_model(const toml::table& table, const std::string& prefix, ModelConfig& model) {
+    Result<shm::ModelSpec> spec = worker::onnx_item_spec(model.path);
+    if (!spec.is_ok()) {
+      report_value(table, prefix, "path", spec.status().message());
+      return;
+    }
+    auto from_spec = [](std::span<const shm::TensorSpec> tensors) {
+      std::vector<TensorConfig> out;
+      for (const shm::TensorSpec& t : tensors) {
+        out.push_back({std::string(t.name_view()), t.dtype, {t.shape().begin(), t.shape().end()}});
+      }
+      return out;
+    };
+    auto check = [&](std::string_view key, std::vector<TensorConfig>& declared,
+                     std::vector<TensorConfig> file) {
+      if (!table.contains(key)) {
+        declared = std::move(file);
+        return;
+      }
+      auto describe = [](const std::vector<TensorConfig>& tensors) {
+        std::string text;
+        for (const TensorConfig& t : tensors) {
+          text += fmt::format("{}{} {} {}", text.empty() ? "" : ", ", t.name,
+                              shm::data_type_name(t.dtype), shm::shape_to_string(t.shape));
+        }
+        return text;
+      };
+      const bool same =
+          std::equal(declared.begin(), declared.end(), file.begin(), file.end(),
+                     [](const TensorConfig& a, const TensorConfig& b) {
+                       return a.name == b.name && a.dtype == b.dtype && a.shape == b.shape;
+                     });
+      if (!same) {
+        report_value(table, prefix, key,
+                     fmt::format("the model file has {} (per item, without the batch); the "
+                                 "config declares {}",
+                                 describe(file), describe(declared)));
+      }
+    };
+    check("inputs", model.inputs, from_spec(spec->input_specs()));
+    check("outputs", model.outputs, from_spec(spec->output_specs()));
   }
 
   void parse_tensors(const toml::table& model, const std::string& prefix, std::string_view key,

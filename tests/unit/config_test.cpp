@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "sliceserve/shm/layout.h"
+#include "support/onnx_model_builder.h"
 
 namespace sliceserve::controller {
 namespace {
@@ -389,20 +390,90 @@ TEST_F(ConfigTest, MissingModelFileIsReportedWithTheResolvedPath) {
                                            (dir_ / "sub" / "nope.onnx").string() + "'");
 }
 
+// A model with input 'input' FP32 [N,3,8,8] and output 'output' FP32 [N,10].
+std::string tiny_onnx_model() {
+  testing::ModelBuilder b;
+  b.input("input", {-1, 3, 8, 8});
+  b.output("output", {-1, 10});
+  auto* w = b.init("w", onnx::TensorProto::FLOAT, {10, 192});
+  for (int i = 0; i < 10 * 192; ++i) w->add_float_data(0.01F);
+  b.node("Flatten", {"input"}, {"flat"}, "flatten");
+  auto* gemm = b.node("Gemm", {"flat", "w"}, {"output"}, "fc");
+  testing::set_int(gemm, "transB", 1);
+  return b.bytes();
+}
+
+TEST_F(ConfigTest, OnnxModelTensorsComeFromTheFile) {
+  write_file("m.onnx", tiny_onnx_model());
+  const std::string path = write_file("serve.toml", R"([[model]]
+name = "tiny"
+kind = "onnx"
+path = "m.onnx"
+slice = 50
+)");
+  Result<Config> result = load_config(path);
+  ASSERT_TRUE(result.is_ok()) << result.status().to_string();
+  const ModelConfig& model = result->models[0];
+  ASSERT_EQ(model.inputs.size(), 1u);
+  EXPECT_EQ(model.inputs[0].name, "input");
+  EXPECT_EQ(model.inputs[0].dtype, shm::DataType::kFp32);
+  EXPECT_EQ(model.inputs[0].shape, (std::vector<int64_t>{3, 8, 8}));
+  ASSERT_EQ(model.outputs.size(), 1u);
+  EXPECT_EQ(model.outputs[0].name, "output");
+  EXPECT_EQ(model.outputs[0].shape, (std::vector<int64_t>{10}));
+}
+
+TEST_F(ConfigTest, OnnxModelTensorsThatDifferFromTheFileAreRejected) {
+  write_file("m.onnx", tiny_onnx_model());
+  const std::string path = write_file("serve.toml", R"([[model]]
+name = "tiny"
+kind = "onnx"
+path = "m.onnx"
+slice = 50
+inputs = [ { name = "input", dtype = "FP32", shape = [3, 16, 16] } ]
+)");
+  Result<Config> result = load_config(path);
+  ASSERT_FALSE(result.is_ok());
+  EXPECT_EQ(result.status().message(),
+            path +
+                ":6: key 'model[0].inputs': the model file has input FP32 [3,8,8] (per item, "
+                "without the batch); the config declares input FP32 [3,16,16]");
+}
+
+TEST_F(ConfigTest, OnnxModelNeedsAValidFile) {
+  write_file("bad.onnx", "not a model");
+  const std::string text = "[[model]]\nname = \"m\"\nkind = \"onnx\"\nslice = 50\n";
+  expect_error(text, 1, "model[0].path", "missing required key");
+  const std::string path = write_file("serve.toml", text + "path = \"bad.onnx\"\n");
+  Result<Config> result = load_config(path);
+  ASSERT_FALSE(result.is_ok());
+  EXPECT_NE(result.status().message().find(path + ":5: key 'model[0].path': "), std::string::npos)
+      << result.status().message();
+}
+
 TEST_F(ConfigTest, DemoConfigLoads) {
+  if (!fs::exists(SLICESERVE_SOURCE_DIR "/models/resnet18-64.onnx")) {
+    GTEST_SKIP() << "the demo's model is not built (scripts/models --input-size 64 resnet18)";
+  }
   Result<Config> result = load_config(SLICESERVE_SOURCE_DIR "/config/demo.toml");
   ASSERT_TRUE(result.is_ok()) << result.status().to_string();
   const Config& config = *result;
   EXPECT_EQ(config.server.instance, "demo");
   EXPECT_EQ(config.server.backend, "cpu");
   EXPECT_EQ(config.cpu.mode, CpuMode::kProcess);
-  ASSERT_EQ(config.models.size(), 3u);
+  ASSERT_EQ(config.models.size(), 4u);
   double total = 0;
-  for (const ModelConfig& model : config.models) {
-    EXPECT_EQ(model.kind, "synthetic");
-    total += model.slice;
-  }
+  for (const ModelConfig& model : config.models) total += model.slice;
   EXPECT_LE(total, 100.0);
+  // The real model's tensors come from its file.
+  const ModelConfig* resnet = config.find_model("resnet18");
+  ASSERT_NE(resnet, nullptr);
+  EXPECT_EQ(resnet->kind, "onnx");
+  ASSERT_EQ(resnet->inputs.size(), 1u);
+  EXPECT_EQ(resnet->inputs[0].name, "input");
+  EXPECT_EQ(resnet->inputs[0].shape, (std::vector<int64_t>{3, 64, 64}));
+  ASSERT_EQ(resnet->outputs.size(), 1u);
+  EXPECT_EQ(resnet->outputs[0].shape, (std::vector<int64_t>{1000}));
   const ModelConfig* detector = config.find_model("detector");
   ASSERT_NE(detector, nullptr);
   EXPECT_EQ(detector->inputs[0].shape, (std::vector<int64_t>{3, 32, 32}));
@@ -546,8 +617,8 @@ std::vector<ErrorCase> error_cases() {
        "must be > 0"},
       {"NegativeFlops", with_model("flops_per_item = -1.5 #!\n"), "model[0].flops_per_item",
        "must be >= 0, got -1.5"},
-      {"UnknownKind", with_model("kind = \"onnx\" #!\n"), "model[0].kind",
-       "must be one of synthetic, null; got 'onnx'"},
+      {"UnknownKind", with_model("kind = \"tensorflow\" #!\n"), "model[0].kind",
+       "must be one of synthetic, null, onnx; got 'tensorflow'"},
       {"EmptyPath", with_model("path = \"\" #!\n"), "model[0].path", "must not be empty"},
       // tensors
       {"EmptyInputs", model_with("inputs = [", "inputs = [ ] #!\n#"), "model[0].inputs",
@@ -691,8 +762,7 @@ TEST(ConfigReconfigurationTest, BadPolicyAndBackendValuesNameTheirKey) {
              "unknown backend");
   expect_bad(replace("policy = false", "policy = 1"), "model[0].policy", "true or false");
   expect_bad(replace("min_slice = 10", "min_slice = 0"), "policy.min_slice", "must be in");
-  expect_bad(replace("enabled = true", "enabled = true\nbogus = 1"), "policy.bogus",
-             "unknown key");
+  expect_bad(replace("enabled = true", "enabled = true\nbogus = 1"), "policy.bogus", "unknown key");
   expect_bad(replace("shrink_p99_fraction = 0.4", "shrink_p99_fraction = 0.95"), "policy",
              "must be below grow_p99_fraction");
 }

@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch", args.max_batch, "Largest batch")->check(CLI::Range(1, 256));
   app.add_option("--max-queue-delay-us", args.max_queue_delay_us,
                  "How long a partial batch waits for more requests");
-  app.add_option("--model-kind", args.model.kind, "Model kind: synthetic | null")->required();
+  app.add_option("--model-kind", args.model.kind, "Model kind: synthetic | null | onnx")->required();
   app.add_option("--model-path", args.model.path, "Model file");
   app.add_option("--flops-per-item", args.model.flops_per_item, "synthetic: flops per item");
   app.add_option("--working-set-kb", args.model.working_set_kb, "synthetic: working set");

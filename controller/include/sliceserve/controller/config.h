@@ -25,7 +25,7 @@ struct TensorConfig {
 
 struct ModelConfig {
   std::string name;                    // [A-Za-z0-9_-]{1,48}, unique
-  std::string kind = "synthetic";      // "synthetic" | "null" (later: "onnx")
+  std::string kind = "synthetic";      // "synthetic" | "null" | "onnx"
   std::string path;                    // model file, for kinds that load one (resolved against the
                                        // config file's folder); must exist when given
   double slo_ms = 100;                 // p99 latency objective, > 0
@@ -38,7 +38,8 @@ struct ModelConfig {
   uint32_t load_delay_ms = 0;        // synthetic kind: extra load time (emulates a slow model load)
   std::optional<CpuMode> cpu_mode;   // `backend = "cpu:affinity"`; unset: [backend.cpu] mode
   bool policy = true;                // false: the policy never changes this model
-  std::vector<TensorConfig> inputs;  // at least one, at most shm::kMaxTensors
+  std::vector<TensorConfig> inputs;  // at least one, at most shm::kMaxTensors (onnx: from the file
+                                     // when the config leaves them out)
   std::vector<TensorConfig> outputs;  // at least one, at most shm::kMaxTensors
   uint32_t lanes = 16;                // client lanes in the segment, 1..shm::kMaxLanes
   uint32_t slots_per_lane = 16;  // in-flight requests per client lane, 1..shm::kMaxSlotsPerLane
