@@ -66,17 +66,31 @@ class ModelBuilder {
   onnx::GraphProto* graph_;
 };
 
-void set_int(onnx::NodeProto* n, const std::string& name, int64_t v) {
+inline void set_int(onnx::NodeProto* n, const std::string& name, int64_t v) {
   auto* a = n->add_attribute();
   a->set_name(name);
   a->set_type(onnx::AttributeProto::INT);
   a->set_i(v);
 }
-void set_ints(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) {
+inline void set_ints(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) {
   auto* a = n->add_attribute();
   a->set_name(name);
   a->set_type(onnx::AttributeProto::INTS);
   for (int64_t x : v) a->add_ints(x);
+}
+inline void set_float(onnx::NodeProto* n, const std::string& name, float v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::FLOAT);
+  a->set_f(v);
+}
+// A float initializer with the given values.
+inline onnx::TensorProto* float_tensor(ModelBuilder& b, const std::string& name,
+                                       const std::vector<int64_t>& dims,
+                                       const std::vector<float>& values) {
+  auto* t = b.init(name, onnx::TensorProto::FLOAT, dims);
+  for (float v : values) t->add_float_data(v);
+  return t;
 }
 
 }  // namespace sliceserve::testing
