@@ -372,8 +372,8 @@ TEST(ModelFactoryTest, RejectsInvalidOptions) {
     ASSERT_FALSE(model.is_ok()) << options.kind;
     EXPECT_EQ(model.status().code(), ErrorCode::kInvalidArgument) << model.status().to_string();
   }
-  auto onnx = create_model({"onnx", "model.onnx", 0, 1}, spec);
-  EXPECT_EQ(onnx.status().code(), ErrorCode::kUnavailable);
+  auto onnx = create_model({"onnx", "no-such-model.onnx", 0, 1}, spec);
+  EXPECT_EQ(onnx.status().code(), ErrorCode::kNotFound) << onnx.status().to_string();
 
   auto no_inputs = make_spec({}, {{"y", DataType::kFp32, 4}});
   EXPECT_EQ(create_model({"synthetic", "", 1e6, 256}, no_inputs).status().code(),

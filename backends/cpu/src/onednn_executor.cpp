@@ -801,7 +801,7 @@ class PlanBuilder {
     return true;
   }
 
-  // Copy (Reshape, Flatten, ...): the output is the input's row-major bytes, in place.
+  // Copy (Reshape, Flatten, ...): the output is the input's bytes, in place.
   Status copy(const PlanOp& op) {
     const size_t x = static_cast<size_t>(op.inputs.at(0));
     const size_t y = static_cast<size_t>(op.outputs.at(0));
@@ -809,8 +809,14 @@ class PlanBuilder {
       return {ErrorCode::kInvalidArgument,
               fmt::format("{}: input and output sizes differ", op.label)};
     }
-    const size_t plain = row_major(x);
-    const size_t b = new_buffer(out_.buffers[plain].storage, y);
+    // The same shape keeps the layout (Identity, an all-zero Pad); a new one needs row-major.
+    const bool same_dims = value(x).dims == value(y).dims;
+    const size_t from = same_dims ? current(x) : row_major(x);
+    const size_t b = new_buffer(out_.buffers[from].storage, y);
+    if (same_dims) {
+      out_.buffers[b].md = out_.buffers[from].md;
+      out_.buffers[b].plain = out_.buffers[from].plain;
+    }
     touch(b);
     canonical_[y] = b;
     return Status::ok();

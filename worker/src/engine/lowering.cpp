@@ -291,7 +291,11 @@ class Lowerer {
       return emit(std::move(lrn));
     }
     if (type == "Pad") {
-      ASSIGN_OR_RETURN(PlanOp pad, op(node, OpKind::kPad, 1));
+      // densenet's transitions carry an all-zero Pad: a no-op.
+      const bool none = std::all_of(params.pads.begin(), params.pads.end(),
+                                    [](int64_t p) { return p == 0; });
+      if (!params.value_known) return node.error("input 'constant_value' must be a constant");
+      ASSIGN_OR_RETURN(PlanOp pad, op(node, none ? OpKind::kCopy : OpKind::kPad, 1));
       pad.pads = params.pads;
       pad.pad_mode = params.mode == "reflect" ? PlanOp::PadMode::kReflect
                      : params.mode == "edge"  ? PlanOp::PadMode::kEdge

@@ -722,10 +722,13 @@ Status infer_pad(Ctx& ctx) {
   }
   if (ctx.opset() >= 11) {
     if (ctx.has_in(2)) {
+      // Shapes do not depend on it; lowering needs it known.
       const Tensor* value = ctx.constant(2);
-      if (value == nullptr) return ctx.err("input 'constant_value' must be a constant");
-      if (value->element_count() != 1) return ctx.err("constant_value must be a scalar");
-      ASSIGN_OR_RETURN(params.value, scalar_as_double(ctx, *value));
+      params.value_known = value != nullptr;
+      if (value != nullptr) {
+        if (value->element_count() != 1) return ctx.err("constant_value must be a scalar");
+        ASSIGN_OR_RETURN(params.value, scalar_as_double(ctx, *value));
+      }
     }
   } else {
     ASSIGN_OR_RETURN(float value, ctx.node().float_attr("value", 0.0F));

@@ -107,6 +107,7 @@ struct NodeParams {
   bool keepdims = true;                      // ReduceMean
   std::string mode;                          // Pad: constant | reflect | edge
   double value = 0.0;                        // Pad: the constant
+  bool value_known = true;                   // Pad: false when it is not a constant
 };
 
 struct Graph {
