@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +70,40 @@ std::string load_average() {
   std::string one, five;
   in >> one >> five;
   return one + " " + five;
+}
+
+// What the whole machine and this process have run so far, to tell how much of the machine
+// other processes (and the hypervisor: steal time) took while a side was timed.
+struct CpuSample {
+  double busy_s = 0;   // all cpus: user, nice, system, irq, softirq, steal
+  double total_s = 0;  // the same plus idle and iowait
+  double self_s = 0;   // this process, all threads, user + system
+  bool ok = false;
+};
+
+CpuSample sample_cpu() {
+  CpuSample s;
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  uint64_t user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  const double tick = 1.0 / double(sysconf(_SC_CLK_TCK));
+  rusage self{};
+  if (!in || cpu != "cpu" || getrusage(RUSAGE_SELF, &self) != 0) return s;
+  s.busy_s = double(user + nice + system + irq + softirq + steal) * tick;
+  s.total_s = s.busy_s + double(idle + iowait) * tick;
+  s.self_s = double(self.ru_utime.tv_sec + self.ru_stime.tv_sec) +
+             double(self.ru_utime.tv_usec + self.ru_stime.tv_usec) / 1e6;
+  s.ok = true;
+  return s;
+}
+
+// Percent of the machine's CPU time between two samples that was not this process's.
+double other_cpu_pct(const CpuSample& a, const CpuSample& b) {
+  const double total = b.total_s - a.total_s;
+  if (!a.ok || !b.ok || total <= 0) return -1;
+  const double others = (b.busy_s - a.busy_s) - (b.self_s - a.self_s);
+  return std::clamp(100.0 * others / total, 0.0, 100.0);
 }
 
 // ---- options ----
@@ -209,6 +244,7 @@ Result<Options> parse_options(int argc, char** argv) {
 struct Timing {
   int iters = 0;
   double p50_ms = 0, p99_ms = 0, min_ms = 0, mean_ms = 0;
+  double other_cpu_pct = -1;  // the machine's CPU time others used meanwhile; -1: unknown
 };
 
 // Nearest-rank percentile of sorted samples.
@@ -423,11 +459,6 @@ std::vector<float> random_input(size_t elements) {
 
 // ---- the SliceServe side ----
 
-struct Measured {
-  int64_t batch = 0;
-  Timing timing;
-};
-
 int default_iters(int64_t batch, double warm_ms, const Options& o) {
   if (o.iters > 0) return o.iters;
   const int floor = batch == 1 ? 20 : 10;
@@ -466,56 +497,56 @@ Result<Timing> time_engine(engine::Engine& eng, backends::Slice& slice, int64_t 
                batch, warm_ms, warm.size(), iters);
   std::vector<double> samples;
   samples.reserve(size_t(iters));
+  const CpuSample before = sample_cpu();
   for (int i = 0; i < iters; ++i) {
     ASSIGN_OR_RETURN(double ms, run_once());
     samples.push_back(ms);
   }
-  return summarize(std::move(samples));
+  Timing timing = summarize(std::move(samples));
+  timing.other_cpu_pct = other_cpu_pct(before, sample_cpu());
+  return timing;
 }
 
-Result<std::vector<Measured>> run_sliceserve(const Options& o, const std::vector<float>& input,
-                                             size_t item_elements, size_t output_elements,
-                                             backends::Slice& slice, const std::string& dir) {
-  std::vector<Measured> results;
-  std::unique_ptr<engine::Engine> shared;
-  for (int64_t batch : o.batches) {
-    std::unique_ptr<engine::Engine> own;
-    engine::Engine* eng = shared.get();
-    if (eng == nullptr) {
-      const int64_t max_batch = o.engine_max_batch > 0 ? o.engine_max_batch : batch;
-      const uint64_t t0 = now_ns();
-      ASSIGN_OR_RETURN(own, engine::Engine::load_file(o.model_path, {.max_batch = max_batch}));
-      std::fprintf(stderr, "engine_bench: engine loaded with max_batch %" PRId64 " in %.1f s\n",
-                   max_batch, double(now_ns() - t0) / 1e9);
-      eng = own.get();
-      if (o.engine_max_batch > 0) shared = std::move(own);
-    }
-    if (product(eng->input_shape(0, batch)) != int64_t(item_elements) * batch ||
-        product(eng->output_shape(0, batch)) != int64_t(output_elements) * batch) {
-      return Status(ErrorCode::kInvalidArgument, "the engine's shapes are not the graph's");
-    }
-    std::vector<float> output(output_elements * size_t(batch));
-    ASSIGN_OR_RETURN(Timing timing, time_engine(*eng, slice, batch, input, output, o));
-    std::fprintf(stderr, "engine_bench: sliceserve batch %" PRId64 ": p50 %.2f ms, min %.2f ms\n",
-                 batch, timing.p50_ms, timing.min_ms);
-    const std::vector<int64_t> out_shape = eng->output_shape(0, batch);
-    RETURN_IF_ERROR(
-        write_npy_f32(dir + "/output-" + std::to_string(batch) + ".npy", out_shape, output));
-    results.push_back({batch, timing});
+// One batch through the engine: loads it (max_batch = batch, or --engine-max-batch once into
+// `shared`), times it, and writes its output for the PyTorch side to compare.
+Result<Timing> run_sliceserve(const Options& o, int64_t batch, const std::vector<float>& input,
+                              const FlopCount& model, backends::Slice& slice,
+                              std::unique_ptr<engine::Engine>& shared, const std::string& dir) {
+  std::unique_ptr<engine::Engine> own;
+  engine::Engine* eng = shared.get();
+  if (eng == nullptr) {
+    const int64_t max_batch = o.engine_max_batch > 0 ? o.engine_max_batch : batch;
+    const uint64_t t0 = now_ns();
+    ASSIGN_OR_RETURN(own, engine::Engine::load_file(o.model_path, {.max_batch = max_batch}));
+    std::fprintf(stderr, "engine_bench: engine loaded with max_batch %" PRId64 " in %.1f s\n",
+                 max_batch, double(now_ns() - t0) / 1e9);
+    eng = own.get();
+    if (o.engine_max_batch > 0) shared = std::move(own);
   }
-  return results;
+  const int64_t in_elements = product(model.input_shape) * batch;
+  const int64_t out_elements = product(model.output_shape) * batch;
+  if (product(eng->input_shape(0, batch)) != in_elements ||
+      product(eng->output_shape(0, batch)) != out_elements || int64_t(input.size()) < in_elements) {
+    return Status(ErrorCode::kInvalidArgument, "the engine's shapes are not the graph's");
+  }
+  std::vector<float> output(static_cast<size_t>(out_elements));
+  ASSIGN_OR_RETURN(Timing timing, time_engine(*eng, slice, batch, input, output, o));
+  std::fprintf(stderr,
+               "engine_bench: sliceserve batch %" PRId64
+               ": p50 %.2f ms, min %.2f ms; other processes used %.1f%% of the machine meanwhile\n",
+               batch, timing.p50_ms, timing.min_ms, timing.other_cpu_pct);
+  RETURN_IF_ERROR(write_npy_f32(dir + "/output-" + std::to_string(batch) + ".npy",
+                                eng->output_shape(0, batch), output));
+  return timing;
 }
 
 // ---- the PyTorch side: a child process, one JSON line per batch on its stdout ----
 
-Result<std::vector<Json>> run_pytorch(const Options& o, const std::vector<unsigned>& cpus,
-                                      const std::vector<Measured>& ours, const std::string& dir,
+Result<std::vector<Json>> run_pytorch(const Options& o, int64_t batch, int iters, bool count_flops,
+                                      const std::vector<unsigned>& cpus, const std::string& dir,
                                       const cpu_set_t& process_mask) {
-  std::string runs, cpu_list, places;
-  for (const Measured& m : ours) {
-    runs +=
-        (runs.empty() ? "" : ",") + std::to_string(m.batch) + ":" + std::to_string(m.timing.iters);
-  }
+  const std::string runs = std::to_string(batch) + ":" + std::to_string(iters);
+  std::string cpu_list, places;
   for (unsigned cpu : cpus) {
     cpu_list += (cpu_list.empty() ? "" : ",") + std::to_string(cpu);
     places += (places.empty() ? "{" : ",{") + std::to_string(cpu) + "}";
@@ -527,8 +558,11 @@ Result<std::vector<Json>> run_pytorch(const Options& o, const std::vector<unsign
                                    "--warmup",  std::to_string(o.warmup),
                                    "--threads", std::to_string(cpus.size()),
                                    "--cpus",    cpu_list,
-                                   "--compare", dir,
-                                   "--onnx",    o.model_path};
+                                   "--compare", dir};
+  if (count_flops) {
+    args.push_back("--onnx");
+    args.push_back(o.model_path);
+  }
   // Debian's torch, not the user's: no user site-packages, no PYTHONPATH. The OpenMP team is
   // pinned one thread per cpu, as the engine's is.
   std::vector<std::string> env;
@@ -620,6 +654,8 @@ Json side_fields(const char* side, const std::optional<Timing>& t, int64_t batch
   j[s + "_min_ms"] = round_to(t->min_ms, 3);
   j[s + "_mean_ms"] = round_to(t->mean_ms, 3);
   j[s + "_gflops"] = round_to(gflop / (t->p50_ms / 1000.0), 2);
+  j[s + "_other_cpu_pct"] =
+      t->other_cpu_pct >= 0 ? Json(round_to(t->other_cpu_pct, 1)) : Json(nullptr);
   return j;
 }
 
@@ -631,6 +667,7 @@ std::optional<Timing> timing_from(const Json& line) {
   t.p99_ms = line.value("p99_ms", 0.0);
   t.min_ms = line.value("min_ms", 0.0);
   t.mean_ms = line.value("mean_ms", 0.0);
+  t.other_cpu_pct = line.value("other_cpu_pct", -1.0);
   return t;
 }
 
@@ -651,7 +688,8 @@ int run(const Options& o) {
     return 2;
   }
   if (!std::filesystem::exists(o.model_path)) {
-    std::fprintf(stderr, "engine_bench: %s not found (scripts/models %s builds it)\n",
+    std::fprintf(stderr,
+                 "engine_bench: %s not found (scripts/models %s builds torchvision models)\n",
                  o.model_path.c_str(), o.model_name.c_str());
     return 2;
   }
@@ -732,64 +770,64 @@ int run(const Options& o) {
     std::fprintf(stderr, "engine_bench: %s\n", s.to_string().c_str());
     return 1;
   }
-  const auto output_elements = size_t(product(flops->output_shape));
 
-  auto ours = run_sliceserve(o, input, item_elements, output_elements, **slice, dir);
-  slice->reset();  // the pool's threads stop; this thread's affinity is restored
-  if (!ours) {
-    std::fprintf(stderr, "engine_bench: sliceserve: %s\n", ours.status().to_string().c_str());
-    return 1;
-  }
-
+  // Batch by batch, each side in turn, so that the two sides of a line are measured close
+  // together in time.
   int rc = 0;
-  std::vector<Json> theirs;
-  if (o.pytorch) {
-    std::fprintf(stderr, "engine_bench: pytorch side (%s %s), load average %s\n", o.python.c_str(),
-                 o.pytorch_script.c_str(), load_average().c_str());
-    auto lines = run_pytorch(o, cpus, *ours, dir, process_mask);
-    if (lines) {
-      theirs = std::move(*lines);
-    } else {
-      std::fprintf(stderr, "engine_bench: pytorch: %s\n", lines.status().to_string().c_str());
-      rc = 1;
+  std::unique_ptr<engine::Engine> shared;
+  bool flops_checked = false;
+  for (int64_t batch : o.batches) {
+    auto ours = run_sliceserve(o, batch, input, *flops, **slice, shared, dir);
+    if (!ours) {
+      std::fprintf(stderr, "engine_bench: sliceserve batch %" PRId64 ": %s\n", batch,
+                   ours.status().to_string().c_str());
+      return 1;
     }
-  }
-  for (const Json& line : theirs) {
-    if (line.value("side", "") != "onnx") continue;
-    const double onnx = line.value("gflop_per_image", 0.0) * 1e9;
-    const double diff = std::abs(onnx - flops->per_image) / flops->per_image;
-    std::fprintf(stderr,
-                 "engine_bench: FLOPs from onnx shape inference: %.3f GFLOP per image (%s)\n",
-                 onnx / 1e9, diff < 1e-6 ? "the same" : "DIFFERENT from the engine graph's count");
-  }
-
-  std::fprintf(stderr, "engine_bench: done, load average %s\n", load_average().c_str());
-  for (const Measured& m : *ours) {
+    std::vector<Json> theirs;
+    if (o.pytorch) {
+      std::fprintf(stderr, "engine_bench: pytorch batch %" PRId64 " (%s %s), load average %s\n",
+                   batch, o.python.c_str(), o.pytorch_script.c_str(), load_average().c_str());
+      auto lines = run_pytorch(o, batch, ours->iters, !flops_checked, cpus, dir, process_mask);
+      if (lines) {
+        theirs = std::move(*lines);
+      } else {
+        std::fprintf(stderr, "engine_bench: pytorch: %s\n", lines.status().to_string().c_str());
+        rc = 1;
+      }
+    }
     std::optional<Timing> py;
     std::optional<double> max_abs_diff;
     std::optional<double> ref_absmax;
     for (const Json& line : theirs) {
-      if (line.value("side", "") == "pytorch" && line.value("batch", int64_t{0}) == m.batch) {
+      const std::string side = line.value("side", "");
+      if (side == "onnx") {
+        flops_checked = true;
+        const double onnx = line.value("gflop_per_image", 0.0) * 1e9;
+        const double diff = std::abs(onnx - flops->per_image) / flops->per_image;
+        std::fprintf(
+            stderr, "engine_bench: FLOPs from onnx shape inference: %.3f GFLOP per image (%s)\n",
+            onnx / 1e9, diff < 1e-6 ? "the same" : "DIFFERENT from the engine graph's count");
+      } else if (side == "pytorch" && line.value("batch", int64_t{0}) == batch) {
         py = timing_from(line);
         if (line.contains("max_abs_diff")) max_abs_diff = line["max_abs_diff"].get<double>();
         if (line.contains("ref_absmax")) ref_absmax = line["ref_absmax"].get<double>();
       }
     }
-    const double gflop = flops->per_image * double(m.batch) / 1e9;
+    const double gflop = flops->per_image * double(batch) / 1e9;
     Json j;
     j["bench"] = "engine";
     j["model"] = o.model_name;
-    j["batch"] = m.batch;
+    j["batch"] = batch;
     j["threads"] = threads;
-    j["sliceserve_ms"] = round_to(m.timing.p50_ms, 3);
+    j["sliceserve_ms"] = round_to(ours->p50_ms, 3);
     j["pytorch_ms"] = py ? Json(round_to(py->p50_ms, 3)) : Json(nullptr);
-    j["iters"] = m.timing.iters;
-    j.update(side_fields("sliceserve", m.timing, m.batch, gflop));
-    j.update(side_fields("pytorch", py, m.batch, gflop));
+    j["iters"] = ours->iters;
+    j.update(side_fields("sliceserve", *ours, batch, gflop));
+    j.update(side_fields("pytorch", py, batch, gflop));
     j["gflop"] = round_to(gflop, 3);
     j["fma_peak_gflops"] = peak > 0 ? Json(round_to(peak, 1)) : Json(nullptr);
     j["fma_peak_fraction"] =
-        peak > 0 ? Json(round_to(gflop / (m.timing.p50_ms / 1000.0) / peak, 3)) : Json(nullptr);
+        peak > 0 ? Json(round_to(gflop / (ours->p50_ms / 1000.0) / peak, 3)) : Json(nullptr);
     j["pytorch_fma_peak_fraction"] =
         peak > 0 && py ? Json(round_to(gflop / (py->p50_ms / 1000.0) / peak, 3)) : Json(nullptr);
     j["max_abs_diff"] = max_abs_diff ? Json(*max_abs_diff) : Json(nullptr);
@@ -798,13 +836,14 @@ int run(const Options& o) {
     if (max_abs_diff && ref_absmax && *max_abs_diff > 1e-3 * std::max(1.0, *ref_absmax)) {
       std::fprintf(stderr,
                    "engine_bench: batch %" PRId64
-                   ": the outputs differ by %g (|max| %g): the two "
-                   "sides do not compute the same function\n",
-                   m.batch, *max_abs_diff, *ref_absmax);
+                   ": the outputs differ by %g (|max| %g): the two sides do not compute the "
+                   "same function\n",
+                   batch, *max_abs_diff, *ref_absmax);
       rc = 1;
     }
     if (o.pytorch && !py) rc = 1;
   }
+  std::fprintf(stderr, "engine_bench: done, load average %s\n", load_average().c_str());
   return rc;
 }
 

@@ -6,10 +6,11 @@ input the C++ side wrote, with the same thread count and the same cpus, and prin
 per batch on stdout:
 
   {"side":"pytorch","batch":1,"threads":2,"iters":67,"p50_ms":..,"p99_ms":..,"min_ms":..,
-   "mean_ms":..,"max_abs_diff":..,"ref_absmax":..}
+   "mean_ms":..,"other_cpu_pct":..,"ref_absmax":..,"max_abs_diff":..}
 
-max_abs_diff compares PyTorch's output with SliceServe's (--compare DIR/output-B.npy) and
-ref_absmax is the largest |PyTorch output|. With --onnx it first prints the model's FLOPs counted
+max_abs_diff compares PyTorch's output with SliceServe's (--compare DIR/output-B.npy),
+ref_absmax is the largest |PyTorch output|, other_cpu_pct the percentage of the machine's CPU
+time (all cpus, steal included) that other processes used during the timed runs. With --onnx it first prints the model's FLOPs counted
 from the ONNX file with onnx shape inference, as a check on the C++ count:
 
   {"side":"onnx","gflop_per_image":4.09,"conv":53,"gemm":1}
@@ -108,6 +109,25 @@ def onnx_flops(path):
     return flops, counts
 
 
+def cpu_sample():
+    """(machine busy s, machine total s, this process's CPU s): see engine_bench.cpp."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    busy = (user + nice + system + irq + softirq + steal) * tick
+    t = os.times()
+    return busy, busy + (idle + iowait) * tick, t.user + t.system
+
+
+def other_cpu_pct(a, b):
+    """Percent of the machine's CPU time between two samples that was not this process's."""
+    total = b[1] - a[1]
+    if total <= 0:
+        return None
+    return min(100.0, max(0.0, 100.0 * ((b[0] - a[0]) - (b[2] - a[2])) / total))
+
+
 def percentile(sorted_ms, percent):
     """Nearest rank, as the C++ side computes it."""
     rank = max(1, min(len(sorted_ms), -(-len(sorted_ms) * percent // 100)))
@@ -160,10 +180,12 @@ def main(argv):
         with torch.no_grad():
             for _ in range(args.warmup):
                 y = scripted(x)
+            before = cpu_sample()
             for _ in range(iters):
                 t0 = time.perf_counter_ns()
                 y = scripted(x)
                 samples.append((time.perf_counter_ns() - t0) / 1e6)
+            others = other_cpu_pct(before, cpu_sample())
         if args.profile:
             with torch.no_grad(), torch.profiler.profile() as prof:
                 scripted(x)
@@ -177,6 +199,8 @@ def main(argv):
         line["p99_ms"] = percentile(samples, 99)
         line["min_ms"] = samples[0]
         line["mean_ms"] = sum(samples) / len(samples)
+        if others is not None:
+            line["other_cpu_pct"] = others
         line["ref_absmax"] = float(np.abs(out).max())
         other = os.path.join(args.compare, f"output-{batch}.npy") if args.compare else ""
         if other and os.path.exists(other):
@@ -186,7 +210,8 @@ def main(argv):
                 return 1
             line["max_abs_diff"] = float(np.abs(theirs.astype(np.float64) - out).max())
         log(f"batch {batch}: trace+freeze {prepare_s:.1f} s, {iters} runs, "
-            f"p50 {line['p50_ms']:.2f} ms, min {line['min_ms']:.2f} ms")
+            f"p50 {line['p50_ms']:.2f} ms, min {line['min_ms']:.2f} ms; other processes used "
+            f"{line.get('other_cpu_pct', -1):.1f}% of the machine meanwhile")
         print(json.dumps(line), flush=True)
     return 0
 
