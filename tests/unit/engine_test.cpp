@@ -153,6 +153,33 @@ TEST_F(EngineTest, HardSigmoidTimesItsInputBecomesHardSwish) {
   }
 }
 
+TEST_F(EngineTest, SigmoidTimesItsInputBecomesSwishInsideTheConv) {
+  ModelBuilder b;
+  b.input("x", {-1, 2, 3, 3});
+  b.output("y", {-1, 2, 3, 3});
+  float_tensor(b, "w", {2, 2, 1, 1}, {1, 0, 0, 1});
+  b.node("Conv", {"x", "w"}, {"c"}, "conv");
+  b.node("Sigmoid", {"c"}, {"s"}, "sigmoid");
+  b.node("Mul", {"s", "c"}, {"y"}, "mul");
+  Graph graph = load(b);
+  ASSERT_TRUE(infer_shapes(graph, 1).is_ok());
+  auto counts = fuse(graph);
+  ASSERT_TRUE(counts.is_ok());
+  EXPECT_EQ(counts->swish, 1);
+  EXPECT_EQ(counts->activation, 1);
+  ASSERT_EQ(graph.nodes.size(), 1u);
+  ASSERT_EQ(graph.nodes[0].fused.size(), 1u);
+  EXPECT_EQ(graph.nodes[0].fused[0].op_type, "Swish");
+
+  auto engine = Engine::load_graph(load(b), {.max_batch = 1});
+  ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
+  const std::vector<float> x = random_floats(18, 9);
+  const std::vector<float> y = run(**engine, 1, x, 18, *slice_);
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_NEAR(y[i], x[i] / (1 + std::exp(-x[i])), 1e-5F) << x[i];
+  }
+}
+
 TEST_F(EngineTest, UnsupportedOpIsAnErrorNamingTheNodeAndOp) {
   ModelBuilder b;
   b.input("x", {-1, 4});

@@ -425,6 +425,9 @@ class PlanBuilder {
         case UnaryAlg::kHardSwish:
           post.append_eltwise(1.0F, algorithm::eltwise_hardswish, 0.0F, 0.0F);
           break;
+        case UnaryAlg::kSwish:
+          post.append_eltwise(1.0F, algorithm::eltwise_swish, 1.0F, 0.0F);
+          break;
       }
     }
     attr.set_post_ops(post);
@@ -677,6 +680,10 @@ class PlanBuilder {
         break;
       case UnaryAlg::kHardSwish:
         alg = algorithm::eltwise_hardswish;
+        break;
+      case UnaryAlg::kSwish:
+        alg = algorithm::eltwise_swish;
+        alpha = 1.0F;
         break;
       default:
         return false;  // HardSigmoid: no single oneDNN function

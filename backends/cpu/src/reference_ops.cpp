@@ -491,6 +491,7 @@ bool valid_unary(UnaryAlg alg) {
     case UnaryAlg::kSigmoid:
     case UnaryAlg::kHardSigmoid:
     case UnaryAlg::kHardSwish:
+    case UnaryAlg::kSwish:
       return true;
   }
   return false;
@@ -511,6 +512,8 @@ F unary_value(UnaryAlg alg, F alpha, F beta, F x) {
       return std::max(F(0), std::min(F(1), alpha * x + beta));
     case UnaryAlg::kHardSwish:
       return x * std::max(F(0), std::min(F(1), x / F(6) + F(0.5)));
+    case UnaryAlg::kSwish:
+      return x / (F(1) + std::exp(-x));
   }
   return x;
 }

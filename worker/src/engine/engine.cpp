@@ -56,9 +56,9 @@ Result<std::unique_ptr<Engine>> Engine::load_graph(Graph graph, const EngineOpti
 
   ASSIGN_OR_RETURN(FusionCounts fused, fuse(graph));
   spdlog::debug(
-      "engine: fused {} BatchNormalization, {} Add, {} activations, {} HardSwish; removed {} "
-      "no-ops",
-      fused.batch_norm, fused.add, fused.activation, fused.hardswish, fused.removed);
+      "engine: fused {} BatchNormalization, {} Add, {} activations, {} HardSwish, {} Swish; "
+      "removed {} no-ops",
+      fused.batch_norm, fused.add, fused.activation, fused.hardswish, fused.swish, fused.removed);
 
   std::vector<backends::Plan> plans;
   std::deque<Tensor> storage;  // folded constants the plans point to, until compile returns

@@ -58,7 +58,8 @@ std::optional<FusedOp> activation_of(const Graph& graph, const Node& node) {
   FusedOp op;
   op.op_type = node.op_type;
   op.name = node.name;
-  if (node.op_type == "Relu" || node.op_type == "Sigmoid" || node.op_type == "HardSwish") {
+  if (node.op_type == "Relu" || node.op_type == "Sigmoid" || node.op_type == "HardSwish" ||
+      node.op_type == "Swish") {
     return op;
   }
   if (node.op_type == "LeakyRelu") {
@@ -182,36 +183,43 @@ int remove_no_ops(Graph& graph) {
   return removed;
 }
 
-// HardSigmoid(x; alpha 1/6, beta 1/2) read once, by Mul(x, it) or Mul(it, x): HardSwish(x).
-int fuse_hardswish(Graph& graph) {
+// The activation that x * gate(x) is, for a gate node: HardSwish for HardSigmoid(1/6, 1/2),
+// Swish (SiLU) for Sigmoid; "" for any other node.
+std::string gated_activation(const Node& gate) {
+  if (gate.op_type == "Sigmoid") return "Swish";
+  if (gate.op_type != "HardSigmoid") return "";
+  auto alpha = gate.float_attr("alpha", 0.2F);
+  auto beta = gate.float_attr("beta", 0.5F);
+  const bool hardswish =
+      alpha && beta && std::abs(*alpha - 1.0F / 6.0F) < 1e-6F && std::abs(*beta - 0.5F) < 1e-6F;
+  return hardswish ? "HardSwish" : "";
+}
+
+// gate(x) read once, by Mul(x, it) or Mul(it, x): one activation node on x.
+void fuse_gated_activations(Graph& graph, FusionCounts& counts) {
   auto uses = count_uses(graph);
-  std::map<std::string, size_t, std::less<>> hard_sigmoids;  // output -> node index
+  std::map<std::string, size_t, std::less<>> gates;  // output -> node index
   std::set<size_t> dropped;
-  int fused = 0;
   for (size_t i = 0; i < graph.nodes.size(); ++i) {
     Node& node = graph.nodes[i];
-    if (node.op_type == "HardSigmoid" && node.has_input(0) && node.outputs.size() == 1) {
-      auto alpha = node.float_attr("alpha", 0.2F);
-      auto beta = node.float_attr("beta", 0.5F);
-      if (alpha && beta && std::abs(*alpha - 1.0F / 6.0F) < 1e-6F &&
-          std::abs(*beta - 0.5F) < 1e-6F && uses[node.outputs[0]] == 1 &&
-          !is_graph_output(graph, node.outputs[0])) {
-        hard_sigmoids[node.outputs[0]] = i;
+    if (!gated_activation(node).empty() && node.has_input(0) && node.outputs.size() == 1) {
+      if (uses[node.outputs[0]] == 1 && !is_graph_output(graph, node.outputs[0])) {
+        gates[node.outputs[0]] = i;
       }
       continue;
     }
     if (node.op_type != "Mul" || node.inputs.size() != 2 || node.outputs.size() != 1) continue;
     for (size_t side = 0; side < 2; ++side) {
-      auto it = hard_sigmoids.find(node.inputs[side]);
-      if (it == hard_sigmoids.end()) continue;
-      const Node& hs = graph.nodes[it->second];
-      if (hs.inputs[0] != node.inputs[1 - side]) continue;
-      node.op_type = "HardSwish";
-      node.inputs = {hs.inputs[0]};
+      auto it = gates.find(node.inputs[side]);
+      if (it == gates.end()) continue;
+      const Node& gate = graph.nodes[it->second];
+      if (gate.inputs[0] != node.inputs[1 - side]) continue;
+      node.op_type = gated_activation(gate);
+      ++(node.op_type == "HardSwish" ? counts.hardswish : counts.swish);
+      node.inputs = {gate.inputs[0]};
       node.attributes.clear();
       dropped.insert(it->second);
-      hard_sigmoids.erase(it);
-      ++fused;
+      gates.erase(it);
       break;
     }
   }
@@ -220,7 +228,6 @@ int fuse_hardswish(Graph& graph) {
     if (dropped.count(i) == 0) kept.push_back(std::move(graph.nodes[i]));
   }
   graph.nodes = std::move(kept);
-  return fused;
 }
 
 }  // namespace
@@ -228,7 +235,7 @@ int fuse_hardswish(Graph& graph) {
 Result<FusionCounts> fuse(Graph& graph) {
   FusionCounts counts;
   counts.removed = remove_no_ops(graph);
-  counts.hardswish = fuse_hardswish(graph);
+  fuse_gated_activations(graph, counts);
 
   // One pass in order. slot[i] holds node i or, once it was merged into a later one, nothing;
   // producer maps a value to the slot of the (possibly merged) node that computes it.

@@ -129,6 +129,7 @@ class Lowerer {
     if (op_type == "Sigmoid") return UnaryAlg::kSigmoid;
     if (op_type == "HardSigmoid") return UnaryAlg::kHardSigmoid;
     if (op_type == "HardSwish") return UnaryAlg::kHardSwish;
+    if (op_type == "Swish") return UnaryAlg::kSwish;
     return node.error(fmt::format("cannot fuse {}", op_type));
   }
 
@@ -184,7 +185,7 @@ class Lowerer {
       return emit(std::move(bn));
     }
     if (type == "Relu" || type == "LeakyRelu" || type == "Clip" || type == "Sigmoid" ||
-        type == "HardSigmoid" || type == "HardSwish") {
+        type == "HardSigmoid" || type == "HardSwish" || type == "Swish") {
       const auto activation = activation_of(graph_, node);
       if (!activation) return node.error("min and max must be scalar constants");
       ASSIGN_OR_RETURN(PlanOp unary, op(node, OpKind::kUnary, 1));

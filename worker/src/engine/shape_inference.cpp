@@ -965,6 +965,7 @@ const std::map<std::string, Handler, std::less<>>& handlers() {
       {"Sigmoid", same_as_input},
       {"HardSigmoid", same_as_input},
       {"HardSwish", same_as_input},
+      {"Swish", same_as_input},  // made by fusion (x * Sigmoid(x)); ONNX has no Swish at 13
       {"LRN", same_as_input},
       {"Identity", same_as_input},
       {"Dropout", infer_dropout},

@@ -37,8 +37,8 @@ struct PlanValue {
 //   kRelu  max(x, 0)             kLeakyRelu  x >= 0 ? x : alpha x
 //   kClip  min(max(x, alpha), beta)  (alpha = min, beta = max; +-inf when absent)
 //   kSigmoid  1 / (1 + e^-x)     kHardSigmoid  max(0, min(1, alpha x + beta))
-//   kHardSwish  x max(0, min(1, x / 6 + 1/2))
-enum class UnaryAlg { kRelu, kLeakyRelu, kClip, kSigmoid, kHardSigmoid, kHardSwish };
+//   kHardSwish  x max(0, min(1, x / 6 + 1/2))   kSwish  x / (1 + e^-x)  (SiLU)
+enum class UnaryAlg { kRelu, kLeakyRelu, kClip, kSigmoid, kHardSigmoid, kHardSwish, kSwish };
 
 // Element-wise functions on two tensors with ONNX (numpy) broadcasting.
 enum class BinaryAlg { kAdd, kSub, kMul, kDiv };

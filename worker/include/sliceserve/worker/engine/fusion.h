@@ -3,9 +3,10 @@
 //
 //   Identity, Dropout (inference)      removed; their consumers read the input
 //   HardSigmoid(x; 1/6, 1/2) * x       HardSwish(x): how opset-13 exporters write HardSwish
+//   Sigmoid(x) * x                     Swish(x), i.e. SiLU (efficientnet): an engine-internal op
 //   Conv -> BatchNormalization         the BN folded into the Conv's weights and bias
 //   Conv -> Add(other)                 the Add as the Conv's sum post-op (a residual connection)
-//   Conv|Gemm -> Relu | LeakyRelu | Clip | Sigmoid | HardSigmoid | HardSwish
+//   Conv|Gemm -> Relu | LeakyRelu | Clip | Sigmoid | HardSigmoid | HardSwish | Swish
 //                                      the activation as a post-op (FusedOp), after the above
 //
 // A value is fused away only when its one consumer is the fused op and it is not a graph output.
@@ -22,6 +23,7 @@ namespace sliceserve::worker::engine {
 struct FusionCounts {
   int removed = 0;       // Identity and Dropout nodes
   int hardswish = 0;     // HardSigmoid * x patterns
+  int swish = 0;         // Sigmoid * x patterns
   int batch_norm = 0;    // BatchNormalizations folded into a Conv
   int add = 0;           // Adds fused into a Conv
   int activation = 0;    // activations fused into a Conv or Gemm

@@ -57,7 +57,7 @@ struct Attribute {
 // An op that fusion (fusion.h) merged into the node before it: the node's result goes through
 // it, and the node's output is then this op's. Element-wise ops only, so shapes do not change.
 struct FusedOp {
-  std::string op_type;  // Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish or Add
+  std::string op_type;  // Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Swish or Add
   std::string name;     // the merged node's name, for errors
   float alpha = 0.0F;   // LeakyRelu: alpha; Clip: min; HardSigmoid: alpha
   float beta = 0.0F;    // Clip: max; HardSigmoid: beta
