@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sliceserve/backends/cpu/cpu_slice.h"
+#include "sliceserve/shm/element_conversions.h"
 #include "sliceserve/worker/engine/engine.h"
 #include "sliceserve/worker/engine/onnx_loader.h"
 #include "sliceserve/worker/engine/shape_inference.h"
@@ -40,21 +41,6 @@ Result<Tensor> read_tensor(const std::filesystem::path& path) {
   return load_onnx_tensor(read_file(path));
 }
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = (h >> 15) & 1;
-  const int exponent = (h >> 10) & 0x1f;
-  const uint32_t mantissa = h & 0x3ff;
-  double value;
-  if (exponent == 0) {
-    value = std::ldexp(static_cast<double>(mantissa), -24);
-  } else if (exponent == 31) {
-    value = mantissa != 0 ? NAN : INFINITY;
-  } else {
-    value = std::ldexp(static_cast<double>(mantissa | 0x400), exponent - 25);
-  }
-  return static_cast<float>(sign != 0 ? -value : value);
-}
-
 // Element i as a double (floats) for comparisons.
 double element(const std::byte* data, DataType dtype, size_t i) {
   switch (dtype) {
@@ -71,7 +57,7 @@ double element(const std::byte* data, DataType dtype, size_t i) {
     default: {
       uint16_t v;
       std::memcpy(&v, data + i * 2, 2);
-      return half_to_float(v);
+      return shm::half_to_double(v);
     }
   }
 }

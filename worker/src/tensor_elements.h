@@ -9,10 +9,6 @@
 
 namespace sliceserve::worker {
 
-// IEEE 754 binary16 <-> wider types. float_to_half rounds to nearest even, overflows to inf.
-double half_to_double(uint16_t bits);
-uint16_t float_to_half(float value);
-
 // Element `index` of a tensor of `dtype` starting at `base` (any alignment), as a double.
 double load_element(shm::DataType dtype, const std::byte* base, size_t index);
 

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "sliceserve/shm/element_conversions.h"
 #include "sliceserve/shm/tensor_spec.h"
 
 namespace sliceserve::backends {
@@ -56,67 +57,11 @@ void store(std::byte* base, int64_t index, T value) {
   std::memcpy(base + index * int64_t(sizeof(T)), &value, sizeof(T));
 }
 
-float half_to_float(uint16_t bits) {
-  const uint32_t sign = uint32_t(bits & 0x8000) << 16;
-  const uint32_t exponent = (bits >> 10) & 0x1f;
-  const uint32_t mantissa = bits & 0x3ff;
-  if (exponent == 0) {  // zero or subnormal: exact in fp32
-    const float magnitude = std::ldexp(float(mantissa), -24);
-    return sign != 0 ? -magnitude : magnitude;
-  }
-  const uint32_t x = exponent == 31 ? sign | 0x7f800000u | (mantissa << 13)  // inf, NaN
-                                    : sign | ((exponent + 112) << 23) | (mantissa << 13);
-  float value;
-  std::memcpy(&value, &x, sizeof value);
-  return value;
-}
+float half_to_float(uint16_t bits) { return static_cast<float>(shm::half_to_double(bits)); }
 
-// Rounds to nearest even straight from the double, so a float or double source is rounded once.
-uint16_t double_to_half(double value) {
-  uint64_t x = 0;
-  std::memcpy(&x, &value, sizeof x);
-  const auto sign = uint16_t((x >> 48) & 0x8000);
-  const int exponent = int((x >> 52) & 0x7ff);
-  uint64_t mantissa = x & ((uint64_t(1) << 52) - 1);
-  if (exponent == 0x7ff) return uint16_t(sign | 0x7c00 | (mantissa != 0 ? 0x200 : 0));
-  const int half_exponent = exponent - 1023 + 15;
-  if (half_exponent >= 31) return uint16_t(sign | 0x7c00);  // overflow: inf
-  if (half_exponent <= 0) {                                 // subnormal half, or zero
-    if (half_exponent < -10) return sign;                   // below half the smallest subnormal
-    mantissa |= uint64_t(1) << 52;
-    const int shift = 43 - half_exponent;
-    uint64_t half_mantissa = mantissa >> shift;
-    const uint64_t rest = mantissa & ((uint64_t(1) << shift) - 1);
-    const uint64_t halfway = uint64_t(1) << (shift - 1);
-    if (rest > halfway || (rest == halfway && (half_mantissa & 1) != 0)) ++half_mantissa;
-    return uint16_t(sign | half_mantissa);  // a carry into bit 10 is the smallest normal: right
-  }
-  uint32_t half = (uint32_t(half_exponent) << 10) | uint32_t(mantissa >> 42);
-  const uint64_t rest = mantissa & ((uint64_t(1) << 42) - 1);
-  const uint64_t halfway = uint64_t(1) << 41;
-  if (rest > halfway || (rest == halfway && (half & 1) != 0)) ++half;  // carries round up to inf
-  return uint16_t(sign | half);
-}
-
-// Saturating, truncating double -> integer conversion; NaN -> 0.
-template <typename T>
-T saturate(double value) {
-  if (std::isnan(value)) return 0;
-  // max + 1 is exact for every width: for 64 bits max already rounds to 2^n as a double.
-  constexpr double kAboveMax = double(std::numeric_limits<T>::max()) + 1.0;
-  constexpr double kMin = double(std::numeric_limits<T>::min());
-  if (value >= kAboveMax) return std::numeric_limits<T>::max();
-  if (value <= kMin) return std::numeric_limits<T>::min();
-  return static_cast<T>(value);
-}
-
-// double -> float without the undefined behaviour of converting an out-of-range value.
-float to_float(double value) {
-  constexpr double kMax = std::numeric_limits<float>::max();
-  if (value > kMax) return std::numeric_limits<float>::infinity();
-  if (value < -kMax) return -std::numeric_limits<float>::infinity();
-  return static_cast<float>(value);
-}
+using shm::double_to_half;
+using shm::saturate;
+using shm::to_float;
 
 // Cast semantics (see the header): From and To are storage types.
 template <typename To, typename From>
