@@ -180,6 +180,35 @@ TEST_F(EngineTest, SigmoidTimesItsInputBecomesSwishInsideTheConv) {
   }
 }
 
+TEST_F(EngineTest, AStandaloneBatchNormTakesTheReluThatFollowsIt) {
+  ModelBuilder b;  // densenet's pre-activation: BN on a value no Conv produced, then Relu
+  b.input("x", {-1, 2, 2, 2});
+  b.output("y", {-1, 2, 2, 2});
+  float_tensor(b, "scale", {2}, {1, -2});
+  float_tensor(b, "shift", {2}, {0.5F, 0});
+  float_tensor(b, "mean", {2}, {0, 1});
+  float_tensor(b, "var", {2}, {1, 4});
+  auto* bn = b.node("BatchNormalization", {"x", "scale", "shift", "mean", "var"}, {"n"}, "bn");
+  set_float(bn, "epsilon", 0.0F);
+  b.node("Relu", {"n"}, {"y"}, "relu");
+  Graph graph = load(b);
+  ASSERT_TRUE(infer_shapes(graph, 1).is_ok());
+  auto counts = fuse(graph);
+  ASSERT_TRUE(counts.is_ok());
+  EXPECT_EQ(counts->activation, 1);
+  ASSERT_EQ(graph.nodes.size(), 1u);
+  EXPECT_EQ(graph.nodes[0].op_type, "BatchNormalization");
+
+  auto engine = Engine::load_graph(load(b), {.max_batch = 1});
+  ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
+  const std::vector<float> x = {-1, 0, 1, 2, -1, 0, 1, 3};
+  const std::vector<float> y = run(**engine, 1, x, 8, *slice_);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float want = i < 4 ? x[i] + 0.5F : -2 * (x[i] - 1) / 2;
+    EXPECT_NEAR(y[i], std::max(0.0F, want), 1e-6F) << i;
+  }
+}
+
 TEST_F(EngineTest, UnsupportedOpIsAnErrorNamingTheNodeAndOp) {
   ModelBuilder b;
   b.input("x", {-1, 4});

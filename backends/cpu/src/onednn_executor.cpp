@@ -633,9 +633,14 @@ class PlanBuilder {
         return false;
       }
     }
+    // A Relu post-op is oneDNN's fused norm + relu; other post-ops go to the reference kernel.
+    const bool relu = op.post_ops.size() == 1 && op.post_ops[0].unary == UnaryAlg::kRelu &&
+                      op.post_ops[0].kind == PostOp::Kind::kUnary;
+    if (!op.post_ops.empty() && !relu) return false;
     const size_t src = current(x);
-    const auto flags = dnnl::normalization_flags::use_global_stats |
-                       dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+    auto flags = dnnl::normalization_flags::use_global_stats |
+                 dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+    if (relu) flags |= dnnl::normalization_flags::fuse_norm_relu;
     dnnl::batch_normalization_forward::primitive_desc pd;
     try {
       pd = dnnl::batch_normalization_forward::primitive_desc(

@@ -885,8 +885,11 @@ Status run_batch_norm(const PlanOp& op, Inputs in, Outputs out) {
       for (int64_t b = 0; b < outer; ++b) {
         const int64_t base = (b * c + ch) * inner;
         for (int64_t i = 0; i < inner; ++i) {
-          store_value<T>(y.data, base + i,
-                         F(double(load_value<T>(x.data, base + i)) * factor + shift));
+          F v = F(double(load_value<T>(x.data, base + i)) * factor + shift);
+          for (const PostOp& post : op.post_ops) {  // unary only (checked by the dispatcher)
+            v = unary_value<F>(post.unary, F(post.alpha), F(post.beta), v);
+          }
+          store_value<T>(y.data, base + i, v);
         }
       }
     }
@@ -1572,8 +1575,12 @@ Status run_reference_op(const PlanOp& op, std::span<const TensorRef> inputs,
                         std::span<const MutableTensorRef> outputs,
                         std::span<const TensorRef> sum_operands) {
   const bool has_post_ops = op.kind == OpKind::kConv || op.kind == OpKind::kGemm;
-  if (!has_post_ops && (!op.post_ops.empty() || !sum_operands.empty())) {
-    return invalid(op, "has post-ops; only Conv and Gemm take them");
+  const bool unary_post_ops =
+      op.kind == OpKind::kBatchNorm && sum_operands.empty() &&
+      std::all_of(op.post_ops.begin(), op.post_ops.end(),
+                  [](const PostOp& p) { return p.kind == PostOp::Kind::kUnary; });
+  if (!has_post_ops && !unary_post_ops && (!op.post_ops.empty() || !sum_operands.empty())) {
+    return invalid(op, "has post-ops; only Conv and Gemm (and BatchNorm: unary ones) take them");
   }
   switch (op.kind) {
     case OpKind::kConv:

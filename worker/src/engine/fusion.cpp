@@ -263,8 +263,12 @@ Result<FusionCounts> fuse(Graph& graph) {
         return std::nullopt;
       }
       const Node& p = *slots[it->second];
-      if (p.op_type != "Conv" && p.op_type != "Gemm") return std::nullopt;
-      if (p.outputs.size() != 1) return std::nullopt;
+      if (p.op_type != "Conv" && p.op_type != "Gemm" && p.op_type != "BatchNormalization") {
+        return std::nullopt;
+      }
+      const auto named = std::count_if(p.outputs.begin(), p.outputs.end(),
+                                       [](const std::string& o) { return !o.empty(); });
+      if (named != 1 || p.outputs[0].empty()) return std::nullopt;
       return it->second;
     };
     bool merged = false;
@@ -296,6 +300,11 @@ Result<FusionCounts> fuse(Graph& graph) {
       }
     } else if (node.has_input(0) && node.outputs.size() == 1) {
       auto p = fusable_producer(node.inputs[0]);
+      // A standalone BatchNormalization takes one Relu (oneDNN's fused norm + relu).
+      if (p && slots[*p]->op_type == "BatchNormalization" &&
+          (node.op_type != "Relu" || !slots[*p]->fused.empty())) {
+        p.reset();
+      }
       std::optional<FusedOp> activation;
       if (p) activation = activation_of(graph, node);
       if (activation) {

@@ -172,6 +172,7 @@ class Lowerer {
       bn.training = training != 0;
       if (!bn.training) {
         RETURN_IF_ERROR(only_first_output(node));
+        RETURN_IF_ERROR(add_post_ops(node, bn));
       } else {
         // Training mode: the running mean and var are outputs 1 and 2 (both, or neither read).
         for (size_t i = 1; i < 3; ++i) {

@@ -74,7 +74,8 @@ enum class OpKind {
 };
 
 // What follows a Conv or Gemm inside it: an element-wise function of its result, or the sum
-// with another value of the same shape (a residual Add), in order.
+// with another value of the same shape (a residual Add), in order. A BatchNorm takes unary ones
+// (densenet's BN -> Relu).
 struct PostOp {
   enum class Kind { kUnary, kSum };
   Kind kind = Kind::kUnary;

@@ -8,6 +8,7 @@
 //   Conv -> Add(other)                 the Add as the Conv's sum post-op (a residual connection)
 //   Conv|Gemm -> Relu | LeakyRelu | Clip | Sigmoid | HardSigmoid | HardSwish | Swish
 //                                      the activation as a post-op (FusedOp), after the above
+//   BatchNormalization -> Relu         the Relu as the BN's post-op (densenet's pre-activation)
 //
 // A value is fused away only when its one consumer is the fused op and it is not a graph output.
 // The merged node takes the place of the last node it absorbed, so every operand (an Add's other
