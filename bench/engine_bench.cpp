@@ -1,7 +1,9 @@
 // engine_bench: an ONNX CNN (ResNet-50 by default) through the SliceServe engine and through
-// PyTorch's frozen TorchScript (bench/engine_pytorch.py, a child process), one side after the
-// other, with the same thread count, the same cpus and the same random input. Also measures the
-// machine's FP32 FMA peak (AVX2) on those cpus and counts the model's FLOPs from its graph.
+// PyTorch's frozen TorchScript (bench/engine_pytorch.py, a child process that waits for
+// commands), with the same thread count, the same cpus and the same random input. The two sides
+// never run at the same time: per batch size they take turns, --rounds times, so that both are
+// sampled across the same stretch of time on a shared machine. Also measures the machine's FP32
+// FMA peak (AVX2) on those cpus and counts the model's FLOPs from its graph.
 // Prints one JSON line per batch on stdout,
 //   {"bench":"engine","model":"resnet50","batch":1,"threads":2,"sliceserve_ms":X,
 //    "pytorch_ms":Y,...,"gflop":G,"fma_peak_gflops":P,"fma_peak_fraction":F,...}
@@ -17,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <csignal>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -98,13 +101,27 @@ CpuSample sample_cpu() {
   return s;
 }
 
-// Percent of the machine's CPU time between two samples that was not this process's.
-double other_cpu_pct(const CpuSample& a, const CpuSample& b) {
-  const double total = b.total_s - a.total_s;
-  if (!a.ok || !b.ok || total <= 0) return -1;
-  const double others = (b.busy_s - a.busy_s) - (b.self_s - a.self_s);
-  return std::clamp(100.0 * others / total, 0.0, 100.0);
-}
+// The timed runs of one side, over all rounds, and how busy the rest of the machine was meanwhile.
+struct SideSamples {
+  std::vector<double> ms;
+  double other_cpu_s = 0;    // CPU time of other processes (and steal) during the timed runs
+  double machine_cpu_s = 0;  // the machine's CPU time in those intervals: cpus x wall
+  bool cpu_known = true;
+
+  void add_interval(const CpuSample& a, const CpuSample& b) {
+    if (!a.ok || !b.ok) {
+      cpu_known = false;
+      return;
+    }
+    other_cpu_s += std::max(0.0, (b.busy_s - a.busy_s) - (b.self_s - a.self_s));
+    machine_cpu_s += b.total_s - a.total_s;
+  }
+  // -1 when unknown.
+  double other_cpu_pct() const {
+    if (!cpu_known || machine_cpu_s <= 0) return -1;
+    return std::min(100.0, 100.0 * other_cpu_s / machine_cpu_s);
+  }
+};
 
 // ---- options ----
 
@@ -116,6 +133,7 @@ struct Options {
   int warmup = 5;
   int iters = 0;  // 0: at least 20 (batch 1) / 10, extended to --min-time
   double min_time_s = 3.0;
+  int rounds = 3;  // turns each side takes per batch; the timed runs are split among them
   int64_t engine_max_batch = 0;  // 0: one engine per batch, built with max_batch = batch
   bool pytorch = true;
   std::string python = "/usr/bin/python3";
@@ -128,9 +146,9 @@ void print_usage(std::FILE* out) {
       "usage: engine_bench [options]\n"
       "An ONNX CNN (default ResNet-50) through the SliceServe engine (oneDNN executor, a cpu\n"
       "slice of --threads cores) and through PyTorch's frozen TorchScript (torch.jit.trace +\n"
-      "torch.jit.freeze, bench/engine_pytorch.py under /usr/bin/python3), one after the other,\n"
-      "same threads, same cpus, same random input; plus the machine's AVX2 FMA peak on those\n"
-      "cpus. One JSON line per batch on stdout, progress on stderr.\n\n"
+      "torch.jit.freeze, bench/engine_pytorch.py under /usr/bin/python3), taking turns (never\n"
+      "at the same time), same threads, same cpus, same random input; plus the machine's AVX2\n"
+      "FMA peak on those cpus. One JSON line per batch on stdout, progress on stderr.\n\n"
       "options:\n"
       "  --model PATH          ONNX file (default models/resnet50.onnx; scripts/models builds "
       "it)\n"
@@ -142,6 +160,8 @@ void print_usage(std::FILE* out) {
       "  --iters N             timed runs per batch, each side (default: at least 20 for batch\n"
       "                        1 and 10 for larger batches, more to fill --min-time)\n"
       "  --min-time S          seconds of timed runs per batch and side to aim for (default 3)\n"
+      "  --rounds R            per batch, the sides take turns R times, each running its share\n"
+      "                        of the timed runs (default 3)\n"
       "  --engine-max-batch N  build one engine with max_batch N for all batches (default: one\n"
       "                        engine per batch, max_batch = the batch)\n"
       "  --no-pytorch          SliceServe side only (pytorch fields are null)\n"
@@ -216,6 +236,8 @@ Result<Options> parse_options(int argc, char** argv) {
       ok = next_value() && parse_number(value, o.warmup) && o.warmup >= 0;
     } else if (arg == "--iters") {
       ok = next_value() && parse_number(value, o.iters) && o.iters > 0;
+    } else if (arg == "--rounds") {
+      ok = next_value() && parse_number(value, o.rounds) && o.rounds > 0 && o.rounds <= 1000;
     } else if (arg == "--min-time") {
       ok = next_value() && parse_number(value, o.min_time_s) && o.min_time_s >= 0;
     } else if (arg == "--engine-max-batch") {
@@ -466,86 +488,92 @@ int default_iters(int64_t batch, double warm_ms, const Options& o) {
   return std::max(floor, int(std::min(fill, 100000.0)));
 }
 
-Result<Timing> time_engine(engine::Engine& eng, backends::Slice& slice, int64_t batch,
-                           const std::vector<float>& input, std::vector<float>& output,
-                           const Options& o) {
-  const std::byte* in[] = {reinterpret_cast<const std::byte*>(input.data())};
-  std::byte* out[] = {reinterpret_cast<std::byte*>(output.data())};
-  auto run_once = [&]() -> Result<double> {
+void sleep_ms(int ms) {
+  timespec t{0, long(ms) * 1'000'000L};
+  nanosleep(&t, nullptr);
+}
+
+// One batch size of the engine on the slice: the engine, the input and the output buffers.
+class EngineSide {
+ public:
+  EngineSide(engine::Engine& eng, backends::Slice& slice, int64_t batch,
+             const std::vector<float>& input, size_t output_elements)
+      : eng_(eng), slice_(slice), batch_(batch), input_(input), output_(output_elements) {}
+
+  Result<double> run_once() {
+    const std::byte* in[] = {reinterpret_cast<const std::byte*>(input_.data())};
+    std::byte* out[] = {reinterpret_cast<std::byte*>(output_.data())};
     const uint64_t t0 = now_ns();
-    slice.begin_batch();
-    Status status = eng.run(batch, in, out, slice);
-    slice.end_batch();
+    slice_.begin_batch();
+    Status status = eng_.run(batch_, in, out, slice_);
+    slice_.end_batch();
     const uint64_t t1 = now_ns();
     RETURN_IF_ERROR(status);
     return double(t1 - t0) / 1e6;
-  };
-  std::vector<double> warm;
-  for (int i = 0; i < o.warmup; ++i) {
-    ASSIGN_OR_RETURN(double ms, run_once());
-    warm.push_back(ms);
   }
-  if (warm.empty()) {
-    ASSIGN_OR_RETURN(double ms, run_once());  // one untimed run to size --min-time
-    warm.push_back(ms);
-  }
-  const double warm_ms = summarize(warm).p50_ms;
-  const int iters = default_iters(batch, warm_ms, o);
-  std::fprintf(stderr,
-               "engine_bench: sliceserve batch %" PRId64
-               ": warm-up %.2f ms (p50 of %zu), %d timed runs\n",
-               batch, warm_ms, warm.size(), iters);
-  std::vector<double> samples;
-  samples.reserve(size_t(iters));
-  const CpuSample before = sample_cpu();
-  for (int i = 0; i < iters; ++i) {
-    ASSIGN_OR_RETURN(double ms, run_once());
-    samples.push_back(ms);
-  }
-  Timing timing = summarize(std::move(samples));
-  timing.other_cpu_pct = other_cpu_pct(before, sample_cpu());
-  return timing;
-}
 
-// One batch through the engine: loads it (max_batch = batch, or --engine-max-batch once into
-// `shared`), times it, and writes its output for the PyTorch side to compare.
-Result<Timing> run_sliceserve(const Options& o, int64_t batch, const std::vector<float>& input,
-                              const FlopCount& model, backends::Slice& slice,
-                              std::unique_ptr<engine::Engine>& shared, const std::string& dir) {
-  std::unique_ptr<engine::Engine> own;
-  engine::Engine* eng = shared.get();
-  if (eng == nullptr) {
-    const int64_t max_batch = o.engine_max_batch > 0 ? o.engine_max_batch : batch;
-    const uint64_t t0 = now_ns();
-    ASSIGN_OR_RETURN(own, engine::Engine::load_file(o.model_path, {.max_batch = max_batch}));
-    std::fprintf(stderr, "engine_bench: engine loaded with max_batch %" PRId64 " in %.1f s\n",
-                 max_batch, double(now_ns() - t0) / 1e9);
-    eng = own.get();
-    if (o.engine_max_batch > 0) shared = std::move(own);
+  // As the PyTorch side does a round: a pause (the other side's OpenMP threads stop spinning),
+  // one untimed run, then `iters` timed ones.
+  Status round(int iters, SideSamples& into) {
+    sleep_ms(50);
+    RETURN_IF_ERROR(run_once().status());
+    const CpuSample before = sample_cpu();
+    for (int i = 0; i < iters; ++i) {
+      ASSIGN_OR_RETURN(double ms, run_once());
+      into.ms.push_back(ms);
+    }
+    into.add_interval(before, sample_cpu());
+    return Status::ok();
   }
-  const int64_t in_elements = product(model.input_shape) * batch;
-  const int64_t out_elements = product(model.output_shape) * batch;
-  if (product(eng->input_shape(0, batch)) != in_elements ||
-      product(eng->output_shape(0, batch)) != out_elements || int64_t(input.size()) < in_elements) {
-    return Status(ErrorCode::kInvalidArgument, "the engine's shapes are not the graph's");
-  }
-  std::vector<float> output(static_cast<size_t>(out_elements));
-  ASSIGN_OR_RETURN(Timing timing, time_engine(*eng, slice, batch, input, output, o));
-  std::fprintf(stderr,
-               "engine_bench: sliceserve batch %" PRId64
-               ": p50 %.2f ms, min %.2f ms; other processes used %.1f%% of the machine meanwhile\n",
-               batch, timing.p50_ms, timing.min_ms, timing.other_cpu_pct);
-  RETURN_IF_ERROR(write_npy_f32(dir + "/output-" + std::to_string(batch) + ".npy",
-                                eng->output_shape(0, batch), output));
-  return timing;
-}
 
-// ---- the PyTorch side: a child process, one JSON line per batch on its stdout ----
+  const std::vector<float>& output() const { return output_; }
 
-Result<std::vector<Json>> run_pytorch(const Options& o, int64_t batch, int iters, bool count_flops,
-                                      const std::vector<unsigned>& cpus, const std::string& dir,
-                                      const cpu_set_t& process_mask) {
-  const std::string runs = std::to_string(batch) + ":" + std::to_string(iters);
+ private:
+  engine::Engine& eng_;
+  backends::Slice& slice_;
+  int64_t batch_;
+  const std::vector<float>& input_;
+  std::vector<float> output_;
+};
+
+// ---- the PyTorch side: a child process answering "run B N" with one JSON line ----
+
+class PytorchPeer {
+ public:
+  // Starts bench/engine_pytorch.py and waits until it has built the model (its start-up must
+  // not overlap our timed runs). Lines it prints before that (the ONNX FLOP count) go to
+  // `early`.
+  static Result<std::unique_ptr<PytorchPeer>> start(const Options& o,
+                                                    const std::vector<unsigned>& cpus,
+                                                    const std::string& dir,
+                                                    const cpu_set_t& process_mask,
+                                                    std::vector<Json>& early);
+  ~PytorchPeer();
+  PytorchPeer(const PytorchPeer&) = delete;
+  PytorchPeer& operator=(const PytorchPeer&) = delete;
+
+  Result<Json> run(int64_t batch, int iters);
+  // "quit", then its exit status.
+  Status finish();
+
+ private:
+  PytorchPeer() = default;
+  // The next JSON object line; other lines (oneDNN's verbose output) are passed to stderr.
+  Result<Json> next_json();
+  Status exited(const char* when);
+
+  std::string what_;  // "python3 script", for errors
+  pid_t pid_ = -1;
+  int to_child_ = -1;
+  int from_child_ = -1;
+  std::string pending_;  // read, not yet consumed
+};
+
+Result<std::unique_ptr<PytorchPeer>> PytorchPeer::start(const Options& o,
+                                                        const std::vector<unsigned>& cpus,
+                                                        const std::string& dir,
+                                                        const cpu_set_t& process_mask,
+                                                        std::vector<Json>& early) {
   std::string cpu_list, places;
   for (unsigned cpu : cpus) {
     cpu_list += (cpu_list.empty() ? "" : ",") + std::to_string(cpu);
@@ -554,15 +582,11 @@ Result<std::vector<Json>> run_pytorch(const Options& o, int64_t batch, int iters
   std::vector<std::string> args = {o.python,    o.pytorch_script,
                                    "--model",   o.model_name,
                                    "--input",   dir + "/input.npy",
-                                   "--runs",    runs,
                                    "--warmup",  std::to_string(o.warmup),
                                    "--threads", std::to_string(cpus.size()),
                                    "--cpus",    cpu_list,
-                                   "--compare", dir};
-  if (count_flops) {
-    args.push_back("--onnx");
-    args.push_back(o.model_path);
-  }
+                                   "--compare", dir,
+                                   "--onnx",    o.model_path};
   // Debian's torch, not the user's: no user site-packages, no PYTHONPATH. The OpenMP team is
   // pinned one thread per cpu, as the engine's is.
   std::vector<std::string> env;
@@ -584,60 +608,198 @@ Result<std::vector<Json>> run_pytorch(const Options& o, int64_t batch, int iters
   for (std::string& s : env) env_c.push_back(s.data());
   env_c.push_back(nullptr);
 
-  int fds[2];
-  SS_SYSCALL(pipe2(fds, O_CLOEXEC));
-  const pid_t pid = fork();
-  if (pid == -1) {
+  std::unique_ptr<PytorchPeer> peer(new PytorchPeer());
+  peer->what_ = o.python + " " + o.pytorch_script;
+  int in[2];
+  int out[2];
+  SS_SYSCALL(pipe2(in, O_CLOEXEC));
+  if (pipe2(out, O_CLOEXEC) == -1) {
     const int err = errno;
-    close(fds[0]);
-    close(fds[1]);
-    return errno_status("fork()", err, __FILE__, __LINE__);
+    close(in[0]);
+    close(in[1]);
+    return errno_status("pipe2()", err, __FILE__, __LINE__);
   }
+  const pid_t pid = fork();
   if (pid == 0) {
-    // Only async-signal-safe calls between fork and exec.
-    dup2(fds[1], STDOUT_FILENO);
+    // Only async-signal-safe calls between fork and exec. dup2 clears O_CLOEXEC on 0 and 1.
+    dup2(in[0], STDIN_FILENO);
+    dup2(out[1], STDOUT_FILENO);
     sched_setaffinity(0, sizeof process_mask, &process_mask);
     execve(argv_c[0], argv_c.data(), env_c.data());
     _exit(127);
   }
-  close(fds[1]);
-  std::string text;
-  char buffer[4096];
+  const int fork_errno = errno;
+  close(in[0]);
+  close(out[1]);
+  peer->to_child_ = in[1];
+  peer->from_child_ = out[0];
+  if (pid == -1) return errno_status("fork()", fork_errno, __FILE__, __LINE__);
+  peer->pid_ = pid;
   for (;;) {
-    const ssize_t n = read(fds[0], buffer, sizeof buffer);
-    if (n > 0) {
-      text.append(buffer, size_t(n));
-    } else if (n == 0 || errno != EINTR) {
-      break;
+    ASSIGN_OR_RETURN(Json line, peer->next_json());
+    if (line.value("side", "") == "ready") break;
+    early.push_back(std::move(line));
+  }
+  return peer;
+}
+
+PytorchPeer::~PytorchPeer() {
+  if (to_child_ >= 0) close(to_child_);
+  if (from_child_ >= 0) close(from_child_);
+  if (pid_ > 0) {
+    // Its stdin is closed: it exits on its own; a hung one is stopped.
+    for (int i = 0; i < 100 && waitpid(pid_, nullptr, WNOHANG) == 0; ++i) sleep_ms(20);
+    if (waitpid(pid_, nullptr, WNOHANG) == 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
     }
   }
-  close(fds[0]);
+}
+
+Status PytorchPeer::exited(const char* when) {
   int status = 0;
-  SS_SYSCALL(waitpid(pid, &status, 0));
-  std::vector<Json> lines;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    const std::string line = text.substr(start, end - start);
-    start = end + 1;
-    if (line.empty()) continue;
-    Json parsed = Json::parse(line, nullptr, /*allow_exceptions=*/false);
-    // oneDNN's verbose mode (ONEDNN_VERBOSE=1) prints to the same stdout: pass it on.
-    if (parsed.is_discarded() || !parsed.is_object()) {
-      std::fprintf(stderr, "%s\n", line.c_str());
+  if (pid_ > 0 && waitpid(pid_, &status, 0) == pid_) pid_ = -1;
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  std::string why = what_ + " " + when + ", exit status " + std::to_string(code);
+  if (code == 127) why += " (cannot execute it)";
+  if (code == 3) why += " (torch, torchvision or numpy missing: run scripts/install-deps)";
+  return Status(ErrorCode::kUnavailable, why);
+}
+
+Result<Json> PytorchPeer::next_json() {
+  for (;;) {
+    const size_t newline = pending_.find('\n');
+    if (newline != std::string::npos) {
+      const std::string line = pending_.substr(0, newline);
+      pending_.erase(0, newline + 1);
+      Json parsed = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!parsed.is_discarded() && parsed.is_object()) return parsed;
+      if (!line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
       continue;
     }
-    lines.push_back(std::move(parsed));
+    char buffer[4096];
+    const ssize_t n = read(from_child_, buffer, sizeof buffer);
+    if (n > 0) {
+      pending_.append(buffer, size_t(n));
+    } else if (n == 0) {
+      return exited("stopped early");
+    } else if (errno != EINTR) {
+      return errno_status("read()", errno, __FILE__, __LINE__);
+    }
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::string why = o.python + " " + o.pytorch_script + " failed with " + std::to_string(code);
-    if (code == 127) why += " (cannot execute " + o.python + ")";
-    if (code == 3) why += " (torch, torchvision or numpy missing: run scripts/install-deps)";
-    return Status(ErrorCode::kUnavailable, why);
+}
+
+Result<Json> PytorchPeer::run(int64_t batch, int iters) {
+  const std::string command = "run " + std::to_string(batch) + " " + std::to_string(iters) + "\n";
+  if (write(to_child_, command.data(), command.size()) != ssize_t(command.size())) {
+    return exited("does not take commands");
   }
-  return lines;
+  for (;;) {
+    ASSIGN_OR_RETURN(Json line, next_json());
+    if (line.value("side", "") == "pytorch" && line.value("batch", int64_t{0}) == batch &&
+        line.contains("samples_ms")) {
+      return line;
+    }
+  }
+}
+
+Status PytorchPeer::finish() {
+  static constexpr char kQuit[] = "quit\n";
+  if (write(to_child_, kQuit, sizeof kQuit - 1) < 0) {
+    // It may be gone already; its exit status tells.
+  }
+  close(to_child_);
+  to_child_ = -1;
+  int status = 0;
+  SS_SYSCALL(waitpid(pid_, &status, 0));
+  pid_ = -1;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return Status::ok();
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return Status(ErrorCode::kInternal, what_ + " exited with " + std::to_string(code));
+}
+
+// ---- one batch size, both sides ----
+
+struct BatchResult {
+  Timing ours;
+  std::optional<Timing> theirs;
+  std::optional<double> max_abs_diff;
+  std::optional<double> ref_absmax;
+};
+
+Timing timing_of(const SideSamples& side) {
+  Timing t = summarize(side.ms);
+  t.other_cpu_pct = side.other_cpu_pct();
+  return t;
+}
+
+Result<BatchResult> run_batch(const Options& o, int64_t batch, const std::vector<float>& input,
+                              const FlopCount& model, backends::Slice& slice,
+                              std::unique_ptr<engine::Engine>& shared, PytorchPeer* peer,
+                              const std::string& dir) {
+  std::unique_ptr<engine::Engine> own;
+  engine::Engine* eng = shared.get();
+  if (eng == nullptr) {
+    const int64_t max_batch = o.engine_max_batch > 0 ? o.engine_max_batch : batch;
+    const uint64_t t0 = now_ns();
+    ASSIGN_OR_RETURN(own, engine::Engine::load_file(o.model_path, {.max_batch = max_batch}));
+    std::fprintf(stderr, "engine_bench: engine loaded with max_batch %" PRId64 " in %.1f s\n",
+                 max_batch, double(now_ns() - t0) / 1e9);
+    eng = own.get();
+    if (o.engine_max_batch > 0) shared = std::move(own);
+  }
+  const int64_t in_elements = product(model.input_shape) * batch;
+  const int64_t out_elements = product(model.output_shape) * batch;
+  if (product(eng->input_shape(0, batch)) != in_elements ||
+      product(eng->output_shape(0, batch)) != out_elements ||
+      int64_t(input.size()) < in_elements) {
+    return Status(ErrorCode::kInvalidArgument, "the engine's shapes are not the graph's");
+  }
+  EngineSide side(*eng, slice, batch, input, size_t(out_elements));
+
+  // Warm-up; its median sizes the timed runs (--min-time) for both sides.
+  std::vector<double> warm;
+  for (int i = 0; i < std::max(1, o.warmup); ++i) {
+    ASSIGN_OR_RETURN(double ms, side.run_once());
+    warm.push_back(ms);
+  }
+  const double warm_ms = summarize(warm).p50_ms;
+  RETURN_IF_ERROR(write_npy_f32(dir + "/output-" + std::to_string(batch) + ".npy",
+                                eng->output_shape(0, batch), side.output()));
+  const int iters = default_iters(batch, warm_ms, o);
+  const int per_round = (iters + o.rounds - 1) / o.rounds;
+  std::fprintf(stderr,
+               "engine_bench: batch %" PRId64
+               ": sliceserve warm-up %.2f ms (p50 of %zu); %d rounds of %d timed runs per side\n",
+               batch, warm_ms, warm.size(), o.rounds, per_round);
+
+  SideSamples ours, theirs;
+  BatchResult result;
+  for (int r = 0; r < o.rounds; ++r) {
+    RETURN_IF_ERROR(side.round(per_round, ours));
+    if (peer == nullptr) continue;
+    ASSIGN_OR_RETURN(Json line, peer->run(batch, per_round));
+    for (const Json& ms : line["samples_ms"]) theirs.ms.push_back(ms.get<double>());
+    theirs.other_cpu_s += line.value("other_cpu_s", 0.0);
+    theirs.machine_cpu_s += line.value("machine_cpu_s", 0.0);
+    if (line.contains("prepare_s")) {
+      std::fprintf(stderr, "engine_bench: batch %" PRId64 ": pytorch trace+freeze %.1f s\n",
+                   batch, line["prepare_s"].get<double>());
+    }
+    if (line.contains("max_abs_diff")) result.max_abs_diff = line["max_abs_diff"].get<double>();
+    if (line.contains("ref_absmax")) result.ref_absmax = line["ref_absmax"].get<double>();
+  }
+  result.ours = timing_of(ours);
+  if (peer != nullptr) result.theirs = timing_of(theirs);
+  std::fprintf(stderr,
+               "engine_bench: batch %" PRId64
+               ": sliceserve p50 %.2f ms (min %.2f), pytorch p50 %.2f ms (min %.2f); other "
+               "processes used %.1f%% / %.1f%% of the machine meanwhile\n",
+               batch, result.ours.p50_ms, result.ours.min_ms,
+               result.theirs ? result.theirs->p50_ms : 0.0,
+               result.theirs ? result.theirs->min_ms : 0.0, result.ours.other_cpu_pct,
+               result.theirs ? result.theirs->other_cpu_pct : -1.0);
+  return result;
 }
 
 // ---- report ----
@@ -659,19 +821,8 @@ Json side_fields(const char* side, const std::optional<Timing>& t, int64_t batch
   return j;
 }
 
-std::optional<Timing> timing_from(const Json& line) {
-  if (!line.contains("p50_ms") || !line.contains("iters")) return std::nullopt;
-  Timing t;
-  t.iters = line.value("iters", 0);
-  t.p50_ms = line.value("p50_ms", 0.0);
-  t.p99_ms = line.value("p99_ms", 0.0);
-  t.min_ms = line.value("min_ms", 0.0);
-  t.mean_ms = line.value("mean_ms", 0.0);
-  t.other_cpu_pct = line.value("other_cpu_pct", -1.0);
-  return t;
-}
-
 int run(const Options& o) {
+  std::signal(SIGPIPE, SIG_IGN);  // a PyTorch side that died is seen by its exit status
   auto machine = backends::process_cpus();
   if (!machine) {
     std::fprintf(stderr, "engine_bench: %s\n", machine.status().to_string().c_str());
@@ -714,17 +865,15 @@ int run(const Options& o) {
   std::fprintf(stderr, "engine_bench: slice %s\n", (*slice)->info().placement.c_str());
 
   double peak = 0;
-  double peak_one = 0;
   if (cpu_has_avx2_fma()) {
     auto one = fma_peak({cpus[0]}, 3);
     auto all = fma_peak(cpus, 5);
     if (one && all) {
-      peak_one = *one;
       peak = *all;
       std::fprintf(stderr,
                    "engine_bench: FMA peak (AVX2, %d chains/thread): %.1f GFLOP/s on 1 thread "
                    "(%.2f GHz x 32 FLOP/cycle if 2 FMA pipes), %.1f GFLOP/s on %u\n",
-                   kChains, peak_one, peak_one / 32.0, peak, threads);
+                   kChains, *one, *one / 32.0, peak, threads);
     } else {
       std::fprintf(stderr, "engine_bench: FMA peak not measured: %s\n",
                    (one ? all.status() : one.status()).to_string().c_str());
@@ -771,77 +920,73 @@ int run(const Options& o) {
     return 1;
   }
 
-  // Batch by batch, each side in turn, so that the two sides of a line are measured close
-  // together in time.
   int rc = 0;
-  std::unique_ptr<engine::Engine> shared;
-  bool flops_checked = false;
-  for (int64_t batch : o.batches) {
-    auto ours = run_sliceserve(o, batch, input, *flops, **slice, shared, dir);
-    if (!ours) {
-      std::fprintf(stderr, "engine_bench: sliceserve batch %" PRId64 ": %s\n", batch,
-                   ours.status().to_string().c_str());
+  std::unique_ptr<PytorchPeer> peer;
+  if (o.pytorch) {
+    std::fprintf(stderr, "engine_bench: starting the PyTorch side (%s %s)\n", o.python.c_str(),
+                 o.pytorch_script.c_str());
+    std::vector<Json> early;
+    auto started = PytorchPeer::start(o, cpus, dir, process_mask, early);
+    if (!started) {
+      std::fprintf(stderr, "engine_bench: pytorch: %s\n", started.status().to_string().c_str());
       return 1;
     }
-    std::vector<Json> theirs;
-    if (o.pytorch) {
-      std::fprintf(stderr, "engine_bench: pytorch batch %" PRId64 " (%s %s), load average %s\n",
-                   batch, o.python.c_str(), o.pytorch_script.c_str(), load_average().c_str());
-      auto lines = run_pytorch(o, batch, ours->iters, !flops_checked, cpus, dir, process_mask);
-      if (lines) {
-        theirs = std::move(*lines);
-      } else {
-        std::fprintf(stderr, "engine_bench: pytorch: %s\n", lines.status().to_string().c_str());
-        rc = 1;
-      }
+    peer = std::move(*started);
+    for (const Json& line : early) {
+      if (line.value("side", "") != "onnx") continue;
+      const double onnx = line.value("gflop_per_image", 0.0) * 1e9;
+      const bool same = std::abs(onnx - flops->per_image) <= 1e-6 * flops->per_image;
+      std::fprintf(stderr,
+                   "engine_bench: FLOPs from onnx shape inference: %.3f GFLOP per image (%s)\n",
+                   onnx / 1e9, same ? "the same" : "DIFFERENT from the engine graph's count");
     }
-    std::optional<Timing> py;
-    std::optional<double> max_abs_diff;
-    std::optional<double> ref_absmax;
-    for (const Json& line : theirs) {
-      const std::string side = line.value("side", "");
-      if (side == "onnx") {
-        flops_checked = true;
-        const double onnx = line.value("gflop_per_image", 0.0) * 1e9;
-        const double diff = std::abs(onnx - flops->per_image) / flops->per_image;
-        std::fprintf(
-            stderr, "engine_bench: FLOPs from onnx shape inference: %.3f GFLOP per image (%s)\n",
-            onnx / 1e9, diff < 1e-6 ? "the same" : "DIFFERENT from the engine graph's count");
-      } else if (side == "pytorch" && line.value("batch", int64_t{0}) == batch) {
-        py = timing_from(line);
-        if (line.contains("max_abs_diff")) max_abs_diff = line["max_abs_diff"].get<double>();
-        if (line.contains("ref_absmax")) ref_absmax = line["ref_absmax"].get<double>();
-      }
+  }
+
+  std::unique_ptr<engine::Engine> shared;
+  for (int64_t batch : o.batches) {
+    auto result = run_batch(o, batch, input, *flops, **slice, shared, peer.get(), dir);
+    if (!result) {
+      std::fprintf(stderr, "engine_bench: batch %" PRId64 ": %s\n", batch,
+                   result.status().to_string().c_str());
+      return 1;
     }
+    const Timing& ours = result->ours;
+    const std::optional<Timing>& theirs = result->theirs;
     const double gflop = flops->per_image * double(batch) / 1e9;
+    auto fraction = [&](const Timing& t) { return round_to(gflop / (t.p50_ms / 1000.0) / peak, 3); };
     Json j;
     j["bench"] = "engine";
     j["model"] = o.model_name;
     j["batch"] = batch;
     j["threads"] = threads;
-    j["sliceserve_ms"] = round_to(ours->p50_ms, 3);
-    j["pytorch_ms"] = py ? Json(round_to(py->p50_ms, 3)) : Json(nullptr);
-    j["iters"] = ours->iters;
-    j.update(side_fields("sliceserve", *ours, batch, gflop));
-    j.update(side_fields("pytorch", py, batch, gflop));
+    j["sliceserve_ms"] = round_to(ours.p50_ms, 3);
+    j["pytorch_ms"] = theirs ? Json(round_to(theirs->p50_ms, 3)) : Json(nullptr);
+    j["iters"] = ours.iters;
+    j["rounds"] = o.rounds;
+    j.update(side_fields("sliceserve", ours, batch, gflop));
+    j.update(side_fields("pytorch", theirs, batch, gflop));
     j["gflop"] = round_to(gflop, 3);
     j["fma_peak_gflops"] = peak > 0 ? Json(round_to(peak, 1)) : Json(nullptr);
-    j["fma_peak_fraction"] =
-        peak > 0 ? Json(round_to(gflop / (ours->p50_ms / 1000.0) / peak, 3)) : Json(nullptr);
-    j["pytorch_fma_peak_fraction"] =
-        peak > 0 && py ? Json(round_to(gflop / (py->p50_ms / 1000.0) / peak, 3)) : Json(nullptr);
-    j["max_abs_diff"] = max_abs_diff ? Json(*max_abs_diff) : Json(nullptr);
+    j["fma_peak_fraction"] = peak > 0 ? Json(fraction(ours)) : Json(nullptr);
+    j["pytorch_fma_peak_fraction"] = peak > 0 && theirs ? Json(fraction(*theirs)) : Json(nullptr);
+    j["max_abs_diff"] = result->max_abs_diff ? Json(*result->max_abs_diff) : Json(nullptr);
     std::printf("%s\n", j.dump().c_str());
     std::fflush(stdout);
-    if (max_abs_diff && ref_absmax && *max_abs_diff > 1e-3 * std::max(1.0, *ref_absmax)) {
+    if (result->max_abs_diff && result->ref_absmax &&
+        *result->max_abs_diff > 1e-3 * std::max(1.0, *result->ref_absmax)) {
       std::fprintf(stderr,
                    "engine_bench: batch %" PRId64
                    ": the outputs differ by %g (|max| %g): the two sides do not compute the "
                    "same function\n",
-                   batch, *max_abs_diff, *ref_absmax);
+                   batch, *result->max_abs_diff, *result->ref_absmax);
       rc = 1;
     }
-    if (o.pytorch && !py) rc = 1;
+  }
+  if (peer) {
+    if (Status s = peer->finish(); !s) {
+      std::fprintf(stderr, "engine_bench: pytorch: %s\n", s.to_string().c_str());
+      rc = 1;
+    }
   }
   std::fprintf(stderr, "engine_bench: done, load average %s\n", load_average().c_str());
   return rc;

@@ -1,23 +1,33 @@
 #!/usr/bin/env python3
-"""The PyTorch side of `scripts/bench engine` (bench/engine_bench.cpp starts it).
+"""The PyTorch side of `scripts/bench engine`: bench/engine_bench.cpp starts it as a child.
 
-Runs a torchvision model as frozen TorchScript (torch.jit.trace, then torch.jit.freeze) on the
-input the C++ side wrote, with the same thread count and the same cpus, and prints one JSON line
-per batch on stdout:
+Runs a torchvision model as frozen TorchScript (torch.jit.trace, then torch.jit.freeze, one
+module per batch size) on the input the C++ side wrote, with torch.set_num_threads(--threads)
+on the cpus given. It reads commands on stdin, one per line, and answers each with one JSON
+line on stdout:
 
-  {"side":"pytorch","batch":1,"threads":2,"iters":67,"p50_ms":..,"p99_ms":..,"min_ms":..,
-   "mean_ms":..,"other_cpu_pct":..,"ref_absmax":..,"max_abs_diff":..}
+  run B N   trace and freeze at batch B and run --warmup untimed runs the first time; then
+            sleep 50 ms, one untimed run, N timed runs:
+            {"side":"pytorch","batch":B,"threads":T,"samples_ms":[...],"other_cpu_s":..,
+             "machine_cpu_s":..,"prepare_s":..,"ref_absmax":..,"max_abs_diff":..}
+  quit      (or end of input) exit 0
 
-max_abs_diff compares PyTorch's output with SliceServe's (--compare DIR/output-B.npy),
-ref_absmax is the largest |PyTorch output|, other_cpu_pct the percentage of the machine's CPU
-time (all cpus, steal included) that other processes used during the timed runs. With --onnx it first prints the model's FLOPs counted
-from the ONNX file with onnx shape inference, as a check on the C++ count:
+samples_ms are the wall times of the timed runs (time.perf_counter_ns around the call).
+other_cpu_s is the CPU time the whole machine (all cpus, steal included) spent on other
+processes during them, machine_cpu_s the machine's CPU time in that interval (cpus x wall);
+prepare_s (first run of a batch only) the trace + freeze time; ref_absmax the largest |output|
+and max_abs_diff the largest difference to the other side's output DIR/output-B.npy (--compare)
+when that file exists. With --onnx the first line is the model's FLOP count from the ONNX file
+(onnx shape inference), a check on the C++ count:
 
-  {"side":"onnx","gflop_per_image":4.09,"conv":53,"gemm":1}
+  {"side":"onnx","gflop_per_image":8.18,"conv":53,"gemm":1}
 
 The model is built the way scripts/export_models.py builds the ONNX file (torch.manual_seed(0),
 torchvision.models.NAME(weights=None), eval), so both sides compute the same function.
-Progress goes to stderr. Run it with Debian's /usr/bin/python3 and PYTHONNOUSERSITE=1.
+Progress goes to stderr. Run it with Debian's /usr/bin/python3 and PYTHONNOUSERSITE=1; by hand:
+
+  echo "run 1 20" | PYTHONNOUSERSITE=1 /usr/bin/python3 bench/engine_pytorch.py \\
+      --input x.npy --threads 2
 """
 
 import argparse
@@ -33,12 +43,8 @@ def log(msg):
     print(f"engine_pytorch: {msg}", file=sys.stderr, flush=True)
 
 
-def parse_runs(text):
-    runs = []
-    for item in text.split(","):
-        batch, iters = item.split(":")
-        runs.append((int(batch), int(iters)))
-    return runs
+def reply(obj):
+    print(json.dumps(obj), flush=True)
 
 
 def parse_args(argv):
@@ -46,9 +52,7 @@ def parse_args(argv):
     p.add_argument("--model", default="resnet50", help="torchvision model name")
     p.add_argument("--input", required=True,
                    help=".npy float32 [max_batch, C, H, W]; batch B uses the first B items")
-    p.add_argument("--runs", required=True, type=parse_runs,
-                   help="comma-separated BATCH:ITERATIONS, e.g. 1:20,8:10")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs before each batch")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs after tracing a batch")
     p.add_argument("--threads", type=int, required=True, help="torch.set_num_threads")
     p.add_argument("--cpus", default="",
                    help="comma-separated cpus for the process (os.sched_setaffinity)")
@@ -74,8 +78,7 @@ def onnx_flops(path):
     shapes = {}
     for value in list(model.graph.value_info) + list(model.graph.input) + list(
             model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value for d in dims]
+        shapes[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
 
@@ -85,19 +88,19 @@ def onnx_flops(path):
                 return onnx.helper.get_attribute_value(a)
         return default
 
+    def product(dims):
+        p = 1
+        for d in dims:
+            p *= d
+        return p
+
     flops = 0
     counts = {"Conv": 0, "Gemm": 0}
     for node in model.graph.node:
         if node.op_type == "Conv":
             w = shapes[node.input[1]]  # [Cout, Cin/group, kh, kw]
             y = shapes[node.output[0]]  # [N, Cout, Hout, Wout]
-            per_output = 1
-            for d in w[1:]:
-                per_output *= d
-            outputs = 1
-            for d in y:
-                outputs *= d
-            flops += 2 * outputs * per_output
+            flops += 2 * product(y) * product(w[1:])
             counts["Conv"] += 1
         elif node.op_type == "Gemm":
             a = shapes[node.input[0]]
@@ -110,7 +113,7 @@ def onnx_flops(path):
 
 
 def cpu_sample():
-    """(machine busy s, machine total s, this process's CPU s): see engine_bench.cpp."""
+    """(machine busy s, machine total s, this process's CPU s), as engine_bench.cpp samples."""
     with open("/proc/stat") as f:
         fields = f.readline().split()
     tick = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -120,24 +123,72 @@ def cpu_sample():
     return busy, busy + (idle + iowait) * tick, t.user + t.system
 
 
-def other_cpu_pct(a, b):
-    """Percent of the machine's CPU time between two samples that was not this process's."""
-    total = b[1] - a[1]
-    if total <= 0:
-        return None
-    return min(100.0, max(0.0, 100.0 * ((b[0] - a[0]) - (b[2] - a[2])) / total))
+class Runner:
+    def __init__(self, args, torch, torchvision, np):
+        self.args, self.torch, self.np = args, torch, np
+        torch.manual_seed(WEIGHT_SEED)
+        self.model = getattr(torchvision.models, args.model)(weights=None).eval()
+        self.data = np.load(args.input)
+        if self.data.dtype != np.float32 or self.data.ndim < 1:
+            raise ValueError(f"{args.input}: want float32 [max_batch, ...], got "
+                             f"{self.data.dtype} {self.data.shape}")
+        self.modules = {}  # batch -> (frozen module, input)
 
+    def prepare(self, batch):
+        torch = self.torch
+        if batch > self.data.shape[0]:
+            raise ValueError(f"batch {batch} is larger than the input's {self.data.shape[0]}")
+        x = torch.from_numpy(self.np.ascontiguousarray(self.data[:batch]))
+        started = time.perf_counter()
+        with torch.no_grad():
+            frozen = torch.jit.freeze(torch.jit.trace(self.model, x).eval())
+            prepare_s = time.perf_counter() - started
+            for _ in range(self.args.warmup):
+                frozen(x)
+        self.modules[batch] = (frozen, x)
+        if self.args.profile:
+            with torch.no_grad(), torch.profiler.profile() as prof:
+                frozen(x)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20),
+                  file=sys.stderr)
+        return prepare_s
 
-def percentile(sorted_ms, percent):
-    """Nearest rank, as the C++ side computes it."""
-    rank = max(1, min(len(sorted_ms), -(-len(sorted_ms) * percent // 100)))
-    return sorted_ms[rank - 1]
+    def run(self, batch, iters):
+        torch, np = self.torch, self.np
+        line = {"side": "pytorch", "batch": batch, "threads": torch.get_num_threads()}
+        if batch not in self.modules:
+            line["prepare_s"] = self.prepare(batch)
+        frozen, x = self.modules[batch]
+        samples = []
+        time.sleep(0.05)  # the other side's OpenMP threads stop spinning
+        with torch.no_grad():
+            y = frozen(x)
+            before = cpu_sample()
+            for _ in range(iters):
+                t0 = time.perf_counter_ns()
+                y = frozen(x)
+                samples.append((time.perf_counter_ns() - t0) / 1e6)
+            after = cpu_sample()
+        line["samples_ms"] = samples
+        line["other_cpu_s"] = max(0.0, (after[0] - before[0]) - (after[2] - before[2]))
+        line["machine_cpu_s"] = after[1] - before[1]
+        out = y.numpy()
+        line["ref_absmax"] = float(np.abs(out).max())
+        theirs = os.path.join(self.args.compare, f"output-{batch}.npy")
+        if self.args.compare and os.path.exists(theirs):
+            other = np.load(theirs)
+            if other.shape != out.shape:
+                raise ValueError(f"{theirs}: shape {other.shape}, PyTorch's output is "
+                                 f"{out.shape}")
+            line["max_abs_diff"] = float(np.abs(other.astype(np.float64) - out).max())
+        return line
 
 
 def main(argv):
     args = parse_args(argv)
     if args.cpus:
-        os.sched_setaffinity(0, [int(c) for c in args.cpus.split(",")])
+        cpus = [int(c) for c in args.cpus.split(",")]
+        os.sched_setaffinity(0, cpus)
     try:
         import numpy as np
         import torch
@@ -152,67 +203,35 @@ def main(argv):
         except ImportError as e:
             log(f"{e}: cannot count FLOPs from the ONNX file (python3-onnx)")
         else:
-            print(json.dumps({"side": "onnx", "gflop_per_image": flops / 1e9,
-                              "conv": counts["Conv"], "gemm": counts["Gemm"]}), flush=True)
+            reply({"side": "onnx", "gflop_per_image": flops / 1e9, "conv": counts["Conv"],
+                   "gemm": counts["Gemm"]})
 
     torch.set_num_threads(args.threads)
     log(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"{torch.get_num_threads()} threads, cpus "
-        f"{sorted(os.sched_getaffinity(0))}, mkldnn {torch.backends.mkldnn.is_available()}")
-
-    torch.manual_seed(WEIGHT_SEED)
-    model = getattr(torchvision.models, args.model)(weights=None).eval()
-    data = np.load(args.input)
-    if data.dtype != np.float32 or data.ndim < 1:
-        log(f"{args.input}: want float32 [max_batch, ...], got {data.dtype} {data.shape}")
+        f"{torch.get_num_threads()} threads on cpus {args.cpus or 'any'}, OMP_PLACES "
+        f"{os.environ.get('OMP_PLACES', '-')}, mkldnn {torch.backends.mkldnn.is_available()}")
+    try:
+        runner = Runner(args, torch, torchvision, np)
+    except (ValueError, OSError) as e:
+        log(str(e))
         return 2
-
-    for batch, iters in args.runs:
-        if batch > data.shape[0]:
-            log(f"batch {batch} is larger than the input's {data.shape[0]} items")
+    for command in sys.stdin:
+        words = command.split()
+        if not words:
+            continue
+        if words[0] == "quit":
+            break
+        if words[0] != "run" or len(words) != 3:
+            log(f"unknown command {command.strip()!r} (run BATCH ITERS | quit)")
             return 2
-        x = torch.from_numpy(np.ascontiguousarray(data[:batch]))
-        started = time.perf_counter()
-        with torch.no_grad():
-            scripted = torch.jit.freeze(torch.jit.trace(model, x).eval())
-        prepare_s = time.perf_counter() - started
-        samples = []
-        with torch.no_grad():
-            for _ in range(args.warmup):
-                y = scripted(x)
-            before = cpu_sample()
-            for _ in range(iters):
-                t0 = time.perf_counter_ns()
-                y = scripted(x)
-                samples.append((time.perf_counter_ns() - t0) / 1e6)
-            others = other_cpu_pct(before, cpu_sample())
-        if args.profile:
-            with torch.no_grad(), torch.profiler.profile() as prof:
-                scripted(x)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20),
-                  file=sys.stderr)
-        out = y.numpy()
-        line = {"side": "pytorch", "batch": batch, "threads": torch.get_num_threads(),
-                "iters": iters}
-        samples.sort()
-        line["p50_ms"] = percentile(samples, 50)
-        line["p99_ms"] = percentile(samples, 99)
-        line["min_ms"] = samples[0]
-        line["mean_ms"] = sum(samples) / len(samples)
-        if others is not None:
-            line["other_cpu_pct"] = others
-        line["ref_absmax"] = float(np.abs(out).max())
-        other = os.path.join(args.compare, f"output-{batch}.npy") if args.compare else ""
-        if other and os.path.exists(other):
-            theirs = np.load(other)
-            if theirs.shape != out.shape:
-                log(f"{other}: shape {theirs.shape}, PyTorch's output is {out.shape}")
-                return 1
-            line["max_abs_diff"] = float(np.abs(theirs.astype(np.float64) - out).max())
-        log(f"batch {batch}: trace+freeze {prepare_s:.1f} s, {iters} runs, "
-            f"p50 {line['p50_ms']:.2f} ms, min {line['min_ms']:.2f} ms; other processes used "
-            f"{line.get('other_cpu_pct', -1):.1f}% of the machine meanwhile")
-        print(json.dumps(line), flush=True)
+        try:
+            line = runner.run(int(words[1]), int(words[2]))
+        except ValueError as e:
+            log(str(e))
+            return 2
+        if "prepare_s" in line:
+            log(f"batch {line['batch']}: trace+freeze {line['prepare_s']:.1f} s")
+        reply(line)
     return 0
 
 
