@@ -94,9 +94,9 @@ struct Buffer {
 
 struct WeightEntry {
   std::string name;
-  memory::desc md;                // the layout kept (fp32), or empty: the bytes as they are
-  memory::desc src_md;            // the layout of `source` (fp32)
-  std::vector<std::byte> source;  // a copy of the constant's bytes, until the region is filled
+  memory::desc md;                    // the layout kept (fp32), or empty: the bytes as they are
+  memory::desc src_md;                // the layout of `source` (fp32)
+  std::span<const std::byte> source;  // the plan's constant: valid until compile() returns
   size_t bytes = 0;
   size_t offset = 0;
 };
@@ -525,17 +525,26 @@ class PlanBuilder {
     const memory::desc b_src = op.trans_b ? transposed_md(k, n) : plain_md({k, n});
     primitive_attr attr;
     post_ops_attr(op, attr);
+    // Constant weights are packed in the layout the largest batch's matmul chose (see conv).
     const bool b_constant = value(b).is_constant;
-    const memory::desc b_want =
-        b_constant ? memory::desc({k, n}, memory::data_type::f32, memory::format_tag::any) : b_src;
+    const memory::desc b_any({k, n}, memory::data_type::f32, memory::format_tag::any);
     const memory::desc bias_md = has_c ? plain_md({1, n}) : memory::desc();
+    auto make = [&](const memory::desc& b_md) {
+      return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, bias_md, plain_md({m, n})),
+                                          attr, ex_.engine_);
+    };
     dnnl::matmul::primitive_desc pd;
+    auto chosen = b_constant ? ex_.weight_layouts_.find(value(b).name) : ex_.weight_layouts_.end();
     try {
-      pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_want, bias_md, plain_md({m, n})),
-                                        attr, ex_.engine_);
+      pd = make(!b_constant ? b_src : chosen != ex_.weight_layouts_.end() ? chosen->second : b_any);
     } catch (const dnnl::error&) {
-      return false;
+      try {
+        pd = make(b_constant ? b_any : b_src);
+      } catch (const dnnl::error&) {
+        return false;
+      }
     }
+    if (b_constant) ex_.weight_layouts_.emplace(value(b).name, pd.weights_desc());
     // A is read in place when row-major (transposed: the same bytes, strided).
     const size_t a_plain = row_major(a);
     size_t a_view = a_plain;
@@ -907,7 +916,7 @@ size_t OneDnnExecutor::weight(const PlanValue& value, const memory::desc& md,
   entry.name = value.name;
   entry.md = md;
   entry.src_md = src_md;
-  entry.source.assign(value.data.begin(), value.data.end());
+  entry.source = value.data;
   entry.bytes = value.dtype == DataType::kFp32 ? md.get_size() : value.byte_size();
   entries_.push_back(std::move(entry));
   return entries_.size() - 1;
@@ -959,8 +968,7 @@ Status OneDnnExecutor::place_weights(WeightStore* store) {
     usage_.private_bytes = total;
   }
   for (WeightEntry& entry : entries_) {
-    entry.source.clear();
-    entry.source.shrink_to_fit();
+    entry.source = {};
   }
   return Status::ok();
 }
