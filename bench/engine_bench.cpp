@@ -19,9 +19,9 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
-#include <csignal>
 #include <cinttypes>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -751,8 +751,7 @@ Result<BatchResult> run_batch(const Options& o, int64_t batch, const std::vector
   const int64_t in_elements = product(model.input_shape) * batch;
   const int64_t out_elements = product(model.output_shape) * batch;
   if (product(eng->input_shape(0, batch)) != in_elements ||
-      product(eng->output_shape(0, batch)) != out_elements ||
-      int64_t(input.size()) < in_elements) {
+      product(eng->output_shape(0, batch)) != out_elements || int64_t(input.size()) < in_elements) {
     return Status(ErrorCode::kInvalidArgument, "the engine's shapes are not the graph's");
   }
   EngineSide side(*eng, slice, batch, input, size_t(out_elements));
@@ -782,10 +781,6 @@ Result<BatchResult> run_batch(const Options& o, int64_t batch, const std::vector
     for (const Json& ms : line["samples_ms"]) theirs.ms.push_back(ms.get<double>());
     theirs.other_cpu_s += line.value("other_cpu_s", 0.0);
     theirs.machine_cpu_s += line.value("machine_cpu_s", 0.0);
-    if (line.contains("prepare_s")) {
-      std::fprintf(stderr, "engine_bench: batch %" PRId64 ": pytorch trace+freeze %.1f s\n",
-                   batch, line["prepare_s"].get<double>());
-    }
     if (line.contains("max_abs_diff")) result.max_abs_diff = line["max_abs_diff"].get<double>();
     if (line.contains("ref_absmax")) result.ref_absmax = line["ref_absmax"].get<double>();
   }
@@ -953,7 +948,9 @@ int run(const Options& o) {
     const Timing& ours = result->ours;
     const std::optional<Timing>& theirs = result->theirs;
     const double gflop = flops->per_image * double(batch) / 1e9;
-    auto fraction = [&](const Timing& t) { return round_to(gflop / (t.p50_ms / 1000.0) / peak, 3); };
+    auto fraction = [&](const Timing& t) {
+      return round_to(gflop / (t.p50_ms / 1000.0) / peak, 3);
+    };
     Json j;
     j["bench"] = "engine";
     j["model"] = o.model_name;

@@ -4,7 +4,7 @@
 Runs a torchvision model as frozen TorchScript (torch.jit.trace, then torch.jit.freeze, one
 module per batch size) on the input the C++ side wrote, with torch.set_num_threads(--threads)
 on the cpus given. It reads commands on stdin, one per line, and answers each with one JSON
-line on stdout:
+line on stdout ({"side":"ready"} first, once the model is built):
 
   run B N   trace and freeze at batch B and run --warmup untimed runs the first time; then
             sleep 50 ms, one untimed run, N timed runs:
@@ -215,6 +215,7 @@ def main(argv):
     except (ValueError, OSError) as e:
         log(str(e))
         return 2
+    reply({"side": "ready"})
     for command in sys.stdin:
         words = command.split()
         if not words:
