@@ -488,6 +488,19 @@ int default_iters(int64_t batch, double warm_ms, const Options& o) {
   return std::max(floor, int(std::min(fill, 100000.0)));
 }
 
+std::string fmt_ms(double ms) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f ms", ms);
+  return text;
+}
+
+std::string fmt_pct(double pct) {
+  if (pct < 0) return "?";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f%%", pct);
+  return text;
+}
+
 void sleep_ms(int ms) {
   timespec t{0, long(ms) * 1'000'000L};
   nanosleep(&t, nullptr);
@@ -786,14 +799,15 @@ Result<BatchResult> run_batch(const Options& o, int64_t batch, const std::vector
   }
   result.ours = timing_of(ours);
   if (peer != nullptr) result.theirs = timing_of(theirs);
-  std::fprintf(stderr,
-               "engine_bench: batch %" PRId64
-               ": sliceserve p50 %.2f ms (min %.2f), pytorch p50 %.2f ms (min %.2f); other "
-               "processes used %.1f%% / %.1f%% of the machine meanwhile\n",
-               batch, result.ours.p50_ms, result.ours.min_ms,
-               result.theirs ? result.theirs->p50_ms : 0.0,
-               result.theirs ? result.theirs->min_ms : 0.0, result.ours.other_cpu_pct,
-               result.theirs ? result.theirs->other_cpu_pct : -1.0);
+  std::string line = "engine_bench: batch " + std::to_string(batch) + ": sliceserve p50 " +
+                     fmt_ms(result.ours.p50_ms) + " (min " + fmt_ms(result.ours.min_ms) + ")";
+  if (result.theirs) {
+    line += ", pytorch p50 " + fmt_ms(result.theirs->p50_ms) + " (min " +
+            fmt_ms(result.theirs->min_ms) + ")";
+  }
+  line += "; other processes used " + fmt_pct(result.ours.other_cpu_pct);
+  if (result.theirs) line += " / " + fmt_pct(result.theirs->other_cpu_pct);
+  std::fprintf(stderr, "%s of the machine meanwhile\n", line.c_str());
   return result;
 }
 
