@@ -553,7 +553,7 @@ std::string fmt_pct(double pct) {
 }
 
 void sleep_ms(int ms) {
-  timespec t{0, long(ms) * 1'000'000L};
+  timespec t{time_t(ms / 1000), long(ms % 1000) * 1'000'000L};
   nanosleep(&t, nullptr);
 }
 
