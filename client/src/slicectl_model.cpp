@@ -201,6 +201,7 @@ int run_model(const RunModelOptions& o) {
 
   worker::engine::EngineOptions engine_options;
   engine_options.max_batch = 0;  // one plan, at the shapes the inputs were fixed to
+  engine_options.threads = threads;
   load_start = Clock::now();
   auto engine = worker::engine::Engine::load_graph(std::move(graph).value(), engine_options);
   if (!engine.is_ok()) {

@@ -292,6 +292,27 @@ TEST_F(EngineTest, AShadowMapsTheWeightsTheFirstWorkerFilled) {
   backends::remove_host_weights(segment);
 }
 
+// Every test runs in a process of its own (gtest_discover_tests), so its threads are its own.
+size_t thread_count() {
+  return static_cast<size_t>(std::distance(std::filesystem::directory_iterator("/proc/self/task"),
+                                           std::filesystem::directory_iterator{}));
+}
+
+TEST(EngineThreads, AOneThreadSliceRunsTheModelOnItsOneThread) {
+  const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
+  auto one = backends::create_cpu_slice({.percent = 100.0 / cpus});
+  ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+  ASSERT_EQ((*one)->concurrency(), 1u);
+  const size_t before = thread_count();
+  auto engine = Engine::load_graph(load(residual_block()), {.max_batch = 2, .threads = 1});
+  ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
+  const std::vector<float> x = random_floats(2 * 144, 5);
+  (void)run(**engine, 2, x, 144, **one);
+  // oneDNN's primitives fix their thread count when created: built for all cpus, they would
+  // start an OpenMP thread here (and it would inherit this thread's one cpu).
+  EXPECT_EQ(thread_count(), before);
+}
+
 TEST_F(EngineTest, OneThreadAndAllThreadsGiveTheSameResult) {
   auto engine = Engine::load_graph(load(residual_block()), {.max_batch = 2});
   ASSERT_TRUE(engine.is_ok());

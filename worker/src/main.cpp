@@ -95,6 +95,7 @@ int serve(const Args& args) {
   worker::ModelOptions model_options = args.model;
   model_options.stop = &g_stop;
   model_options.max_batch = args.max_batch;
+  model_options.threads = (*slice)->concurrency();
   const uint64_t load_start = shm::monotonic_ns();
   auto model = worker::create_model(model_options, segment->spec(), weights->get());
   if (!model.is_ok()) {

@@ -123,10 +123,11 @@ Result<std::unique_ptr<Model>> create_onnx_model(const ModelOptions& options,
     return Status{ErrorCode::kInvalidArgument,
                   fmt::format("max_batch {} is out of range [1, 4096]", options.max_batch)};
   }
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<engine::Engine> loaded,
-      engine::Engine::load_file(
-          options.path, {.max_batch = options.max_batch, .device = "cpu", .weights = weights}));
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> loaded,
+                   engine::Engine::load_file(options.path, {.max_batch = options.max_batch,
+                                                            .device = "cpu",
+                                                            .weights = weights,
+                                                            .threads = options.threads}));
   RETURN_IF_ERROR(
       check_tensors(spec.input_specs(), loaded->inputs(), "input").with_context(options.path));
   RETURN_IF_ERROR(

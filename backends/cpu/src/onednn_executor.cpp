@@ -17,8 +17,11 @@
 // when the primitives agree). The entries are laid out in one region of the WeightStore, filled
 // by the first worker of a model and mapped read-only by its shadow.
 //
-// Threads: oneDNN runs on an OpenMP team of ctx.concurrency() threads, pinned one per cpu of the
-// slice (ctx.host_cpus()), re-pinned whenever the slice changes.
+// Threads: oneDNN primitives fix their thread count when they are created, so each plan is built
+// per thread count: at compile for the slice's, on the first run at another (an in-place resize).
+// They run on an OpenMP team of that many threads, pinned one per cpu of the slice
+// (ctx.host_cpus()), re-pinned whenever the slice changes. Weights are reordered single-threaded:
+// the loading thread is pinned to one cpu, where a team would only wait on itself.
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -98,7 +101,29 @@ struct WeightEntry {
   memory::desc src_md;                // the layout of `source` (fp32)
   std::span<const std::byte> source;  // the plan's constant: valid until compile() returns
   size_t bytes = 0;
-  size_t offset = 0;
+  size_t offset = 0;                // in the weight region
+  const std::byte* data = nullptr;  // once placed: in the region, or a late entry's own memory
+};
+
+using AlignedBytes = std::unique_ptr<std::byte, decltype(&std::free)>;
+
+AlignedBytes aligned_bytes(size_t bytes) {
+  return {static_cast<std::byte*>(std::aligned_alloc(kAlign, align_up(std::max(bytes, kAlign)))),
+          &std::free};
+}
+
+// Sets OpenMP's thread count for the primitives created (and run) in this scope.
+class OmpThreads {
+ public:
+  explicit OmpThreads(unsigned threads) : previous_(omp_get_max_threads()) {
+    omp_set_num_threads(static_cast<int>(threads));
+  }
+  ~OmpThreads() { omp_set_num_threads(previous_); }
+  OmpThreads(const OmpThreads&) = delete;
+  OmpThreads& operator=(const OmpThreads&) = delete;
+
+ private:
+  int previous_;
 };
 
 struct Step {
@@ -111,15 +136,17 @@ struct Step {
   size_t from = 0, to = 0;                    // kCopy buffers, same bytes
 };
 
+// One plan built for one thread count.
 struct CompiledPlan {
-  Plan plan;  // the ops, kept for the reference steps (constants' spans are not used later)
   std::vector<Storage> storages;
   std::vector<Buffer> buffers;
   std::vector<Step> steps;
   size_t arena_bytes = 0;
-  // Filled once the arena and the weights exist: one dnnl::memory per fp32 buffer a primitive
-  // reads or writes, and the buffers that live in the caller's inputs and outputs.
+  // One dnnl::memory per buffer a primitive reads or writes; those in the arena point at the
+  // arena `bound_arena` (set again when the arena grows), those in the caller's inputs and
+  // outputs are set at every run.
   std::map<size_t, memory> memories;
+  const std::byte* bound_arena = nullptr;
 };
 
 class PlanBuilder;
@@ -128,7 +155,7 @@ class OneDnnExecutor final : public Executor {
  public:
   OneDnnExecutor() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
 
-  Status compile(std::span<const Plan> plans, WeightStore* weights) override;
+  Status compile(std::span<const Plan> plans, WeightStore* weights, unsigned threads) override;
   Status run(size_t index, std::span<const std::byte* const> inputs,
              std::span<std::byte* const> outputs, ComputeContext& ctx) override;
   ExecutorWeights weights() const override { return usage_; }
@@ -136,22 +163,29 @@ class OneDnnExecutor final : public Executor {
  private:
   friend class PlanBuilder;
 
-  // The weight entry of `value` in layout md (empty md: as it is), added on first use.
+  // The weight entry of `value` in layout md (empty md: as it is), added on first use. Once the
+  // weights are placed, a new layout (a primitive built later chose another) is a late entry of
+  // this process's own, reordered from the placed one.
   size_t weight(const PlanValue& value, const memory::desc& md, const memory::desc& src_md);
   Status place_weights(WeightStore* store);
-  Status bind(CompiledPlan& plan);
+  // Builds plan `index` for `threads`; the arena grows to fit it.
+  Result<CompiledPlan*> build(size_t index, unsigned threads);
+  void bind(CompiledPlan& plan);
   std::byte* address(const CompiledPlan& plan, size_t buffer) const;
   void pin_threads(unsigned threads, const std::vector<unsigned>& cpus);
 
   dnnl::engine engine_;
   dnnl::stream stream_;
-  std::vector<CompiledPlan> plans_;
+  std::vector<Plan> plans_;  // as compiled; their constants' bytes are not kept
+  std::map<std::pair<size_t, unsigned>, CompiledPlan> compiled_;  // (plan, threads)
   std::vector<WeightEntry> entries_;
   // Layouts chosen for a convolution's or matmul's weights, shared by all batch sizes.
   std::map<std::string, memory::desc> weight_layouts_;
-  const std::byte* weights_ = nullptr;
+  bool weights_placed_ = false;
   std::vector<std::byte> private_weights_;
-  std::unique_ptr<std::byte, decltype(&std::free)> arena_{nullptr, &std::free};
+  std::vector<AlignedBytes> late_weights_;
+  AlignedBytes arena_{nullptr, &std::free};
+  size_t arena_bytes_ = 0;
   ExecutorWeights usage_;
   unsigned pinned_threads_ = 0;
   std::vector<unsigned> pinned_cpus_;
@@ -162,10 +196,11 @@ class OneDnnExecutor final : public Executor {
 // Builds one plan's steps, buffers and storages.
 class PlanBuilder {
  public:
-  PlanBuilder(OneDnnExecutor& executor, CompiledPlan& out) : ex_(executor), out_(out) {}
+  PlanBuilder(OneDnnExecutor& executor, const Plan& plan, CompiledPlan& out)
+      : ex_(executor), plan_(plan), out_(out) {}
 
   Status build() {
-    const Plan& plan = out_.plan;
+    const Plan& plan = plan_;
     canonical_.assign(plan.values.size(), SIZE_MAX);
     for (size_t i = 0; i < plan.inputs.size(); ++i) {
       const auto v = static_cast<size_t>(plan.inputs[i]);
@@ -197,7 +232,7 @@ class PlanBuilder {
   }
 
  private:
-  const PlanValue& value(size_t v) const { return out_.plan.values[v]; }
+  const PlanValue& value(size_t v) const { return plan_.values[v]; }
 
   size_t new_storage(Storage::Kind kind, size_t index, size_t bytes) {
     Storage s;
@@ -242,7 +277,7 @@ class PlanBuilder {
       return {ErrorCode::kInvalidArgument,
               fmt::format("{} '{}' is read before it is computed", what, pv.name)};
     }
-    if (pv.data.size() != pv.byte_size()) {
+    if (!ex_.weights_placed_ && pv.data.size() != pv.byte_size()) {
       return {ErrorCode::kInvalidArgument,
               fmt::format("constant '{}' has {} bytes, its shape needs {}", pv.name, pv.data.size(),
                           pv.byte_size())};
@@ -901,6 +936,7 @@ class PlanBuilder {
   }
 
   OneDnnExecutor& ex_;
+  const Plan& plan_;
   CompiledPlan& out_;
   int step_ = 0;
   std::vector<size_t> canonical_;  // value -> the buffer that holds it as computed
@@ -918,6 +954,25 @@ size_t OneDnnExecutor::weight(const PlanValue& value, const memory::desc& md,
   entry.src_md = src_md;
   entry.source = value.data;
   entry.bytes = value.dtype == DataType::kFp32 ? md.get_size() : value.byte_size();
+  if (weights_placed_) {
+    // Only an fp32 layout can be new here (other dtypes have one); throws dnnl::error, which the
+    // plan's build reports.
+    auto placed = std::find_if(entries_.begin(), entries_.end(), [&](const WeightEntry& e) {
+      return e.name == value.name && !e.md.is_zero();
+    });
+    if (placed == entries_.end() || md.is_zero()) {
+      throw dnnl::error(dnnl_invalid_arguments, ("no placed weights for " + value.name).c_str());
+    }
+    late_weights_.push_back(aligned_bytes(entry.bytes));
+    memory from(placed->md, engine_, const_cast<std::byte*>(placed->data));
+    memory to(md, engine_, late_weights_.back().get());
+    dnnl::reorder(from, to).execute(stream_, from, to);
+    stream_.wait();
+    entry.source = {};
+    entry.data = late_weights_.back().get();
+    usage_.bytes += entry.bytes;
+    usage_.private_bytes += entry.bytes;
+  }
   entries_.push_back(std::move(entry));
   return entries_.size() - 1;
 }
@@ -938,6 +993,7 @@ Status OneDnnExecutor::place_weights(WeightStore* store) {
     mix(entry.source.data(), std::min<size_t>(entry.source.size(), 64));
   }
   auto fill = [&](std::span<std::byte> region) -> Status {
+    const OmpThreads one(1);
     try {
       for (const WeightEntry& entry : entries_) {
         std::byte* dst = region.data() + entry.offset;
@@ -956,20 +1012,23 @@ Status OneDnnExecutor::place_weights(WeightStore* store) {
     return Status::ok();
   };
   usage_.bytes = total;
+  const std::byte* base = nullptr;
   if (store != nullptr && total > 0) {
     ASSIGN_OR_RETURN(WeightRegion region,
                      store->get_or_create(fmt::format("engine-{:016x}", hash), total, fill));
-    weights_ = region.data;
+    base = region.data;
     usage_.private_bytes = region.shared ? 0 : total;
   } else {
     private_weights_.resize(total);
     RETURN_IF_ERROR(fill(private_weights_));
-    weights_ = private_weights_.data();
+    base = private_weights_.data();
     usage_.private_bytes = total;
   }
   for (WeightEntry& entry : entries_) {
     entry.source = {};
+    entry.data = base + entry.offset;
   }
+  weights_placed_ = true;
   return Status::ok();
 }
 
@@ -980,7 +1039,7 @@ std::byte* OneDnnExecutor::address(const CompiledPlan& plan, size_t buffer) cons
       return arena_.get() + s.offset;
     case Storage::Kind::kWeight:
       // Weights are only read; the region is mapped read-only in a shadow.
-      return const_cast<std::byte*>(weights_ + entries_[s.index].offset);
+      return const_cast<std::byte*>(entries_[s.index].data);
     case Storage::Kind::kInput:
       return const_cast<std::byte*>(run_inputs_[s.index]);
     case Storage::Kind::kOutput:
@@ -989,42 +1048,57 @@ std::byte* OneDnnExecutor::address(const CompiledPlan& plan, size_t buffer) cons
   return nullptr;
 }
 
-Status OneDnnExecutor::bind(CompiledPlan& plan) {
-  for (const Step& step : plan.steps) {
-    for (const auto& [arg, buffer] : step.args) {
-      if (plan.memories.count(buffer) != 0) continue;
-      const Storage& s = plan.storages[plan.buffers[buffer].storage];
-      const bool io = s.kind == Storage::Kind::kInput || s.kind == Storage::Kind::kOutput;
-      plan.memories.emplace(buffer, memory(plan.buffers[buffer].md, engine_,
-                                           io ? DNNL_MEMORY_NONE : address(plan, buffer)));
+void OneDnnExecutor::bind(CompiledPlan& plan) {
+  if (plan.memories.empty()) {
+    for (const Step& step : plan.steps) {
+      for (const auto& [arg, buffer] : step.args) {
+        if (plan.memories.count(buffer) == 0) {
+          plan.memories.emplace(buffer, memory(plan.buffers[buffer].md, engine_, DNNL_MEMORY_NONE));
+        }
+      }
     }
   }
-  return Status::ok();
+  for (auto& [buffer, mem] : plan.memories) {
+    const Storage::Kind kind = plan.storages[plan.buffers[buffer].storage].kind;
+    if (kind == Storage::Kind::kArena || kind == Storage::Kind::kWeight) {
+      mem.set_data_handle(address(plan, buffer));
+    }
+  }
+  plan.bound_arena = arena_.get();
 }
 
-Status OneDnnExecutor::compile(std::span<const Plan> plans, WeightStore* weights) {
+Result<CompiledPlan*> OneDnnExecutor::build(size_t index, unsigned threads) {
+  const OmpThreads scope(threads);
+  CompiledPlan& plan = compiled_[{index, threads}];
+  Status built = PlanBuilder(*this, plans_[index], plan).build();
+  if (!built.is_ok()) {
+    compiled_.erase({index, threads});
+    return built;
+  }
+  if (plan.arena_bytes > arena_bytes_) {
+    AlignedBytes bigger = aligned_bytes(plan.arena_bytes);
+    if (bigger == nullptr) {
+      compiled_.erase({index, threads});
+      return Status{ErrorCode::kInternal,
+                    fmt::format("cannot allocate {} bytes of activations", plan.arena_bytes)};
+    }
+    arena_ = std::move(bigger);  // plans bound to the old arena rebind before they run
+    arena_bytes_ = plan.arena_bytes;
+  }
+  return &plan;
+}
+
+Status OneDnnExecutor::compile(std::span<const Plan> plans, WeightStore* weights,
+                               unsigned threads) {
   if (!plans_.empty()) return {ErrorCode::kInvalidArgument, "the executor is compiled already"};
-  plans_.resize(plans.size());
+  plans_.assign(plans.begin(), plans.end());
+  const unsigned n = threads > 0 ? threads : static_cast<unsigned>(omp_get_max_threads());
   // The largest batch first: its primitives choose the weight layouts the others reuse.
-  for (size_t n = plans.size(); n-- > 0;) {
-    plans_[n].plan = plans[n];
-    RETURN_IF_ERROR(PlanBuilder(*this, plans_[n]).build());
-  }
+  for (size_t i = plans_.size(); i-- > 0;) RETURN_IF_ERROR(build(i, n).status());
   RETURN_IF_ERROR(place_weights(weights));
-  size_t arena = 0;
-  for (const CompiledPlan& plan : plans_) arena = std::max(arena, plan.arena_bytes);
-  arena_.reset(static_cast<std::byte*>(std::aligned_alloc(kAlign, std::max(arena, kAlign))));
-  if (arena_ == nullptr) {
-    return {ErrorCode::kInternal, fmt::format("cannot allocate {} bytes of activations", arena)};
-  }
-  try {
-    for (CompiledPlan& plan : plans_) RETURN_IF_ERROR(bind(plan));
-  } catch (const dnnl::error& e) {
-    return dnnl_failure("binding memory", e);
-  }
-  // The plans' constants are copied into the weights; the spans must not be used again.
-  for (CompiledPlan& plan : plans_) {
-    for (PlanValue& v : plan.plan.values) v.data = {};
+  // The constants are in the weights now; their spans must not be used again.
+  for (Plan& plan : plans_) {
+    for (PlanValue& v : plan.values) v.data = {};
   }
   return Status::ok();
 }
@@ -1053,16 +1127,25 @@ Status OneDnnExecutor::run(size_t index, std::span<const std::byte* const> input
   if (index >= plans_.size()) {
     return {ErrorCode::kInvalidArgument, fmt::format("no plan {}", index)};
   }
-  CompiledPlan& plan = plans_[index];
-  if (inputs.size() != plan.plan.inputs.size() || outputs.size() != plan.plan.outputs.size()) {
+  if (inputs.size() != plans_[index].inputs.size() ||
+      outputs.size() != plans_[index].outputs.size()) {
     return {ErrorCode::kInvalidArgument, "wrong number of inputs or outputs"};
   }
   const unsigned threads = std::max(1U, ctx.concurrency());
+  auto found = compiled_.find({index, threads});
+  CompiledPlan* built = found != compiled_.end() ? &found->second : nullptr;
+  if (built == nullptr) {
+    auto made = build(index, threads);
+    if (!made.is_ok()) return made.status().with_context(fmt::format("{} threads", threads));
+    built = *made;
+  }
+  CompiledPlan& plan = *built;
   pin_threads(threads, ctx.host_cpus());
   omp_set_num_threads(static_cast<int>(threads));
   run_inputs_.assign(inputs.begin(), inputs.end());
   run_outputs_.assign(outputs.begin(), outputs.end());
   try {
+    if (plan.bound_arena != arena_.get()) bind(plan);
     for (auto& [buffer, mem] : plan.memories) {
       const Storage::Kind kind = plan.storages[plan.buffers[buffer].storage].kind;
       if (kind == Storage::Kind::kInput || kind == Storage::Kind::kOutput) {

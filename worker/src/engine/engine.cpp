@@ -68,7 +68,7 @@ Result<std::unique_ptr<Engine>> Engine::load_graph(Graph graph, const EngineOpti
     plans.push_back(std::move(plan));
   }
   engine->executor_ = backends::create_cpu_executor();
-  RETURN_IF_ERROR(engine->executor_->compile(plans, options.weights));
+  RETURN_IF_ERROR(engine->executor_->compile(plans, options.weights, options.threads));
   return engine;
 }
 

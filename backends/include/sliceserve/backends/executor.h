@@ -29,15 +29,18 @@ class Executor {
  public:
   virtual ~Executor() = default;
 
-  // Prepares every plan: layouts, primitives, activation memory, weights. The plans' constant
-  // bytes need to stay valid only during the call. `weights` (nullable, must outlive the
-  // executor) is where the weights go; without it the executor keeps a private copy. Errors name
-  // the op (its label) and say what is unsupported. Called once.
-  virtual Status compile(std::span<const Plan> plans, WeightStore* weights) = 0;
+  // Prepares every plan for `threads` compute threads (0: the device's default): layouts,
+  // primitives, activation memory, weights. The plans' constant bytes need to stay valid only
+  // during the call. `weights` (nullable, must outlive the executor) is where the weights go;
+  // without it the executor keeps a private copy. Errors name the op (its label) and say what is
+  // unsupported. Called once.
+  virtual Status compile(std::span<const Plan> plans, WeightStore* weights,
+                         unsigned threads) = 0;
 
   // Runs plan `index` (compile order). inputs[i] holds plan.inputs[i], outputs[i] receives
-  // plan.outputs[i], dense row-major with the plan's shapes. ctx gives the threads. One run at a
-  // time.
+  // plan.outputs[i], dense row-major with the plan's shapes. ctx gives the threads; a thread
+  // count the plan was not prepared for is prepared on its first run (a slice resized in place;
+  // the worker warms every share it may switch to). One run at a time.
   virtual Status run(size_t index, std::span<const std::byte* const> inputs,
                      std::span<std::byte* const> outputs, ComputeContext& ctx) = 0;
 

@@ -26,6 +26,10 @@ struct EngineOptions {
   std::string device = "cpu";  // the executor: "cpu" (oneDNN)
   // Where the executor keeps the weights (nullable: a private copy); must outlive the engine.
   backends::WeightStore* weights = nullptr;
+  // The compute threads of the context the engine will run in (a slice's concurrency()): its
+  // primitives are built for them at load. 0: the device's default. Runs with another count
+  // build theirs on their first run.
+  unsigned threads = 0;
 };
 
 class Engine {
