@@ -256,7 +256,8 @@ Result<FusionCounts> fuse(Graph& graph) {
 
   for (size_t i = 0; i < slots.size(); ++i) {
     Node& node = *slots[i];
-    // The Conv or Gemm that computes `value` and whose result nothing else reads.
+    // The Conv, Gemm or BatchNormalization that computes `value`, whose result nothing else
+    // reads.
     auto fusable_producer = [&](const std::string& value) -> std::optional<size_t> {
       auto it = producer.find(value);
       if (it == producer.end() || uses[value] != 1 || is_graph_output(graph, value)) {
