@@ -41,6 +41,7 @@
 #define SS_HAVE_X86 1
 #endif
 
+#include "bench_args.h"
 #include "sliceserve/backends/cpu/cpu_slice.h"
 #include "sliceserve/backends/cpu/cpu_topology.h"
 #include "sliceserve/shm/check.h"
@@ -172,13 +173,6 @@ void print_usage(std::FILE* out) {
       "  --help                this text\n");
 }
 
-template <typename T>
-bool parse_number(std::string_view text, T& out) {
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, out);
-  return ec == std::errc() && ptr == end;
-}
-
 Result<std::vector<int64_t>> parse_batches(std::string_view list) {
   std::vector<int64_t> batches;
   while (!list.empty()) {
@@ -200,59 +194,44 @@ Result<std::vector<int64_t>> parse_batches(std::string_view list) {
 
 Result<Options> parse_options(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    std::string_view value;
-    bool has_value = false;
-    if (const size_t eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_value = true;
-    }
-    auto next_value = [&]() -> bool {
-      if (has_value) return true;
-      if (i + 1 >= argc) return false;
-      value = argv[++i];
-      return true;
-    };
-    auto bad = [&](std::string_view why) {
-      return Status(ErrorCode::kInvalidArgument, std::string(arg) + ": " + std::string(why));
-    };
+  bench::ArgReader args(argc, argv);
+  while (args.next()) {
+    const std::string_view arg = args.name();
     bool ok = true;
     if (arg == "--help" || arg == "-h") {
       print_usage(stdout);
       std::exit(0);
     } else if (arg == "--model" || arg == "--name" || arg == "--python" ||
                arg == "--pytorch-script" || arg == "--batches") {
-      if (!next_value() || value.empty()) return bad("needs a value");
-      if (arg == "--model") o.model_path = value;
-      if (arg == "--name") o.model_name = value;
-      if (arg == "--python") o.python = value;
-      if (arg == "--pytorch-script") o.pytorch_script = value;
+      const auto value = args.value();
+      if (!value || value->empty()) return args.bad("needs a value");
+      if (arg == "--model") o.model_path = *value;
+      if (arg == "--name") o.model_name = *value;
+      if (arg == "--python") o.python = *value;
+      if (arg == "--pytorch-script") o.pytorch_script = *value;
       if (arg == "--batches") {
-        ASSIGN_OR_RETURN(o.batches, parse_batches(value));
+        ASSIGN_OR_RETURN(o.batches, parse_batches(*value));
       }
     } else if (arg == "--threads") {
-      ok = next_value() && parse_number(value, o.threads) && o.threads > 0;
+      ok = args.number(o.threads) && o.threads > 0;
     } else if (arg == "--warmup") {
-      ok = next_value() && parse_number(value, o.warmup) && o.warmup >= 0;
+      ok = args.number(o.warmup) && o.warmup >= 0;
     } else if (arg == "--iters") {
-      ok = next_value() && parse_number(value, o.iters) && o.iters > 0;
+      ok = args.number(o.iters) && o.iters > 0;
     } else if (arg == "--rounds") {
-      ok = next_value() && parse_number(value, o.rounds) && o.rounds > 0 && o.rounds <= 1000;
+      ok = args.number(o.rounds) && o.rounds > 0 && o.rounds <= 1000;
     } else if (arg == "--min-time") {
-      ok = next_value() && parse_number(value, o.min_time_s) && o.min_time_s >= 0;
+      ok = args.number(o.min_time_s) && o.min_time_s >= 0;
     } else if (arg == "--engine-max-batch") {
-      ok = next_value() && parse_number(value, o.engine_max_batch) && o.engine_max_batch > 0 &&
-           o.engine_max_batch <= 4096;
+      ok = args.number(o.engine_max_batch) && o.engine_max_batch > 0 && o.engine_max_batch <= 4096;
     } else if (arg == "--no-pytorch") {
       o.pytorch = false;
     } else if (arg == "--peak-only") {
       o.peak_only = true;
     } else {
-      return Status(ErrorCode::kInvalidArgument, "unknown option " + std::string(arg));
+      return args.unknown();
     }
-    if (!ok) return bad("needs a valid number");
+    if (!ok) return args.bad("needs a valid number");
   }
   if (o.engine_max_batch > 0 &&
       *std::max_element(o.batches.begin(), o.batches.end()) > o.engine_max_batch) {

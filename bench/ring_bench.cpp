@@ -16,6 +16,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "bench_args.h"
+
 namespace sliceserve::bench {
 
 uint64_t now_ns() {
@@ -154,13 +156,6 @@ void print_usage(std::FILE* out) {
                kMessageBytes);
 }
 
-template <typename T>
-bool parse_number(std::string_view text, T& out) {
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, out);
-  return ec == std::errc() && ptr == end;
-}
-
 struct Options {
   BenchConfig config;
   std::vector<const Transport*> transports;
@@ -169,49 +164,32 @@ struct Options {
 Result<Options> parse_options(int argc, char** argv) {
   Options options;
   std::string_view transport_list = "shm,boost_mq,uds,tcp";
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    std::string_view value;
-    bool has_value = false;
-    if (const size_t eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_value = true;
-    }
-    auto next_value = [&]() -> bool {
-      if (has_value) return true;
-      if (i + 1 >= argc) return false;
-      value = argv[++i];
-      return true;
-    };
-    auto bad = [&](std::string_view why) {
-      return Status(ErrorCode::kInvalidArgument, std::string(arg) + ": " + std::string(why));
-    };
+  bench::ArgReader args(argc, argv);
+  while (args.next()) {
+    const std::string_view arg = args.name();
+    BenchConfig& c = options.config;
     bool ok = true;
     if (arg == "--help" || arg == "-h") {
       print_usage(stdout);
       std::exit(0);
     } else if (arg == "--transport") {
-      if (!next_value()) return bad("needs a value");
-      transport_list = value;
+      const auto value = args.value();
+      if (!value) return args.bad("needs a value");
+      transport_list = *value;
     } else if (arg == "--round-trips") {
-      ok = next_value() && parse_number(value, options.config.round_trips) &&
-           options.config.round_trips > 0;
+      ok = args.number(c.round_trips) && c.round_trips > 0;
     } else if (arg == "--warmup") {
-      ok = next_value() && parse_number(value, options.config.warmup);
+      ok = args.number(c.warmup);
     } else if (arg == "--client-cpu") {
-      ok = next_value() && parse_number(value, options.config.client_cpu) &&
-           options.config.client_cpu >= 0;
+      ok = args.number(c.client_cpu) && c.client_cpu >= 0;
     } else if (arg == "--server-cpu") {
-      ok = next_value() && parse_number(value, options.config.server_cpu) &&
-           options.config.server_cpu >= 0;
+      ok = args.number(c.server_cpu) && c.server_cpu >= 0;
     } else if (arg == "--spin-ns") {
-      ok = next_value() && parse_number(value, options.config.spin_ns) &&
-           options.config.spin_ns >= 0;
+      ok = args.number(c.spin_ns) && c.spin_ns >= 0;
     } else {
-      return Status(ErrorCode::kInvalidArgument, "unknown option " + std::string(arg));
+      return args.unknown();
     }
-    if (!ok) return bad("needs a valid number");
+    if (!ok) return args.bad("needs a valid number");
   }
 
   while (!transport_list.empty()) {
