@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -295,10 +296,19 @@ TEST(GreenContextSliceGpuTest, BuildsAndSwitchesARealPool) {
   auto& green = static_cast<GreenContextSlice&>(**slice);
   const SmGranularity granularity = green.granularity();
   EXPECT_GT(granularity.sm_count, 0u);
+  // Creation cost has no published figure: time it (a pool entry is built at load).
+  const auto created = std::chrono::steady_clock::now();
   auto quarter = green.prepare(25);
+  const auto quarter_done = std::chrono::steady_clock::now();
   ASSERT_TRUE(quarter.is_ok()) << quarter.status().to_string();
   auto whole = green.prepare(100);
   ASSERT_TRUE(whole.is_ok()) << whole.status().to_string();
+  const auto select_start = std::chrono::steady_clock::now();
+  constexpr int kSwitches = 1000;
+  for (int k = 0; k < kSwitches; ++k) {
+    ASSERT_TRUE(green.select(static_cast<size_t>(k) % green.pool().size()).is_ok());
+  }
+  const auto select_end = std::chrono::steady_clock::now();
   for (size_t i = 0; i < green.pool().size(); ++i) {
     ASSERT_TRUE(green.select(i).is_ok());
     EXPECT_NE(green.active_stream(), nullptr);
@@ -306,8 +316,15 @@ TEST(GreenContextSliceGpuTest, BuildsAndSwitchesARealPool) {
     EXPECT_GE(green.active_sm_count(), granularity.min_partition);
   }
   EXPECT_EQ(green.active_sm_count(), granularity.sm_count);
-  std::printf("greenctx on %u SMs (min %u, alignment %u): %s\n", granularity.sm_count,
-              granularity.min_partition, granularity.alignment, green.info().placement.c_str());
+  const double create_ms =
+      std::chrono::duration<double, std::milli>(quarter_done - created).count();
+  const double select_us =
+      std::chrono::duration<double, std::micro>(select_end - select_start).count() / kSwitches;
+  std::printf(
+      "greenctx on %u SMs (min %u, alignment %u): %s; creating a pool entry %.3f ms, "
+      "select %.3f us\n",
+      granularity.sm_count, granularity.min_partition, granularity.alignment,
+      green.info().placement.c_str(), create_ms, select_us);
 }
 
 }  // namespace
