@@ -191,7 +191,7 @@ Status spawn_failed(const char* call, int err, const RunSpec& spec) {
 }
 
 // Runs the control binary once, in its own process group, bounded by spec.timeout: on timeout
-// the whole group is killed and reaped, and the result is kUnavailable.
+// the whole group is killed and reaped, and the result is kTimeout.
 Result<RunOutput> run_control(const RunSpec& spec) {
   Fd child_in, parent_in, out_read, out_write, err_read, err_write;
   if (spec.input) {
@@ -303,7 +303,7 @@ Result<RunOutput> run_control(const RunSpec& spec) {
       std::string message = spec.what + " did not finish within " +
                             std::to_string(spec.timeout.count()) + " ms (killed)";
       if (!trimmed(err_text).empty()) message += "; stderr: " + trimmed(err_text);
-      return Status(ErrorCode::kUnavailable, message);
+      return Status(ErrorCode::kTimeout, message);
     }
     // Wake for output (so that a chatty child never blocks on a full pipe) or every few ms to
     // look for its exit.
@@ -349,6 +349,13 @@ Status run_failed(const RunSpec& spec, const RunOutput& output) {
   const std::string out = trimmed(output.out);
   if (!out.empty()) message += "; stdout: " + out;
   return Status(ErrorCode::kUnavailable, message);
+}
+
+// For start_or_attach: a daemon that cannot be started or reached, for whatever reason (a hang,
+// a failed spawn, a reply that makes no sense), is an unavailable MPS.
+Status as_unavailable(const Status& status) {
+  if (status.is_ok() || status.code() == ErrorCode::kInvalidArgument) return status;
+  return Status(ErrorCode::kUnavailable, status.message());
 }
 
 Result<std::vector<pid_t>> parse_server_list(std::string_view reply) {
@@ -408,6 +415,21 @@ Result<std::unique_ptr<MpsControl>> MpsControl::start_or_attach(const MpsOptions
   if (start) {
     RETURN_IF_ERROR(ensure_private_dir(info.pipe_dir));
     RETURN_IF_ERROR(ensure_private_dir(info.log_dir));
+    // A daemon already answering in our private pipe directory was left by an earlier run of
+    // this controller (one that crashed): quit it, so that `-d` starts a fresh one with today's
+    // settings instead of failing with "already running".
+    struct stat st {};
+    if (stat((info.pipe_dir + "/control").c_str(), &st) == 0) {
+      MpsControlInfo stale_info = info;
+      stale_info.started = true;
+      MpsControl stale(binary, std::move(stale_info), options.timeout);
+      if (stale.server_list().is_ok()) {
+        RETURN_IF_ERROR(
+            stale.stop().with_context("quitting the MPS control daemon left in " + info.pipe_dir));
+      } else {
+        stale.stopped_ = true;  // nothing answers: a stale pipe, `-d` replaces it
+      }
+    }
     RunSpec spec;
     spec.binary = binary;
     spec.args = {"-d"};
@@ -415,17 +437,19 @@ Result<std::unique_ptr<MpsControl>> MpsControl::start_or_attach(const MpsOptions
     spec.output_file = info.log_dir + "/" + std::string(kStartLog);
     spec.timeout = options.timeout;
     spec.what = "`" + binary + " -d` (" + std::string(kPipeVar) + "=" + info.pipe_dir + ")";
-    ASSIGN_OR_RETURN(RunOutput output, run_control(spec));
-    if (!output.succeeded()) return run_failed(spec, output);
+    Result<RunOutput> output = run_control(spec);
+    if (!output.is_ok()) return as_unavailable(output.status());
+    if (!output->succeeded()) return run_failed(spec, *output);
     info.started = true;
   }
   // From here a started daemon is quit by the destructor should the check fail.
   std::unique_ptr<MpsControl> control(new MpsControl(binary, std::move(info), options.timeout));
   Result<std::vector<pid_t>> servers = control->server_list();
   if (!servers.is_ok()) {
-    return servers.status().with_context(
-        control->info_.started ? "the MPS control daemon just started does not answer"
-                               : "no MPS control daemon answers at " + control->info_.pipe_dir);
+    return as_unavailable(servers.status())
+        .with_context(control->info_.started
+                          ? "the MPS control daemon just started does not answer"
+                          : "no MPS control daemon answers at " + control->info_.pipe_dir);
   }
   return control;
 }
@@ -474,7 +498,9 @@ Status MpsControl::stop() {
     const auto left =
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) break;
-    if (!run_command("get_server_list", nullptr, left).is_ok()) return Status::ok();
+    // A probe that fails says the daemon is gone; one that hangs says nothing.
+    const Status probe = run_command("get_server_list", nullptr, left);
+    if (!probe.is_ok() && probe.code() != ErrorCode::kTimeout) return Status::ok();
     std::this_thread::sleep_for(std::min(left, std::chrono::milliseconds(20)));
   }
   return Status(ErrorCode::kTimeout, "the MPS control daemon at " + info_.pipe_dir +

@@ -193,6 +193,21 @@ TEST_F(MpsControlTest, StartRunsTheDaemonOnceWithItsOwnPrivateDirectories) {
   EXPECT_EQ(count_calls("command quit"), 0u);
 }
 
+TEST_F(MpsControlTest, StartQuitsADaemonLeftInItsPipeDirectoryFirst) {
+  const MpsOptions options = start_options();
+  std::filesystem::create_directories(options.pipe_dir);
+  write(options.pipe_dir + "/control", "");  // a daemon a crashed controller left running
+  auto control = MpsControl::start_or_attach(options);
+  ASSERT_TRUE(control.is_ok()) << control.status().to_string();
+  const std::vector<std::string> lines = calls();
+  ASSERT_GE(lines.size(), 4u);
+  EXPECT_EQ(lines[0].rfind("command get_server_list ", 0), 0u) << lines[0];
+  EXPECT_EQ(lines[1].rfind("command quit ", 0), 0u) << lines[1];
+  EXPECT_EQ(lines[2].rfind("daemon args=-d ", 0), 0u) << lines[2];
+  EXPECT_EQ(lines[3].rfind("command get_server_list ", 0), 0u) << lines[3];
+  EXPECT_EQ(count_calls("daemon "), 1u);
+}
+
 TEST_F(MpsControlTest, ServerListReturnsTheDaemonsPids) {
   auto control = MpsControl::start_or_attach(start_options());
   ASSERT_TRUE(control.is_ok()) << control.status().to_string();
@@ -391,7 +406,7 @@ TEST_F(MpsControlTest, HangingControlTimesOutWithinTheBound) {
   auto servers = (*started)->server_list();
   const auto took = Clock::now() - begin;
   ASSERT_FALSE(servers.is_ok());
-  EXPECT_EQ(servers.status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(servers.status().code(), ErrorCode::kTimeout);
   EXPECT_TRUE(Contains(servers.status().message(),
                        "`get_server_list` (" + fake_ + ", CUDA_MPS_PIPE_DIRECTORY="));
   EXPECT_TRUE(Contains(servers.status().message(), "did not finish within 300 ms"));
@@ -402,6 +417,20 @@ TEST_F(MpsControlTest, HangingControlTimesOutWithinTheBound) {
   const auto stop_begin = Clock::now();
   EXPECT_FALSE((*started)->stop().is_ok());
   EXPECT_LT(Clock::now() - stop_begin, milliseconds(900));
+}
+
+TEST_F(MpsControlTest, AttachToAHangingControlIsUnavailableWithinTheBound) {
+  make_existing_daemon();
+  write(path("mode"), "hang");
+  const auto begin = Clock::now();
+  auto control = MpsControl::start_or_attach(attach_options(milliseconds(300)));
+  const auto took = Clock::now() - begin;
+  ASSERT_FALSE(control.is_ok());
+  EXPECT_EQ(control.status().code(), ErrorCode::kUnavailable);
+  EXPECT_TRUE(Contains(control.status().message(), "did not finish within 300 ms"));
+  EXPECT_LT(took, milliseconds(900));
+  expect_hung_process_gone();
+  EXPECT_EQ(count_calls("command quit"), 0u);
 }
 
 TEST_F(MpsControlTest, WorkerEnvironmentRoundsThePercentageDownToAtLeastOne) {

@@ -53,13 +53,17 @@ struct MpsControlInfo {
 // A started or attached MPS control daemon. Each command runs the control binary once, with
 // CUDA_MPS_PIPE_DIRECTORY / CUDA_MPS_LOG_DIRECTORY set, writes the command line on its stdin and
 // reads its stdout until it exits, bounded by the timeout. A run that hangs is killed (its whole
-// process group) and reported as kUnavailable; so is a non-zero exit, with its stderr text.
+// process group) and reported as kTimeout; a non-zero exit is kUnavailable with its stderr text.
 // send() and server_list() may be called from several threads; stop() from one.
 class MpsControl {
  public:
   // Resolves the control binary (kUnavailable naming the PATH searched when it is missing),
   // starts the daemon in kStart mode, then checks that the daemon answers `get_server_list`.
-  // A daemon started here that does not answer is quit again before the error is returned.
+  // In kStart mode a daemon still answering in pipe_dir (left by a crashed controller: the
+  // directory is this controller's own) is quit first, so that `-d` starts a fresh one.
+  // Every failure to start or reach the daemon (a hang included) is kUnavailable, so that
+  // decide_mps can fall back; a bad option is kInvalidArgument. A daemon started here that does
+  // not answer is quit again before the error is returned.
   static Result<std::unique_ptr<MpsControl>> start_or_attach(const MpsOptions& options);
 
   MpsControl(const MpsControl&) = delete;
