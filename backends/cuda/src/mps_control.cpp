@@ -425,7 +425,8 @@ Result<std::unique_ptr<MpsControl>> MpsControl::start_or_attach(const MpsOptions
       MpsControl stale(binary, std::move(stale_info), options.timeout);
       if (stale.server_list().is_ok()) {
         RETURN_IF_ERROR(
-            stale.stop().with_context("quitting the MPS control daemon left in " + info.pipe_dir));
+            as_unavailable(stale.stop())
+                .with_context("quitting the MPS control daemon left in " + info.pipe_dir));
       } else {
         stale.stopped_ = true;  // nothing answers: a stale pipe, `-d` replaces it
       }
