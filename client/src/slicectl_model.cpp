@@ -129,8 +129,27 @@ Result<std::vector<NpyArray>> read_inputs(const std::vector<std::string>& names,
   return arrays;
 }
 
-bool any_output(const std::vector<std::string>& files) {
-  return std::any_of(files.begin(), files.end(), [](const std::string& f) { return !f.empty(); });
+// The command line's files bound to the model's tensors: the inputs read, the output paths ("" for
+// an output not asked for; at least one is).
+struct BoundFiles {
+  std::vector<NpyArray> inputs;
+  std::vector<std::string> outputs;
+};
+
+Result<BoundFiles> bind_and_read(const std::vector<std::string>& input_names,
+                                 const std::vector<std::string>& output_names,
+                                 const TensorFiles& files) {
+  ASSIGN_OR_RETURN(std::vector<std::string> input_files,
+                   bind_files(input_names, files.inputs, files.named_inputs, "input"));
+  BoundFiles bound;
+  ASSIGN_OR_RETURN(bound.outputs,
+                   bind_files(output_names, files.outputs, files.named_outputs, "output"));
+  if (std::all_of(bound.outputs.begin(), bound.outputs.end(),
+                  [](const std::string& f) { return f.empty(); })) {
+    return Status(ErrorCode::kInvalidArgument, "give --output FILE (or --output-name NAME=FILE)");
+  }
+  ASSIGN_OR_RETURN(bound.inputs, read_inputs(input_names, input_files));
+  return bound;
 }
 
 // ---- run-model ----
@@ -177,17 +196,12 @@ int run_model(const RunModelOptions& o) {
   std::vector<std::string> output_names;
   for (const auto& info : graph->inputs) input_names.push_back(info.name);
   for (const auto& info : graph->outputs) output_names.push_back(info.name);
-  auto input_files = bind_files(input_names, o.files.inputs, o.files.named_inputs, "input");
-  if (!input_files.is_ok()) return fail(kExitBadInput, input_files.status().message());
-  auto output_files = bind_files(output_names, o.files.outputs, o.files.named_outputs, "output");
-  if (!output_files.is_ok()) return fail(kExitBadInput, output_files.status().message());
-  if (!any_output(*output_files)) {
-    return fail(kExitBadInput, "give --output FILE (or --output-name NAME=FILE)");
-  }
-  auto inputs = read_inputs(input_names, *input_files);
-  if (!inputs.is_ok()) return fail(kExitBadInput, inputs.status().message());
-  for (size_t i = 0; i < inputs->size(); ++i) {
-    Status fits = fit_input(graph->inputs[i], (*inputs)[i]);
+  auto bound = bind_and_read(input_names, output_names, o.files);
+  if (!bound.is_ok()) return fail(kExitBadInput, bound.status().message());
+  const std::vector<NpyArray>& inputs = bound->inputs;
+  const std::vector<std::string>& output_files = bound->outputs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Status fits = fit_input(graph->inputs[i], inputs[i]);
     if (!fits.is_ok()) return fail(kExitBadInput, fits.message());
   }
 
@@ -210,11 +224,11 @@ int run_model(const RunModelOptions& o) {
   }
   worker::engine::Engine& e = **engine;
   load_ms += ms_since(load_start);
-  for (size_t i = 0; i < inputs->size(); ++i) {
-    if (e.input_shape(i, 0) != (*inputs)[i].shape) {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (e.input_shape(i, 0) != inputs[i].shape) {
       return fail(kExitFailure,
                   fmt::format("input '{}': the engine built {}, not {}", input_names[i],
-                              dims_text(e.input_shape(i, 0)), dims_text((*inputs)[i].shape)));
+                              dims_text(e.input_shape(i, 0)), dims_text(inputs[i].shape)));
     }
   }
 
@@ -226,7 +240,7 @@ int run_model(const RunModelOptions& o) {
   std::vector<NpyArray> outputs(e.outputs().size());
   std::vector<const std::byte*> input_ptrs;
   std::vector<std::byte*> output_ptrs;
-  for (const NpyArray& in : *inputs) input_ptrs.push_back(in.data.data());
+  for (const NpyArray& in : inputs) input_ptrs.push_back(in.data.data());
   for (size_t i = 0; i < outputs.size(); ++i) {
     outputs[i].dtype = e.outputs()[i].dtype;
     outputs[i].shape = e.output_shape(i, 0);
@@ -245,16 +259,16 @@ int run_model(const RunModelOptions& o) {
 
   std::string written;
   for (size_t i = 0; i < outputs.size(); ++i) {
-    if ((*output_files)[i].empty()) continue;
-    Status wrote = client::write_npy((*output_files)[i], outputs[i]);
+    if (output_files[i].empty()) continue;
+    Status wrote = client::write_npy(output_files[i], outputs[i]);
     if (!wrote.is_ok()) return fail(kExitFailure, wrote.message());
     written += fmt::format("{}{} {}", written.empty() ? "" : ", ", output_names[i],
                            type_text(outputs[i].dtype, outputs[i].shape));
   }
   std::string read;
-  for (size_t i = 0; i < inputs->size(); ++i) {
+  for (size_t i = 0; i < inputs.size(); ++i) {
     read += fmt::format("{}{} {}", read.empty() ? "" : ", ", input_names[i],
-                        type_text((*inputs)[i].dtype, (*inputs)[i].shape));
+                        type_text(inputs[i].dtype, inputs[i].shape));
   }
   fmt::print(stderr, "run-model {}: {} -> {}; load {:.1f} ms, run {:.1f} ms, {} thread{}\n",
              o.model_path, read.empty() ? "no inputs" : read, written, load_ms, run_ms, threads,
@@ -323,16 +337,11 @@ int run_infer(const std::string& instance, const InferOptions& o) {
   std::vector<std::string> output_names;
   for (const auto& t : spec.input_specs()) input_names.emplace_back(t.name_view());
   for (const auto& t : spec.output_specs()) output_names.emplace_back(t.name_view());
-  auto input_files = bind_files(input_names, o.files.inputs, o.files.named_inputs, "input");
-  if (!input_files.is_ok()) return fail(kExitBadInput, input_files.status().message());
-  auto output_files = bind_files(output_names, o.files.outputs, o.files.named_outputs, "output");
-  if (!output_files.is_ok()) return fail(kExitBadInput, output_files.status().message());
-  if (!any_output(*output_files)) {
-    return fail(kExitBadInput, "give --output FILE (or --output-name NAME=FILE)");
-  }
-  auto inputs = read_inputs(input_names, *input_files);
-  if (!inputs.is_ok()) return fail(kExitBadInput, inputs.status().message());
-  auto counted = count_items(spec, *inputs);
+  auto bound = bind_and_read(input_names, output_names, o.files);
+  if (!bound.is_ok()) return fail(kExitBadInput, bound.status().message());
+  const std::vector<NpyArray>& inputs = bound->inputs;
+  const std::vector<std::string>& output_files = bound->outputs;
+  auto counted = count_items(spec, inputs);
   if (!counted.is_ok()) return fail(kExitBadInput, counted.status().message());
   const bool stacked = counted->has_value();
   const size_t items = stacked ? static_cast<size_t>(**counted) : 1;
@@ -344,13 +353,13 @@ int run_infer(const std::string& instance, const InferOptions& o) {
   pending.reserve(items);
   for (size_t k = 0; k < items; ++k) {
     std::vector<client::Tensor> tensors;
-    for (size_t i = 0; i < inputs->size(); ++i) {
+    for (size_t i = 0; i < inputs.size(); ++i) {
       const shm::TensorSpec& t = spec.inputs[i];
       const size_t bytes = t.byte_size();
       tensors.push_back({input_names[i],
                          t.dtype,
                          {t.shape().begin(), t.shape().end()},
-                         std::span<const std::byte>((*inputs)[i].data).subspan(k * bytes, bytes)});
+                         std::span<const std::byte>(inputs[i].data).subspan(k * bytes, bytes)});
     }
     pending.push_back(cl->infer_async(std::move(tensors), timeout));
   }
@@ -398,8 +407,8 @@ int run_infer(const std::string& instance, const InferOptions& o) {
 
   std::string written;
   for (size_t j = 0; j < outputs.size(); ++j) {
-    if ((*output_files)[j].empty()) continue;
-    Status wrote = client::write_npy((*output_files)[j], outputs[j]);
+    if (output_files[j].empty()) continue;
+    Status wrote = client::write_npy(output_files[j], outputs[j]);
     if (!wrote.is_ok()) return fail(kExitFailure, wrote.message());
     written += fmt::format("{}{} {}", written.empty() ? "" : ", ", output_names[j],
                            type_text(outputs[j].dtype, outputs[j].shape));

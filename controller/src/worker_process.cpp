@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "sliceserve/shm/check.h"
+#include "sliceserve/shm/spawn_attributes.h"
 
 extern char** environ;
 
@@ -34,19 +35,9 @@ Result<WorkerProcess> WorkerProcess::spawn(const std::string& binary,
   argv.push_back(const_cast<char*>(binary.c_str()));
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  // The child starts with default signal dispositions and an empty mask, whatever the
-  // controller blocked for its own signal handling.
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  const shm::CleanSpawnAttributes attr;
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, binary.c_str(), nullptr, &attr, argv.data(), environ);
-  posix_spawnattr_destroy(&attr);
+  int rc = posix_spawn(&pid, binary.c_str(), nullptr, attr.get(), argv.data(), environ);
   if (rc != 0) {
     return errno_status(("posix_spawn(" + binary + ")").c_str(), rc, __FILE__, __LINE__);
   }

@@ -37,6 +37,22 @@ Graph load(const ModelBuilder& b) {
   return graph.is_ok() ? std::move(graph).value() : Graph{};
 }
 
+// The model's graph after shape inference at batch 1 and fusion, and what fusion merged.
+struct Fused {
+  Graph graph;
+  FusionCounts counts;
+};
+
+Fused fuse_model(const ModelBuilder& b) {
+  Fused out{load(b), {}};
+  Status inferred = infer_shapes(out.graph, 1);
+  EXPECT_TRUE(inferred.is_ok()) << inferred.to_string();
+  auto counts = fuse(out.graph);
+  EXPECT_TRUE(counts.is_ok()) << counts.status().to_string();
+  if (counts.is_ok()) out.counts = *counts;
+  return out;
+}
+
 std::vector<float> random_floats(size_t n, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist;
@@ -91,13 +107,10 @@ ModelBuilder residual_block() {
 }
 
 TEST_F(EngineTest, FusionMergesBatchNormAddAndActivationsIntoTheConvs) {
-  Graph graph = load(residual_block());
-  ASSERT_TRUE(infer_shapes(graph, 1).is_ok());
-  auto counts = fuse(graph);
-  ASSERT_TRUE(counts.is_ok()) << counts.status().to_string();
-  EXPECT_EQ(counts->batch_norm, 1);
-  EXPECT_EQ(counts->add, 1);
-  EXPECT_EQ(counts->activation, 2);
+  auto [graph, counts] = fuse_model(residual_block());
+  EXPECT_EQ(counts.batch_norm, 1);
+  EXPECT_EQ(counts.add, 1);
+  EXPECT_EQ(counts.activation, 2);
   ASSERT_EQ(graph.nodes.size(), 2u);
   EXPECT_EQ(graph.nodes[0].op_type, "Conv");
   ASSERT_EQ(graph.nodes[0].fused.size(), 1u);
@@ -136,11 +149,8 @@ TEST_F(EngineTest, HardSigmoidTimesItsInputBecomesHardSwish) {
   set_float(hs, "alpha", 1.0F / 6.0F);
   set_float(hs, "beta", 0.5F);
   b.node("Mul", {"x", "h"}, {"y"}, "mul");
-  Graph graph = load(b);
-  ASSERT_TRUE(infer_shapes(graph, 1).is_ok());
-  auto counts = fuse(graph);
-  ASSERT_TRUE(counts.is_ok());
-  EXPECT_EQ(counts->hardswish, 1);
+  auto [graph, counts] = fuse_model(b);
+  EXPECT_EQ(counts.hardswish, 1);
   ASSERT_EQ(graph.nodes.size(), 1u);
   EXPECT_EQ(graph.nodes[0].op_type, "HardSwish");
 
@@ -161,12 +171,9 @@ TEST_F(EngineTest, SigmoidTimesItsInputBecomesSwishInsideTheConv) {
   b.node("Conv", {"x", "w"}, {"c"}, "conv");
   b.node("Sigmoid", {"c"}, {"s"}, "sigmoid");
   b.node("Mul", {"s", "c"}, {"y"}, "mul");
-  Graph graph = load(b);
-  ASSERT_TRUE(infer_shapes(graph, 1).is_ok());
-  auto counts = fuse(graph);
-  ASSERT_TRUE(counts.is_ok());
-  EXPECT_EQ(counts->swish, 1);
-  EXPECT_EQ(counts->activation, 1);
+  auto [graph, counts] = fuse_model(b);
+  EXPECT_EQ(counts.swish, 1);
+  EXPECT_EQ(counts.activation, 1);
   ASSERT_EQ(graph.nodes.size(), 1u);
   ASSERT_EQ(graph.nodes[0].fused.size(), 1u);
   EXPECT_EQ(graph.nodes[0].fused[0].op_type, "Swish");
@@ -191,11 +198,8 @@ TEST_F(EngineTest, AStandaloneBatchNormTakesTheReluThatFollowsIt) {
   auto* bn = b.node("BatchNormalization", {"x", "scale", "shift", "mean", "var"}, {"n"}, "bn");
   set_float(bn, "epsilon", 0.0F);
   b.node("Relu", {"n"}, {"y"}, "relu");
-  Graph graph = load(b);
-  ASSERT_TRUE(infer_shapes(graph, 1).is_ok());
-  auto counts = fuse(graph);
-  ASSERT_TRUE(counts.is_ok());
-  EXPECT_EQ(counts->activation, 1);
+  auto [graph, counts] = fuse_model(b);
+  EXPECT_EQ(counts.activation, 1);
   ASSERT_EQ(graph.nodes.size(), 1u);
   EXPECT_EQ(graph.nodes[0].op_type, "BatchNormalization");
 

@@ -51,9 +51,11 @@ class OnnxModel final : public Model {
     const auto batch = static_cast<size_t>(engine_->max_batch());
     for (const shm::TensorSpec& t : spec_.input_specs()) {
       inputs_.emplace_back(t.byte_size() * batch);
+      input_ptrs_.push_back(inputs_.back().data());
     }
     for (const shm::TensorSpec& t : spec_.output_specs()) {
       outputs_.emplace_back(t.byte_size() * batch);
+      output_ptrs_.push_back(outputs_.back().data());
     }
   }
 
@@ -99,11 +101,7 @@ class OnnxModel final : public Model {
 
  private:
   Status run_engine(int64_t batch, backends::ComputeContext& ctx) {
-    std::vector<const std::byte*> in;
-    std::vector<std::byte*> out;
-    for (auto& buffer : inputs_) in.push_back(buffer.data());
-    for (auto& buffer : outputs_) out.push_back(buffer.data());
-    Status status = engine_->run(batch, in, out, ctx);
+    Status status = engine_->run(batch, input_ptrs_, output_ptrs_, ctx);
     if (!status.is_ok()) return {ErrorCode::kModelError, status.message()};
     return Status::ok();
   }
@@ -112,6 +110,8 @@ class OnnxModel final : public Model {
   std::unique_ptr<engine::Engine> engine_;
   std::vector<std::vector<std::byte>> inputs_;  // max_batch items of each input, contiguous
   std::vector<std::vector<std::byte>> outputs_;
+  std::vector<const std::byte*> input_ptrs_;  // into inputs_ / outputs_, which never grow
+  std::vector<std::byte*> output_ptrs_;
 };
 
 }  // namespace

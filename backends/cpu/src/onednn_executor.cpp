@@ -144,8 +144,11 @@ struct CompiledPlan {
   size_t arena_bytes = 0;
   // One dnnl::memory per buffer a primitive reads or writes; those in the arena point at the
   // arena `bound_arena` (set again when the arena grows), those in the caller's inputs and
-  // outputs are set at every run.
+  // outputs (io_memories) are set at every run. step_args[i] is step i's argument map, built
+  // once: a dnnl::memory is a shared handle, so the maps see every handle change.
   std::map<size_t, memory> memories;
+  std::vector<std::pair<size_t, memory>> io_memories;
+  std::vector<std::unordered_map<int, memory>> step_args;
   const std::byte* bound_arena = nullptr;
 };
 
@@ -1049,12 +1052,21 @@ std::byte* OneDnnExecutor::address(const CompiledPlan& plan, size_t buffer) cons
 }
 
 void OneDnnExecutor::bind(CompiledPlan& plan) {
-  if (plan.memories.empty()) {
+  if (plan.step_args.empty()) {
     for (const Step& step : plan.steps) {
+      auto& args = plan.step_args.emplace_back();
       for (const auto& [arg, buffer] : step.args) {
-        if (plan.memories.count(buffer) == 0) {
-          plan.memories.emplace(buffer, memory(plan.buffers[buffer].md, engine_, DNNL_MEMORY_NONE));
+        auto it = plan.memories.find(buffer);
+        if (it == plan.memories.end()) {
+          it = plan.memories
+                   .emplace(buffer, memory(plan.buffers[buffer].md, engine_, DNNL_MEMORY_NONE))
+                   .first;
+          const Storage::Kind kind = plan.storages[plan.buffers[buffer].storage].kind;
+          if (kind == Storage::Kind::kInput || kind == Storage::Kind::kOutput) {
+            plan.io_memories.emplace_back(buffer, it->second);
+          }
         }
+        args.emplace(arg, it->second);
       }
     }
   }
@@ -1146,19 +1158,12 @@ Status OneDnnExecutor::run(size_t index, std::span<const std::byte* const> input
   run_outputs_.assign(outputs.begin(), outputs.end());
   try {
     if (plan.bound_arena != arena_.get()) bind(plan);
-    for (auto& [buffer, mem] : plan.memories) {
-      const Storage::Kind kind = plan.storages[plan.buffers[buffer].storage].kind;
-      if (kind == Storage::Kind::kInput || kind == Storage::Kind::kOutput) {
-        mem.set_data_handle(address(plan, buffer));
-      }
-    }
-    std::unordered_map<int, memory> args;
-    for (const Step& step : plan.steps) {
+    for (auto& [buffer, mem] : plan.io_memories) mem.set_data_handle(address(plan, buffer));
+    for (size_t i = 0; i < plan.steps.size(); ++i) {
+      const Step& step = plan.steps[i];
       switch (step.kind) {
         case Step::Kind::kPrimitive:
-          args.clear();
-          for (const auto& [arg, buffer] : step.args) args.emplace(arg, plan.memories.at(buffer));
-          step.primitive.execute(stream_, args);
+          step.primitive.execute(stream_, plan.step_args[i]);
           break;
         case Step::Kind::kCopy: {
           const Storage& s = plan.storages[plan.buffers[step.to].storage];

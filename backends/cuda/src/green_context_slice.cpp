@@ -15,14 +15,6 @@ static_assert(kStreamNonBlocking == CU_STREAM_NON_BLOCKING);
 
 namespace {
 
-Status check_percent(double percent) {
-  if (!(percent > 0.0 && percent <= 100.0)) {  // also rejects NaN
-    return Status(ErrorCode::kInvalidArgument,
-                  "greenctx slice percent must be in (0, 100], got " + std::to_string(percent));
-  }
-  return Status::ok();
-}
-
 // The real device over the loaded driver. Split groups are kept here, by id, until their
 // descriptor is generated (a CUdevResource is a value the descriptor is built from).
 class CudaGreenContextDevice final : public GreenContextDevice {
@@ -146,7 +138,7 @@ GreenContextSlice::~GreenContextSlice() {
 
 Result<std::unique_ptr<GreenContextSlice>> GreenContextSlice::create(
     std::unique_ptr<GreenContextDevice> device, double percent) {
-  RETURN_IF_ERROR(check_percent(percent));
+  RETURN_IF_ERROR(check_slice_percent(percent));
   if (device == nullptr) return Status(ErrorCode::kInvalidArgument, "greenctx: no device given");
   ASSIGN_OR_RETURN(SmGranularity granularity, device->sm_resource());
   RETURN_IF_ERROR(check_sm_granularity(granularity));
@@ -243,7 +235,7 @@ void GreenContextSlice::destroy(Entry& entry) {
 }
 
 Result<std::unique_ptr<Slice>> create_green_context_slice(const GreenContextSliceOptions& options) {
-  RETURN_IF_ERROR(check_percent(options.percent));
+  RETURN_IF_ERROR(check_slice_percent(options.percent));
   ASSIGN_OR_RETURN(std::unique_ptr<GreenContextDevice> device,
                    cuda_green_context_device(options.device));
   ASSIGN_OR_RETURN(std::unique_ptr<GreenContextSlice> slice,

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "sliceserve/shm/check.h"
+#include "sliceserve/shm/spawn_attributes.h"
 
 extern char** environ;
 
@@ -240,21 +241,11 @@ Result<RunOutput> run_control(const RunSpec& spec) {
   posix_spawn_file_actions_adddup2(&actions, child_in.get(), STDIN_FILENO);
   posix_spawn_file_actions_adddup2(&actions, out_write.get(), STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&actions, child_err, STDERR_FILENO);
-  // Default signal dispositions and an empty mask, whatever the controller blocked; its own
-  // process group, so that a hung run is killed with everything it started.
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
+  // Its own process group, so that a hung run is killed with everything it started.
+  const shm::CleanSpawnAttributes attr(/*own_process_group=*/true);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, spec.binary.c_str(), &actions, &attr, argv.data(), envp.data());
-  posix_spawnattr_destroy(&attr);
+  const int rc =
+      posix_spawn(&pid, spec.binary.c_str(), &actions, attr.get(), argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) return spawn_failed(("posix_spawn(" + spec.binary + ")").c_str(), rc, spec);
   child_in.reset();

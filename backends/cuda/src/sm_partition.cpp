@@ -7,19 +7,19 @@
 namespace sliceserve::backends {
 namespace {
 
-Status check_percent(double percent) {
+unsigned round_up(unsigned value, unsigned multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+}  // namespace
+
+Status check_slice_percent(double percent) {
   if (!(percent > 0.0 && percent <= 100.0)) {  // also rejects NaN
     return Status(ErrorCode::kInvalidArgument,
                   "greenctx slice percent must be in (0, 100], got " + std::to_string(percent));
   }
   return Status::ok();
 }
-
-unsigned round_up(unsigned value, unsigned multiple) {
-  return (value + multiple - 1) / multiple * multiple;
-}
-
-}  // namespace
 
 Result<SmGranularity> sm_granularity(unsigned sm_count, int cc_major, int cc_minor,
                                      unsigned reported_min, unsigned reported_alignment) {
@@ -63,7 +63,7 @@ Status check_sm_granularity(const SmGranularity& granularity) {
 }
 
 Result<unsigned> sm_count_for_percent(double percent, const SmGranularity& granularity) {
-  RETURN_IF_ERROR(check_percent(percent));
+  RETURN_IF_ERROR(check_slice_percent(percent));
   RETURN_IF_ERROR(check_sm_granularity(granularity));
   const double share = percent / 100.0 * granularity.sm_count;
   // Nearest multiple; the epsilon keeps a share computed back from an SM count (64.0000001 or

@@ -38,6 +38,9 @@ Result<SmGranularity> sm_granularity(unsigned sm_count, int cc_major, int cc_min
 // Checks the fields (all > 0). Every function below validates its granularity with it.
 Status check_sm_granularity(const SmGranularity& granularity);
 
+// kInvalidArgument unless percent is in (0, 100] (NaN included).
+Status check_slice_percent(double percent);
+
 // The SM count a slice of `percent` gets, by the rounding rule above. kInvalidArgument unless
 // percent is in (0, 100].
 Result<unsigned> sm_count_for_percent(double percent, const SmGranularity& granularity);
