@@ -27,7 +27,7 @@ Status resolve(void* handle, const std::string& library, const char* symbol, Fn*
   void* address = dlsym(handle, symbol);
   if (address == nullptr) {
     return no_device(library + " has no " + symbol +
-                     " (driver too old: green contexts need the CUDA 12.4 driver API or newer)");
+                     " (driver too old: the cuda backends need the CUDA 12.4 driver API or newer)");
   }
   *fn = reinterpret_cast<Fn>(address);
   return Status::ok();
@@ -35,23 +35,8 @@ Status resolve(void* handle, const std::string& library, const char* symbol, Fn*
 
 Status resolve_all(void* handle, const std::string& library, CudaDriverApi* api) {
 #define SS_CU_RESOLVE(name) \
-  RETURN_IF_ERROR(resolve(handle, library, SS_CU_EXPORTED_NAME(name), &api->name))
-  SS_CU_RESOLVE(cuGetErrorName);
-  SS_CU_RESOLVE(cuGetErrorString);
-  SS_CU_RESOLVE(cuInit);
-  SS_CU_RESOLVE(cuDriverGetVersion);
-  SS_CU_RESOLVE(cuDeviceGetCount);
-  SS_CU_RESOLVE(cuDeviceGet);
-  SS_CU_RESOLVE(cuDeviceGetAttribute);
-  SS_CU_RESOLVE(cuDeviceGetName);
-  SS_CU_RESOLVE(cuStreamDestroy);
-  SS_CU_RESOLVE(cuDeviceGetDevResource);
-  SS_CU_RESOLVE(cuDevSmResourceSplitByCount);
-  SS_CU_RESOLVE(cuDevResourceGenerateDesc);
-  SS_CU_RESOLVE(cuGreenCtxCreate);
-  SS_CU_RESOLVE(cuGreenCtxDestroy);
-  SS_CU_RESOLVE(cuGreenCtxStreamCreate);
-  SS_CU_RESOLVE(cuCtxFromGreenCtx);
+  RETURN_IF_ERROR(resolve(handle, library, SS_CU_EXPORTED_NAME(name), &api->name));
+  SS_CUDA_DRIVER_FUNCTIONS(SS_CU_RESOLVE)
 #undef SS_CU_RESOLVE
   return Status::ok();
 }

@@ -12,23 +12,80 @@
 
 namespace sliceserve::backends {
 
+// Every driver function the cuda wing calls, resolved together at load: a driver that lacks one
+// is "too old" for the whole wing. X(name) for each.
+// clang-format off
+#define SS_CUDA_DRIVER_FUNCTIONS(X) \
+  /* errors, devices */ \
+  X(cuGetErrorName) \
+  X(cuGetErrorString) \
+  X(cuInit) \
+  X(cuDriverGetVersion) \
+  X(cuDeviceGetCount) \
+  X(cuDeviceGet) \
+  X(cuDeviceGetAttribute) \
+  X(cuDeviceGetName) \
+  X(cuMemGetInfo) \
+  /* contexts, streams, events */ \
+  X(cuDevicePrimaryCtxRetain) \
+  X(cuDevicePrimaryCtxRelease) \
+  X(cuCtxSetCurrent) \
+  X(cuCtxGetCurrent) \
+  X(cuCtxSynchronize) \
+  X(cuStreamCreate) \
+  X(cuStreamDestroy) \
+  X(cuStreamSynchronize) \
+  X(cuStreamWaitEvent) \
+  X(cuEventCreate) \
+  X(cuEventDestroy) \
+  X(cuEventRecord) \
+  X(cuEventSynchronize) \
+  X(cuEventElapsedTime) \
+  /* green contexts */ \
+  X(cuDeviceGetDevResource) \
+  X(cuDevSmResourceSplitByCount) \
+  X(cuDevResourceGenerateDesc) \
+  X(cuGreenCtxCreate) \
+  X(cuGreenCtxDestroy) \
+  X(cuGreenCtxStreamCreate) \
+  X(cuCtxFromGreenCtx) \
+  /* memory: device, pinned host, copies */ \
+  X(cuMemAlloc) \
+  X(cuMemFree) \
+  X(cuMemHostRegister) \
+  X(cuMemHostUnregister) \
+  X(cuMemcpyHtoDAsync) \
+  X(cuMemcpyDtoHAsync) \
+  X(cuMemcpyDtoDAsync) \
+  X(cuMemsetD8Async) \
+  /* virtual memory management (weights shared between processes as POSIX fds) */ \
+  X(cuMemCreate) \
+  X(cuMemRelease) \
+  X(cuMemExportToShareableHandle) \
+  X(cuMemImportFromShareableHandle) \
+  X(cuMemGetAllocationGranularity) \
+  X(cuMemAddressReserve) \
+  X(cuMemAddressFree) \
+  X(cuMemMap) \
+  X(cuMemUnmap) \
+  X(cuMemSetAccess) \
+  /* modules, launches, graphs */ \
+  X(cuModuleLoadData) \
+  X(cuModuleUnload) \
+  X(cuModuleGetFunction) \
+  X(cuLaunchKernel) \
+  X(cuStreamBeginCapture) \
+  X(cuStreamEndCapture) \
+  X(cuGraphInstantiate) \
+  X(cuGraphLaunch) \
+  X(cuGraphDestroy) \
+  X(cuGraphExecDestroy)
+// clang-format on
+
 struct CudaDriverApi {
-  decltype(&::cuInit) cuInit = nullptr;
-  decltype(&::cuDriverGetVersion) cuDriverGetVersion = nullptr;
-  decltype(&::cuGetErrorName) cuGetErrorName = nullptr;
-  decltype(&::cuGetErrorString) cuGetErrorString = nullptr;
-  decltype(&::cuDeviceGetCount) cuDeviceGetCount = nullptr;
-  decltype(&::cuDeviceGet) cuDeviceGet = nullptr;
-  decltype(&::cuDeviceGetAttribute) cuDeviceGetAttribute = nullptr;
-  decltype(&::cuDeviceGetName) cuDeviceGetName = nullptr;
-  decltype(&::cuDeviceGetDevResource) cuDeviceGetDevResource = nullptr;
-  decltype(&::cuDevSmResourceSplitByCount) cuDevSmResourceSplitByCount = nullptr;
-  decltype(&::cuDevResourceGenerateDesc) cuDevResourceGenerateDesc = nullptr;
-  decltype(&::cuGreenCtxCreate) cuGreenCtxCreate = nullptr;
-  decltype(&::cuGreenCtxDestroy) cuGreenCtxDestroy = nullptr;
-  decltype(&::cuGreenCtxStreamCreate) cuGreenCtxStreamCreate = nullptr;
-  decltype(&::cuStreamDestroy) cuStreamDestroy = nullptr;
-  decltype(&::cuCtxFromGreenCtx) cuCtxFromGreenCtx = nullptr;
+#define SS_CU_MEMBER(name) decltype(&::name) name = nullptr;
+  SS_CUDA_DRIVER_FUNCTIONS(SS_CU_MEMBER)
+#undef SS_CU_MEMBER
 };
 
 // "<call>: CUDA_ERROR_xxx: <driver's description> at file:line", kInternal. `call` is the

@@ -6,8 +6,8 @@
 // failure, is kept), resolves the driver functions the cuda wing calls, runs cuInit(0) and
 // requires at least one device. Failures, all kUnavailable and starting "no CUDA device: ":
 //   - the library is missing:  "... libcuda.so.1 not found (<dlerror text>)";
-//   - a function is missing:   "... <library> has no <symbol> (driver too old: green contexts need
-//                               the CUDA 12.4 driver API or newer)";
+//   - a function is missing:   "... <library> has no <symbol> (driver too old: the cuda
+//                               backends need the CUDA 12.4 driver API or newer)";
 //   - cuInit fails / 0 devices: "... cuInit(0): CUDA_ERROR_NO_DEVICE: <driver's text> at
 //   file:line".
 // The function table itself (vendor types) stays private to backends/cuda/src.
