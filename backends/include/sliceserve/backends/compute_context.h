@@ -8,6 +8,16 @@
 
 namespace sliceserve::backends {
 
+// Where a GPU slice's work goes: opaque vendor handles (CUDA: the CUcontext to make current and
+// the CUstream to launch on; HIP: the hipStream_t) and the index of the slice's pool entry they
+// belong to, so an executor keeps per-queue state (CUDA graphs, library handles) by index. A
+// host slice has none (all null).
+struct DeviceQueue {
+  void* context = nullptr;
+  void* stream = nullptr;
+  size_t index = 0;
+};
+
 class ComputeContext {
  public:
   virtual ~ComputeContext() = default;
@@ -24,6 +34,10 @@ class ComputeContext {
   // empty when they are not pinned. An executor with threads of its own (oneDNN's OpenMP team)
   // pins them the same way, so a model stays inside its slice.
   virtual std::vector<unsigned> host_cpus() const { return {}; }
+
+  // The GPU queue work of this context is launched on now (it changes when an instant resize
+  // selects another pool entry); all null for host contexts.
+  virtual DeviceQueue device_queue() const { return {}; }
 };
 
 }  // namespace sliceserve::backends

@@ -44,6 +44,23 @@ class Executor {
   virtual Status run(size_t index, std::span<const std::byte* const> inputs,
                      std::span<std::byte* const> outputs, ComputeContext& ctx) = 0;
 
+  // Items that are not contiguous (a batch of shared-memory slots): items[i].inputs[t] is item
+  // i's part of plan input t (its bytes / batch), likewise for outputs. Executors that answer
+  // runs_items() copy each item straight between its host memory and the device (DMA from memory
+  // registered with register_host_memory); for the others the caller gathers into contiguous
+  // buffers and calls run().
+  struct ItemBuffers {
+    std::span<const std::byte* const> inputs;
+    std::span<std::byte* const> outputs;
+  };
+  virtual bool runs_items() const { return false; }
+  virtual Status run_items(size_t index, std::span<const ItemBuffers> items, ComputeContext& ctx);
+
+  // Host memory that batches' items live in (the segment's slot arena), for the whole life of the
+  // executor: a device executor pins it (cuMemHostRegister) so that copies are DMA without a
+  // staging buffer. Host executors ignore it.
+  virtual Status register_host_memory(std::span<std::byte> memory);
+
   virtual ExecutorWeights weights() const = 0;
 };
 

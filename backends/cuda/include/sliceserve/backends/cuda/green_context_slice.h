@@ -91,6 +91,11 @@ class GreenContextSlice final : public Slice {
   std::vector<double> pool() const override;
   Status select(size_t index) override;
 
+  // The active entry's context and stream; its pool index keys the executor's per-queue state.
+  DeviceQueue device_queue() const override {
+    return {entries_[active_].context, entries_[active_].stream, active_};
+  }
+
   // The active entry, for the CUDA executor (opaque CUstream / CUcontext / CUgreenCtx).
   void* active_stream() const { return entries_[active_].stream; }
   void* active_context() const { return entries_[active_].context; }
