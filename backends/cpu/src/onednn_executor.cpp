@@ -37,6 +37,7 @@
 #include <unordered_map>
 
 #include "reference_ops.h"
+#include "sliceserve/backends/arena_layout.h"
 #include "sliceserve/backends/executor.h"
 
 namespace sliceserve::backends {
@@ -906,36 +907,20 @@ class PlanBuilder {
     return Status::ok();
   }
 
-  // First-fit offsets for the arena storages, by first use.
+  // First-fit offsets for the arena storages (arena_layout.h).
   void assign_offsets() {
-    std::vector<size_t> order;
+    std::vector<size_t> arena_storages;
+    std::vector<ArenaBlock> blocks;
     for (size_t i = 0; i < out_.storages.size(); ++i) {
-      if (out_.storages[i].kind == Storage::Kind::kArena && out_.storages[i].last >= 0) {
-        order.push_back(i);
-      }
+      const Storage& s = out_.storages[i];
+      if (s.kind != Storage::Kind::kArena) continue;
+      arena_storages.push_back(i);
+      blocks.push_back({.bytes = s.bytes, .first = s.first, .last = s.last});
     }
-    std::sort(order.begin(), order.end(),
-              [&](size_t a, size_t b) { return out_.storages[a].bytes > out_.storages[b].bytes; });
-    std::vector<size_t> placed;
-    size_t arena = 0;
-    for (size_t i : order) {
-      Storage& s = out_.storages[i];
-      std::vector<std::pair<size_t, size_t>> busy;  // [begin, end) of overlapping lifetimes
-      for (size_t j : placed) {
-        const Storage& o = out_.storages[j];
-        if (o.first <= s.last && s.first <= o.last) busy.push_back({o.offset, o.offset + o.bytes});
-      }
-      std::sort(busy.begin(), busy.end());
-      size_t offset = 0;
-      for (const auto& [begin, end] : busy) {
-        if (offset + s.bytes <= begin) break;
-        offset = std::max(offset, align_up(end));
-      }
-      s.offset = offset;
-      arena = std::max(arena, align_up(offset + s.bytes));
-      placed.push_back(i);
+    out_.arena_bytes = assign_arena_offsets(blocks, kAlign);
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      out_.storages[arena_storages[b]].offset = blocks[b].offset;
     }
-    out_.arena_bytes = arena;
   }
 
   OneDnnExecutor& ex_;
