@@ -41,15 +41,6 @@ Status resolve_all(void* handle, const std::string& library, CudaDriverApi* api)
   return Status::ok();
 }
 
-// "api.cuInit(0)" -> "cuInit(0)": the member access is noise in a message.
-std::string call_text(const char* call) {
-  std::string text(call);
-  const size_t paren = text.find('(');
-  const size_t head = text.substr(0, paren).find_last_of(".>");
-  if (head != std::string::npos) text.erase(0, head + 1);
-  return text;
-}
-
 // Names for the errors a driver that cannot describe them (the toolkit's stub, a broken install)
 // fails with; cuGetErrorName is asked first.
 const char* known_error_name(CUresult result) {
@@ -79,6 +70,17 @@ const char* known_error_name(CUresult result) {
 
 }  // namespace
 
+std::string call_failure(const char* call, std::string_view error, const char* file, int line) {
+  // "api.cuInit(0)" -> "cuInit(0)": the member access is noise in a message.
+  std::string text(call);
+  const size_t paren = text.find('(');
+  const size_t head = text.substr(0, paren).find_last_of(".>");
+  if (head != std::string::npos) text.erase(0, head + 1);
+  const char* base = std::strrchr(file, '/');
+  return text + ": " + std::string(error) + " at " + (base != nullptr ? base + 1 : file) + ":" +
+         std::to_string(line);
+}
+
 Status cuda_error(const CudaDriverApi& api, CUresult result, const char* call, const char* file,
                   int line, ErrorCode code) {
   const char* name = nullptr;
@@ -89,13 +91,11 @@ Status cuda_error(const CudaDriverApi& api, CUresult result, const char* call, c
   if (api.cuGetErrorString == nullptr || api.cuGetErrorString(result, &text) != CUDA_SUCCESS) {
     text = nullptr;
   }
-  const char* base = std::strrchr(file, '/');
-  std::string message = call_text(call) + ": ";
-  message += name != nullptr ? std::string(name) : "CUresult " + std::to_string(int(result));
-  message += ": ";
-  message += text != nullptr ? text : "(the driver has no description)";
-  message += " at " + std::string(base != nullptr ? base + 1 : file) + ":" + std::to_string(line);
-  return Status(code, std::move(message));
+  std::string error =
+      name != nullptr ? std::string(name) : "CUresult " + std::to_string(int(result));
+  error += ": ";
+  error += text != nullptr ? text : "(the driver has no description)";
+  return Status(code, call_failure(call, error, file, line));
 }
 
 CudaDriver::CudaDriver(std::string library, void* handle, std::unique_ptr<CudaDriverApi> api)
