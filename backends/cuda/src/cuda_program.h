@@ -1,0 +1,103 @@
+#pragma once
+// Private to the cuda wing: what the CUDA executor will launch for a model, decided on the host
+// with no device or vendor library, so that it is unit-tested here.
+//
+// For every plan (one per batch size) a CudaProgram says where each value's bytes are on the
+// device and which step computes each op:
+//   - values: graph inputs, outputs and intermediates live in one activation arena (offsets
+//     first-fit by lifetime, arena_layout.h; inputs are copied in before the first step and
+//     outputs out after the last); constants live in the model's weight region; a Copy (reshape)
+//     is no step at all, its output a view of its input's bytes.
+//   - steps: Conv on cuDNN, fused with its bias and post-ops when they are what
+//     cudnnConvolutionBiasActivationForward computes (relu(conv + bias) and
+//     relu(conv + bias + z)), otherwise a plain convolution followed by the epilogue kernel (bias,
+//     then the post-ops in order); Gemm and MatMul on cuBLAS (Gemm's C broadcast into Y first,
+//     its post-ops by the epilogue kernel); a BatchNorm as a per-channel scale and shift computed
+//     here from its constants; every other op one of the wing's own kernels (cuda_kernels.h).
+//
+// Weights are shared by all of a model's plans: one table of entries (the plans' constants, by
+// name, and the values derived from them here: BatchNorm's scale/shift, zero biases for fused
+// convolutions), each at an aligned offset of one region the WeightStore keeps.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sliceserve/backends/plan.h"
+#include "sliceserve/shm/status.h"
+
+namespace sliceserve::backends {
+
+inline constexpr size_t kDeviceAlignment = 256;  // cudaMalloc's; cuDNN and cuBLAS want >= 16
+
+struct DeviceWeightEntry {
+  std::string name;  // the constant's value name, or "<op label>/<what>"
+  size_t bytes = 0;
+  size_t offset = 0;                  // in the weight region, kDeviceAlignment-aligned
+  std::span<const std::byte> source;  // the plan's constant bytes (valid during compile), or
+  std::vector<std::byte> derived;     // bytes computed here (BatchNorm scale/shift, zeros)
+
+  std::span<const std::byte> contents() const {
+    return derived.empty() ? source : std::span<const std::byte>(derived);
+  }
+};
+
+struct DeviceWeightTable {
+  std::vector<DeviceWeightEntry> entries;
+  size_t bytes = 0;  // the region's size
+
+  // The entry holding constant value `v` of `plan` (added on first use, shared by name and size
+  // with the other plans).
+  size_t constant(const PlanValue& value);
+  // A derived entry (key unique per op and purpose), added once.
+  size_t derived(const std::string& name, std::vector<std::byte> bytes);
+  // A key that names the region's layout: entries' names, sizes and leading bytes (a worker must
+  // never map weights laid out for another model file).
+  std::string region_key() const;
+  // Writes every entry at its offset (region.size() == bytes).
+  void fill(std::span<std::byte> region) const;
+};
+
+// Where a value's bytes are.
+struct ValueLocation {
+  enum class Kind { kNone, kArena, kWeight };
+  Kind kind = Kind::kNone;  // kNone: never read or written (an unused output)
+  size_t offset = 0;        // in the arena or the weight region
+};
+
+struct CudaStep {
+  enum class Kind {
+    kConv,       // cudnnConvolutionForward, then the epilogue when `epilogue` is set
+    kConvFused,  // cudnnConvolutionBiasActivationForward: relu(conv + bias [+ z])
+    kGemm,       // [Y = broadcast(C)], cublasSgemm, then the epilogue when set
+    kMatMul,     // cublasSgemm(StridedBatched)
+    kBatchNorm,  // the scale/shift kernel with the op's unary post-ops
+    kKernel,     // one of the wing's kernels for op.kind
+  };
+  Kind kind = Kind::kKernel;
+  size_t op = 0;                  // index into the plan's ops
+  size_t bias = SIZE_MAX;         // kConv/kConvFused: weight entry of the bias (zeros when absent)
+  int z = -1;                     // kConvFused: the value added before the relu (-1: none)
+  bool epilogue = false;          // kConv/kGemm: the epilogue kernel runs after the library call
+  size_t scale_shift = SIZE_MAX;  // kBatchNorm: weight entry, C scales then C shifts
+  // kMatMul: Y[b] = A[b] x B[b] for b < batch, with A (m x k) and B (k x n) row-major and
+  // batch strides in elements (0: broadcast).
+  int64_t m = 0, n = 0, k = 0, batch = 1, stride_a = 0, stride_b = 0;
+};
+
+struct CudaProgram {
+  int64_t batch = 0;
+  std::vector<ValueLocation> values;  // per plan value
+  std::vector<CudaStep> steps;
+  size_t arena_bytes = 0;
+};
+
+// Plans a model's programs, one per plan, adding their weights to `weights`. Errors name the
+// op's label and say what the CUDA executor does not support (an fp32-only op on another dtype,
+// asymmetric convolution padding, MaxPool's Indices, training BatchNorm, ...).
+Result<std::vector<CudaProgram>> plan_cuda_programs(std::span<const Plan> plans,
+                                                    DeviceWeightTable& weights);
+
+}  // namespace sliceserve::backends
