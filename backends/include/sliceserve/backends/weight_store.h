@@ -2,8 +2,9 @@
 // Model weights shared between a live worker and its shadow, so a shadow resize needs no second
 // copy. The first worker of a model to load creates a region and fills it; every later worker
 // of that model (the shadow, a restarted worker) maps the same bytes. The cpu backend keeps
-// regions in POSIX shared memory; the CUDA and HIP backends implement the same interface with
-// device memory exported as VMM shareable handles (POSIX fds) or HIP IPC handles.
+// regions in POSIX shared memory; the CUDA backend implements the same interface with device
+// memory exported as VMM shareable handles (POSIX fds, held by the controller's fd broker), the
+// HIP backend later with HIP IPC handles.
 
 #include <cstddef>
 #include <functional>
@@ -17,6 +18,10 @@
 namespace sliceserve::backends {
 
 struct WeightRegion {
+  // Host stores: the bytes, mapped read-only. Device stores (CUDA: open_cuda_weight_store in
+  // backends/cuda/cuda_weight_store.h) carry the DEVICE address here: a CUdeviceptr cast to
+  // const std::byte* (reinterpret_cast<CUdeviceptr>(data) gives it back). It must never be
+  // dereferenced on the host; only device code and driver calls (copies, kernel arguments) use it.
   const std::byte* data = nullptr;
   size_t bytes = 0;
   bool shared = false;  // mapped from another worker's copy (false: this worker filled it)
