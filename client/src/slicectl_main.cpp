@@ -113,7 +113,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"on", "off"}));
   auto* backend_cmd = app.add_subcommand(
       "backend",
-      "Move a model to another backend by a shadow handover (cpu:process, cpu:affinity)");
+      "Move a model to another backend by a shadow handover (cpu:process, cpu:affinity, mps, "
+      "greenctx)");
   backend_cmd->add_option("model", control.model, "Model")->required();
   backend_cmd->add_option("name", control.backend, "Backend name")->required();
   backend_cmd->add_flag("--no-wait", no_wait, "Return once the switch has started");

@@ -91,6 +91,10 @@ std::string admin_socket_path(std::string_view instance) {
   return socket_dir() + "/" + std::string(instance) + ".sock";
 }
 
+std::string instance_runtime_dir(std::string_view instance) {
+  return socket_dir() + "/" + std::string(instance);
+}
+
 Result<nlohmann::json> admin_call(std::string_view instance, const nlohmann::json& request,
                                   int timeout_ms) {
   const std::string path = admin_socket_path(instance);

@@ -24,6 +24,11 @@
 #include "sliceserve/shm/layout.h"
 #include "sliceserve/worker/model.h"
 
+#ifdef SLICESERVE_HAVE_CUDA
+#include "sliceserve/backends/cuda/cuda_device_slice.h"
+#include "sliceserve/backends/cuda/mps_control.h"
+#endif
+
 namespace sliceserve::controller {
 namespace {
 
@@ -57,8 +62,11 @@ constexpr std::string_view kServerKeys[] = {"instance",
                                             "restart_backoff_max_ms",
                                             "worker_ready_timeout_ms",
                                             "shutdown_grace_ms"};
-constexpr std::string_view kBackendKeys[] = {"cpu"};
+constexpr std::string_view kBackendKeys[] = {"cpu", "mps", "greenctx"};
 constexpr std::string_view kCpuKeys[] = {"mode", "cores"};
+constexpr std::string_view kMpsKeys[] = {"control",  "pipe_dir",          "log_dir",
+                                         "fallback", "thread_percentage", "device"};
+constexpr std::string_view kGreenctxKeys[] = {"device", "mps"};
 constexpr std::string_view kModelKeys[] = {"name",
                                            "kind",
                                            "path",
@@ -71,6 +79,7 @@ constexpr std::string_view kModelKeys[] = {"name",
                                            "weights_mb",
                                            "load_delay_ms",
                                            "backend",
+                                           "device_mem_mb",
                                            "policy",
                                            "lanes",
                                            "slots_per_lane",
@@ -82,6 +91,19 @@ constexpr std::string_view kBackends[] = {"cpu", "mps", "greenctx", "cumask"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
 constexpr std::string_view kKinds[] = {"synthetic", "null", "onnx"};
 constexpr std::string_view kCpuModes[] = {"process", "affinity"};
+constexpr std::string_view kMpsControls[] = {"start", "attach", "off"};
+constexpr std::string_view kMpsFallbacks[] = {"error", "timeshare"};
+constexpr std::string_view kMpsThreadPercentages[] = {"slice", "full"};
+constexpr int64_t kMaxDeviceOrdinal = 1023;
+constexpr int64_t kMaxDeviceMemMb = int64_t{1} << 24;  // 16 TiB
+
+#ifdef SLICESERVE_HAVE_CUDA
+constexpr bool kHaveCuda = true;
+constexpr std::string_view kAvailableBackends = "cpu:process, cpu:affinity, mps, greenctx";
+#else
+constexpr bool kHaveCuda = false;
+constexpr std::string_view kAvailableBackends = "cpu:process, cpu:affinity";
+#endif
 
 bool contains(std::span<const std::string_view> set, std::string_view item) {
   return std::find(set.begin(), set.end(), item) != set.end();
@@ -283,9 +305,9 @@ class ConfigParser {
     Config config;
     check_keys(root, "", kTopLevelKeys);
     parse_server(root, config.server);
-    parse_backend(root, config.cpu);
+    parse_backend(root, config);
     parse_policy(root, config.policy);
-    parse_models(root, config.models);
+    parse_models(root, config);
     if (issues_.empty()) return config;
 
     const auto first =
@@ -466,7 +488,7 @@ class ConfigParser {
       }
     }
     if (auto backend = read_choice(*table, kPrefix, "backend", kBackends)) {
-      if (*backend == "cpu") {
+      if (*backend == "cpu" || (kHaveCuda && (*backend == "mps" || *backend == "greenctx"))) {
         server.backend = *backend;
       } else {
         report_value(*table, kPrefix, "backend",
@@ -515,24 +537,67 @@ class ConfigParser {
     read_u32(*table, kPrefix, "shutdown_grace_ms", 0, kMaxU32, server.shutdown_grace_ms);
   }
 
-  void parse_backend(const toml::table& root, CpuBackendConfig& cpu) {
+  void parse_backend(const toml::table& root, Config& config) {
     const toml::table* backend = read_table(root, "", "backend");
     if (!backend) return;
     for (const auto& [key, value] : *backend) {
-      if (contains(kBackendKeys, key.str())) continue;
+      const bool known = key.str() == "cpu" || (kHaveCuda && contains(kBackendKeys, key.str()));
+      if (known) continue;
       const toml::source_position pos =
           key.source().begin.line != 0 ? position(key.source()) : position(value);
       report(pos, join_key("backend", key.str()),
-             "unknown key (only [backend.cpu] exists in this build)");
+             kHaveCuda ? "unknown key (the backends are cpu, mps and greenctx)"
+                       : "unknown key (only [backend.cpu] exists in this build)");
     }
-    const toml::table* table = read_table(*backend, "backend", "cpu");
-    if (!table) return;
-    constexpr std::string_view kPrefix = "backend.cpu";
-    check_keys(*table, kPrefix, kCpuKeys);
-    if (auto mode = read_choice(*table, kPrefix, "mode", kCpuModes)) {
-      cpu.mode = *mode == "affinity" ? CpuMode::kAffinity : CpuMode::kProcess;
+    if (const toml::table* table = read_table(*backend, "backend", "cpu")) {
+      constexpr std::string_view kPrefix = "backend.cpu";
+      check_keys(*table, kPrefix, kCpuKeys);
+      if (auto mode = read_choice(*table, kPrefix, "mode", kCpuModes)) {
+        config.cpu.mode = *mode == "affinity" ? CpuMode::kAffinity : CpuMode::kProcess;
+      }
+      read_u32(*table, kPrefix, "cores", 0, kMaxCores, config.cpu.cores);
     }
-    read_u32(*table, kPrefix, "cores", 0, kMaxCores, cpu.cores);
+    if (!kHaveCuda) return;
+    if (const toml::table* table = read_table(*backend, "backend", "mps")) {
+      parse_mps(*table, config.mps);
+    }
+    if (const toml::table* table = read_table(*backend, "backend", "greenctx")) {
+      constexpr std::string_view kPrefix = "backend.greenctx";
+      check_keys(*table, kPrefix, kGreenctxKeys);
+      read_u32(*table, kPrefix, "device", 0, kMaxDeviceOrdinal, config.greenctx.device);
+      if (auto mps = read_bool(*table, kPrefix, "mps")) config.greenctx.mps = *mps;
+    }
+  }
+
+  void parse_mps(const toml::table& table, MpsBackendConfig& mps) {
+    constexpr std::string_view kPrefix = "backend.mps";
+    check_keys(table, kPrefix, kMpsKeys);
+    if (auto control = read_choice(table, kPrefix, "control", kMpsControls)) {
+      mps.control = *control == "attach" ? MpsControlMode::kAttach
+                    : *control == "off"  ? MpsControlMode::kOff
+                                         : MpsControlMode::kStart;
+    }
+    for (auto [key, out] : {std::pair{std::string_view("pipe_dir"), &mps.pipe_dir},
+                            std::pair{std::string_view("log_dir"), &mps.log_dir}}) {
+      if (auto dir = read_string(table, kPrefix, key)) {
+        if (dir->empty() || dir->front() != '/') {
+          report_value(table, kPrefix, key,
+                       fmt::format("must be an absolute path; got '{}'", *dir));
+        } else if (mps.control == MpsControlMode::kOff) {
+          report_value(table, kPrefix, key, "has no effect with control = \"off\"");
+        } else {
+          *out = *dir;
+        }
+      }
+    }
+    if (auto fallback = read_choice(table, kPrefix, "fallback", kMpsFallbacks)) {
+      mps.fallback =
+          *fallback == "timeshare" ? MpsFallbackMode::kTimeshare : MpsFallbackMode::kError;
+    }
+    if (auto threads = read_choice(table, kPrefix, "thread_percentage", kMpsThreadPercentages)) {
+      mps.thread_percentage = *threads == "full" ? MpsThreads::kFull : MpsThreads::kSlice;
+    }
+    read_u32(table, kPrefix, "device", 0, kMaxDeviceOrdinal, mps.device);
   }
 
   void parse_policy(const toml::table& root, PolicySection& policy) {
@@ -559,7 +624,8 @@ class ConfigParser {
     }
   }
 
-  void parse_models(const toml::table& root, std::vector<ModelConfig>& models) {
+  void parse_models(const toml::table& root, Config& config) {
+    std::vector<ModelConfig>& models = config.models;
     const toml::node* node = root.get("model");
     if (!node) {
       report(root, "model", "at least one [[model]] table is required");
@@ -583,6 +649,7 @@ class ConfigParser {
       ModelConfig model;
       if (const toml::table* table = element.as_table()) {
         marks.push_back(parse_model(*table, prefix, model));
+        check_model_backend(*table, prefix, config, model);
       } else {
         report(element, prefix, fmt::format("must be a table, not {}", type_name(element)));
         marks.emplace_back();
@@ -684,12 +751,15 @@ class ConfigParser {
     read_u32(table, prefix, "weights_mb", 0, 64 * 1024, model.weights_mb);
     read_u32(table, prefix, "load_delay_ms", 0, 3'600'000, model.load_delay_ms);
     if (auto backend = read_string(table, prefix, "backend")) {
-      Result<CpuMode> mode = parse_backend_name(*backend);
-      if (mode.is_ok()) {
-        model.cpu_mode = *mode;
+      Result<Backend> parsed = parse_backend_name(*backend);
+      if (parsed.is_ok()) {
+        model.backend = *parsed;
       } else {
-        report_value(table, prefix, "backend", mode.status().message());
+        report_value(table, prefix, "backend", parsed.status().message());
       }
+    }
+    if (auto mem = read_int(table, prefix, "device_mem_mb", 1, kMaxDeviceMemMb)) {
+      model.device_mem_mb = static_cast<uint32_t>(*mem);
     }
     if (auto policy = read_bool(table, prefix, "policy")) model.policy = *policy;
     read_u32(table, prefix, "lanes", 1, shm::kMaxLanes, model.lanes);
@@ -720,6 +790,22 @@ class ConfigParser {
       }
     }
     return marks;
+  }
+
+  // What the model's backend (its own or the server's) allows; reported at its `backend` key, or
+  // at the key that does not fit it.
+  void check_model_backend(const toml::table& table, const std::string& prefix,
+                           const Config& config, const ModelConfig& model) {
+    const Backend backend = config.backend_of(model);
+    const std::string origin = model.backend ? "" : " ([server] backend)";
+    if (Status fits = check_kind_on_backend(model, backend); !fits.is_ok()) {
+      report_value(table, prefix, "kind", fits.message() + origin);
+    }
+    if (model.device_mem_mb && backend != Backend::kMps) {
+      report_value(table, prefix, "device_mem_mb",
+                   fmt::format("applies to the mps backend only; the model runs on {}{}",
+                               backend_name(backend), origin));
+    }
   }
 
   // Fills the tensors the config left out from the ONNX file; those it declares must be the
@@ -890,19 +976,101 @@ Result<Config> load_config(const std::string& path) {
   return config;
 }
 
-std::string backend_name(CpuMode mode) { return "cpu:" + std::string(cpu_mode_name(mode)); }
+Backend Config::backend_of(const ModelConfig& model) const {
+  if (model.backend) return *model.backend;
+  if (server.backend == "mps") return Backend::kMps;
+  if (server.backend == "greenctx") return Backend::kGreenctx;
+  return cpu.mode == CpuMode::kAffinity ? Backend::kCpuAffinity : Backend::kCpuProcess;
+}
 
-Result<CpuMode> parse_backend_name(std::string_view name) {
-  if (name == "cpu" || name == "cpu:process") return CpuMode::kProcess;
-  if (name == "cpu:affinity") return CpuMode::kAffinity;
+bool Config::wants_mps(Backend backend) const {
+  if (mps.control == MpsControlMode::kOff) return false;
+  return backend == Backend::kMps || (backend == Backend::kGreenctx && greenctx.mps);
+}
+
+bool Config::needs_mps_control() const {
+  return std::any_of(models.begin(), models.end(),
+                     [this](const ModelConfig& m) { return wants_mps(backend_of(m)); });
+}
+
+std::string backend_name(Backend backend) {
+  switch (backend) {
+    case Backend::kCpuProcess:
+      return "cpu:process";
+    case Backend::kCpuAffinity:
+      return "cpu:affinity";
+    case Backend::kMps:
+      return "mps";
+    case Backend::kGreenctx:
+      return "greenctx";
+  }
+  return "unknown";
+}
+
+Result<Backend> parse_backend_name(std::string_view name) {
+  if (name == "cpu" || name == "cpu:process") return Backend::kCpuProcess;
+  if (name == "cpu:affinity") return Backend::kCpuAffinity;
+  if (kHaveCuda && name == "mps") return Backend::kMps;
+  if (kHaveCuda && name == "greenctx") return Backend::kGreenctx;
   if (name == "mps" || name == "greenctx" || name == "cumask") {
     return Status(ErrorCode::kUnavailable,
-                  fmt::format("backend '{}' is not available in this build (available: "
-                              "cpu:process, cpu:affinity)",
-                              name));
+                  fmt::format("backend '{}' is not available in this build (available: {})", name,
+                              kAvailableBackends));
   }
   return Status(ErrorCode::kInvalidArgument,
-                fmt::format("unknown backend '{}' (available: cpu:process, cpu:affinity)", name));
+                fmt::format("unknown backend '{}' (available: {})", name, kAvailableBackends));
+}
+
+std::string_view backend_family(Backend backend) {
+  switch (backend) {
+    case Backend::kCpuProcess:
+    case Backend::kCpuAffinity:
+      return "cpu";
+    case Backend::kMps:
+      return "mps";
+    case Backend::kGreenctx:
+      return "greenctx";
+  }
+  return "unknown";
+}
+
+bool resizes_in_place(Backend backend) {
+  return backend == Backend::kCpuAffinity || backend == Backend::kGreenctx;
+}
+
+bool is_gpu_backend(Backend backend) {
+  return backend == Backend::kMps || backend == Backend::kGreenctx;
+}
+
+Status check_kind_on_backend(const ModelConfig& model, Backend backend) {
+  // The synthetic kind burns host cpu and the null kind computes nothing: on a GPU slice neither
+  // would measure the slice.
+  if (!is_gpu_backend(backend) || model.kind == "onnx") return Status::ok();
+  return Status(ErrorCode::kInvalidArgument,
+                fmt::format("model kind '{}' runs on the cpu backend only, not on {}", model.kind,
+                            backend_name(backend)));
+}
+
+Status check_greenctx_environment(const Config& config, const char* active_thread_percentage) {
+  if (active_thread_percentage == nullptr) return Status::ok();
+  const auto greenctx = std::find_if(
+      config.models.begin(), config.models.end(),
+      [&config](const ModelConfig& m) { return config.backend_of(m) == Backend::kGreenctx; });
+  if (greenctx == config.models.end()) return Status::ok();
+  Status combined = Status::ok();
+#ifdef SLICESERVE_HAVE_CUDA
+  Result<std::optional<double>> percent =
+      backends::parse_mps_thread_percentage(active_thread_percentage);
+  combined = percent.is_ok() ? backends::check_greenctx_with_mps(percent->value_or(100.0))
+                             : percent.status();
+#endif
+  if (combined.is_ok()) return Status::ok();
+  return Status(ErrorCode::kInvalidArgument,
+                fmt::format("greenctx must not be combined with an MPS thread percentage below "
+                            "100: model '{}' uses greenctx, and the workers would inherit "
+                            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={} from sliceserved's environment "
+                            "({})",
+                            greenctx->name, active_thread_percentage, combined.message()));
 }
 
 std::string_view cpu_mode_name(CpuMode mode) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <thread>
 
 #include "sliceserve/shm/futex.h"
@@ -50,13 +51,22 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
   if (access(binary.c_str(), X_OK) != 0) {
     return Status(ErrorCode::kNotFound, "worker binary " + binary + " is not executable");
   }
+  // The workers inherit the controller's environment, MPS percentage included.
+  RETURN_IF_ERROR(check_greenctx_environment(c, std::getenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")));
   auto admin = AdminServer::start(c.server.instance);
   if (!admin.is_ok()) return admin.status().with_context("admin socket");
   daemon->admin_ = std::move(admin).value();
+  if (c.needs_mps_control()) {
+    auto session = MpsSession::open(c, instance_runtime_dir(c.server.instance));
+    if (!session.is_ok()) return session.status().with_context("MPS");
+    daemon->mps_session_ = std::move(session).value();
+    daemon->mps_state_ = daemon->mps_session_->state();
+  }
   const unsigned cores = c.cpu.cores ? c.cpu.cores : online_cores();
   std::vector<Placement> placements = place_models(c, cores);
   for (size_t i = 0; i < c.models.size(); ++i) {
-    auto supervisor = ModelSupervisor::create(c, c.models[i], binary, placements[i]);
+    auto supervisor =
+        ModelSupervisor::create(c, c.models[i], binary, placements[i], daemon->mps_state_);
     if (!supervisor.is_ok()) return supervisor.status();  // earlier segments unlink themselves
     daemon->models_.push_back(std::move(supervisor).value());
   }
@@ -170,7 +180,7 @@ nlohmann::json Daemon::status_json() const {
     models.push_back({{"model", m->name()},
                       {"slice", m->model().slice},
                       {"max_batch", m->model().max_batch},
-                      {"backend", backend_name(config_->cpu_mode_of(m->model()))},
+                      {"backend", backend_display(*config_, m->backend(), mps_state_)},
                       {"policy", m->policy_on()},
                       {"epoch", m->epoch()},
                       {"pid", m->worker_pid()},
@@ -180,13 +190,22 @@ nlohmann::json Daemon::status_json() const {
                       {"last_resize", m->last_resize()},
                       {"restarts", m->restarts()},
                       {"completed_total", m->completed_total()},
-                      {"shadow_pid", m->shadow_pid()}});
+                      {"shadow_pid", m->shadow_pid()},
+                      {"last_error", m->last_error()}});
   }
+  nlohmann::json mps = {{"sharing", sharing_name(mps_state_.sharing)}};
+  if (mps_state_.sharing == MpsState::Sharing::kMps) {
+    mps["pipe_dir"] = mps_state_.pipe_dir;
+    mps["log_dir"] = mps_state_.log_dir;
+    mps["started"] = mps_state_.started;
+  }
+  if (!mps_state_.warning.empty()) mps["warning"] = mps_state_.warning;
   return {{"ok", true},
           {"instance", config_->server.instance},
           {"policy_enabled", config_->policy.enabled},
           {"shortfall", last_policy_.shortfall},
           {"short_models", last_policy_.short_models},
+          {"mps", mps},
           {"models", models}};
 }
 
@@ -226,11 +245,11 @@ nlohmann::json Daemon::handle_admin(const nlohmann::json& request) {
     if (!request.contains("backend") || !request["backend"].is_string()) {
       return fail("'backend' needs a string \"backend\"");
     }
-    Result<CpuMode> mode = parse_backend_name(request["backend"].get<std::string>());
-    if (!mode.is_ok()) return fail(mode.status().message());
-    Status s = m->switch_backend(*mode, now);
+    Result<Backend> backend = parse_backend_name(request["backend"].get<std::string>());
+    if (!backend.is_ok()) return fail(backend.status().message());
+    Status s = m->switch_backend(*backend, now);
     if (!s.is_ok()) return fail(s.message());
-    return {{"ok", true}, {"message", "switching " + name + " to " + backend_name(*mode)}};
+    return {{"ok", true}, {"message", "switching " + name + " to " + backend_name(*backend)}};
   }
   return fail("unknown command '" + cmd + "' (status, resize, policy, backend)");
 }
@@ -247,7 +266,12 @@ void Daemon::shutdown() {
     std::this_thread::sleep_for(kTick);
   }
   models_.clear();  // unlinks every segment
-  admin_.reset();   // removes the socket
+  if (mps_session_) {
+    Status stopped = mps_session_->stop();  // no worker is left to use the daemon
+    if (!stopped.is_ok()) spdlog::error("MPS: {}", stopped.to_string());
+    mps_session_.reset();
+  }
+  admin_.reset();  // removes the socket
   spdlog::info("stopped; no worker or segment left");
 }
 

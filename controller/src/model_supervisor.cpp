@@ -11,6 +11,10 @@
 #include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/segment_control.h"
 
+#ifdef SLICESERVE_HAVE_CUDA
+#include "sliceserve/backends/cuda/mps_control.h"
+#endif
+
 namespace sliceserve::controller {
 namespace {
 
@@ -64,7 +68,7 @@ std::vector<double> slice_pool(const PolicyConfig& policy) {
 std::vector<std::string> worker_arguments(const Config& config, const ModelConfig& model,
                                           const std::string& segment, uint64_t epoch,
                                           const Placement& placement) {
-  const CpuMode mode = config.cpu_mode_of(model);
+  const Backend backend = config.backend_of(model);
   // clang-format off: flag and value side by side
   std::vector<std::string> args = {
       "--segment",
@@ -72,15 +76,9 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
       "--epoch",
       std::to_string(epoch),
       "--backend",
-      config.server.backend,
-      "--cpu-mode",
-      std::string(cpu_mode_name(mode)),
+      std::string(backend_family(backend)),
       "--slice",
       format_number(model.slice),
-      "--cores",
-      std::to_string(placement.machine_cores),
-      "--first-core",
-      std::to_string(placement.first_core),
       "--max-batch",
       std::to_string(model.max_batch),
       "--max-queue-delay-us",
@@ -99,7 +97,24 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
       config.server.log_level,
   };
   // clang-format on
-  if (mode == CpuMode::kAffinity) {
+  switch (backend) {
+    case Backend::kCpuProcess:
+    case Backend::kCpuAffinity:
+      args.insert(args.end(),
+                  {"--cpu-mode",
+                   std::string(cpu_mode_name(backend == Backend::kCpuAffinity ? CpuMode::kAffinity
+                                                                              : CpuMode::kProcess)),
+                   "--cores", std::to_string(placement.machine_cores), "--first-core",
+                   std::to_string(placement.first_core)});
+      break;
+    case Backend::kMps:
+      args.insert(args.end(), {"--device", std::to_string(config.mps.device)});
+      break;
+    case Backend::kGreenctx:
+      args.insert(args.end(), {"--device", std::to_string(config.greenctx.device)});
+      break;
+  }
+  if (resizes_in_place(backend)) {
     std::string pool;
     for (double s : slice_pool(config.policy.tuning)) {
       pool += (pool.empty() ? "" : ",") + format_slice(s);
@@ -114,10 +129,33 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
   return args;
 }
 
+Result<std::vector<std::string>> worker_environment(const Config& config, const ModelConfig& model,
+                                                    const MpsState& mps) {
+  const Backend backend = config.backend_of(model);
+  if (!config.wants_mps(backend) || mps.sharing != MpsState::Sharing::kMps) {
+    return std::vector<std::string>{};
+  }
+#ifdef SLICESERVE_HAVE_CUDA
+  const backends::MpsControlInfo info{mps.pipe_dir, mps.log_dir, mps.started};
+  if (backend == Backend::kGreenctx) {
+    // A green context needs the percentage unset (100): only the way to the daemon.
+    return std::vector<std::string>{"CUDA_MPS_PIPE_DIRECTORY=" + info.pipe_dir,
+                                    "CUDA_MPS_LOG_DIRECTORY=" + info.log_dir};
+  }
+  const double percent = config.mps.thread_percentage == MpsThreads::kFull ? 100.0 : model.slice;
+  std::optional<uint64_t> mem_limit;
+  if (model.device_mem_mb) mem_limit = uint64_t{*model.device_mem_mb} << 20;
+  return backends::mps_worker_environment(info, percent, mem_limit, int(config.mps.device));
+#else
+  return Status(ErrorCode::kUnavailable, "MPS is not available in this build (no cuda wing)");
+#endif
+}
+
 Result<std::unique_ptr<ModelSupervisor>> ModelSupervisor::create(const Config& config,
                                                                  const ModelConfig& model,
                                                                  const std::string& worker_binary,
-                                                                 const Placement& placement) {
+                                                                 const Placement& placement,
+                                                                 const MpsState& mps) {
   ASSIGN_OR_RETURN(shm::ModelSpec spec, model_spec(model));
   ASSIGN_OR_RETURN(std::string name, shm::segment_name(config.server.instance, model.name));
   shm::SegmentOptions options;
@@ -130,17 +168,18 @@ Result<std::unique_ptr<ModelSupervisor>> ModelSupervisor::create(const Config& c
   if (!segment.is_ok()) return segment.status().with_context("model '" + model.name + "'");
   // Weights of a crashed run of this model are stale: the first worker publishes them anew.
   backends::remove_host_weights(name);
-  return std::unique_ptr<ModelSupervisor>(
-      new ModelSupervisor(config, model, worker_binary, placement, std::move(segment).value()));
+  return std::unique_ptr<ModelSupervisor>(new ModelSupervisor(
+      config, model, worker_binary, placement, mps, std::move(segment).value()));
 }
 
 ModelSupervisor::ModelSupervisor(const Config& config, const ModelConfig& model,
                                  std::string worker_binary, const Placement& placement,
-                                 shm::Segment segment)
+                                 const MpsState& mps, shm::Segment segment)
     : config_(config),
       model_(model),
       worker_binary_(std::move(worker_binary)),
       placement_(placement),
+      mps_(mps),
       segment_(std::move(segment)),
       policy_on_(model.policy && config.policy.enabled),
       window_(kStatsWindowNs) {
@@ -162,17 +201,24 @@ void ModelSupervisor::publish_model_fields() {
   s.worker_pid.store(worker_ ? worker_->pid() : 0, std::memory_order_relaxed);
   s.shadow_epoch.store(shadow_ ? shadow_->epoch : 0, std::memory_order_relaxed);
   s.shadow_pid.store(shadow_ ? shadow_->process.pid() : 0, std::memory_order_relaxed);
-  shm::store_text(s.backend, backend_name(config_.cpu_mode_of(model_)));
+  shm::store_text(s.backend, backend_display(config_, backend(), mps_));
+}
+
+Result<WorkerProcess> ModelSupervisor::spawn_worker(const ModelConfig& target,
+                                                    uint64_t epoch) const {
+  ASSIGN_OR_RETURN(std::vector<std::string> env, worker_environment(config_, target, mps_));
+  return WorkerProcess::spawn(
+      worker_binary_, worker_arguments(config_, target, segment_.name(), epoch, placement_), env);
 }
 
 void ModelSupervisor::start_worker(uint64_t now_ns) {
   const uint64_t epoch = next_epoch_++;
-  auto args = worker_arguments(config_, model_, segment_.name(), epoch, placement_);
-  auto process = WorkerProcess::spawn(worker_binary_, args);
+  auto process = spawn_worker(model_, epoch);
   epoch_ = epoch;
   if (!process.is_ok()) {
     spdlog::error("model {}: cannot start worker: {}", model_.name, process.status().to_string());
     on_worker_exit(ExitInfo{}, now_ns);
+    last_error_ = "cannot start worker: " + process.status().to_string();
     return;
   }
   worker_.emplace(std::move(process).value());
@@ -183,7 +229,7 @@ void ModelSupervisor::start_worker(uint64_t now_ns) {
   started_ns_ = now_ns;
   publish_model_fields();
   spdlog::info("model {}: started worker pid {} epoch {} (slice {}%, {})", model_.name,
-               worker_->pid(), epoch_, model_.slice, backend_name(config_.cpu_mode_of(model_)));
+               worker_->pid(), epoch_, model_.slice, backend_display(config_, backend(), mps_));
 }
 
 std::string ModelSupervisor::failure_message(uint64_t epoch) const {
@@ -209,6 +255,8 @@ void ModelSupervisor::on_worker_exit(const ExitInfo& info, uint64_t now_ns) {
     return;
   }
   std::string reason = failure_message(epoch_);
+  last_error_ =
+      reason.empty() ? "worker epoch " + std::to_string(epoch_) + " " + info.describe() : reason;
   worker_.reset();
   ++restarts_;
   if (shadow_) {
@@ -296,8 +344,7 @@ Status ModelSupervisor::check_can_resize() const {
 Status ModelSupervisor::start_shadow(const ModelConfig& target, const std::string& why,
                                      uint64_t now_ns) {
   const uint64_t epoch = next_epoch_++;
-  auto process = WorkerProcess::spawn(
-      worker_binary_, worker_arguments(config_, target, segment_.name(), epoch, placement_));
+  auto process = spawn_worker(target, epoch);
   if (!process.is_ok()) return process.status().with_context("shadow worker");
   shadow_ = Shadow{std::move(process).value(), epoch, target, now_ns, false, why};
   publish_model_fields();
@@ -316,7 +363,7 @@ Status ModelSupervisor::resize(double slice, const std::string& why, uint64_t no
     return Status(ErrorCode::kInvalidArgument,
                   "model " + model_.name + " already has slice " + format_slice(slice));
   }
-  if (config_.cpu_mode_of(model_) == CpuMode::kAffinity) {
+  if (resizes_in_place(backend())) {
     auto seq =
         shm::post_command(segment_, epoch_, shm::Command::kSetSlice, int64_t(std::lround(slice)));
     if (!seq.is_ok()) return seq.status();
@@ -333,17 +380,24 @@ Status ModelSupervisor::resize(double slice, const std::string& why, uint64_t no
                       now_ns);
 }
 
-Status ModelSupervisor::switch_backend(CpuMode mode, uint64_t now_ns) {
-  if (config_.cpu_mode_of(model_) == mode) {
+Status ModelSupervisor::switch_backend(Backend to, uint64_t now_ns) {
+  if (backend() == to) {
     return Status(ErrorCode::kInvalidArgument,
-                  "model " + model_.name + " already runs on " + backend_name(mode));
+                  "model " + model_.name + " already runs on " + backend_name(to));
+  }
+  RETURN_IF_ERROR(check_kind_on_backend(model_, to).with_context("model " + model_.name));
+  if (config_.wants_mps(to) && mps_.sharing == MpsState::Sharing::kNone) {
+    // The control daemon is started at load only when a configured model needs it.
+    return Status(ErrorCode::kUnavailable,
+                  backend_name(to) +
+                      " needs MPS, and no MPS control daemon was started: no model "
+                      "of the config used MPS at load");
   }
   RETURN_IF_ERROR(check_can_resize());
   ModelConfig target = model_;
-  target.cpu_mode = mode;
-  return start_shadow(
-      target, "backend " + backend_name(config_.cpu_mode_of(model_)) + " -> " + backend_name(mode),
-      now_ns);
+  target.backend = to;
+  return start_shadow(target, "backend " + backend_name(backend()) + " -> " + backend_name(to),
+                      now_ns);
 }
 
 Status ModelSupervisor::set_max_batch(uint32_t max_batch) {

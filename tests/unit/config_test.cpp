@@ -18,6 +18,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
+#ifdef SLICESERVE_HAVE_CUDA
+constexpr bool kHaveCudaWing = true;
+#else
+constexpr bool kHaveCudaWing = false;
+#endif
+
 // One valid model; tests append or replace pieces of it.
 constexpr std::string_view kModelA = R"([[model]]
 name = "a"
@@ -483,7 +489,8 @@ TEST_F(ConfigTest, DemoConfigLoads) {
   EXPECT_NE(config.find_model("classifier"), nullptr);
 }
 
-// Every config/invalid/*.toml starts with "# error: <text the message must contain>".
+// Every config/invalid/*.toml starts with "# error: <text the message must contain>"; a second
+// line "# needs: cuda" marks a rule of the cuda backends, checked only where the wing is built.
 TEST_F(ConfigTest, InvalidExampleConfigsAreRejectedWithTheirDocumentedError) {
   const fs::path folder = fs::path(SLICESERVE_SOURCE_DIR) / "config" / "invalid";
   int checked = 0;
@@ -493,6 +500,9 @@ TEST_F(ConfigTest, InvalidExampleConfigsAreRejectedWithTheirDocumentedError) {
     std::ifstream in(entry.path());
     std::string first_line;
     std::getline(in, first_line);
+    std::string second_line;
+    std::getline(in, second_line);
+    if (second_line == "# needs: cuda" && !kHaveCudaWing) continue;
     constexpr std::string_view kTag = "# error: ";
     ASSERT_EQ(first_line.rfind(kTag, 0), 0u) << "first line must be '# error: ...'";
     const std::string expected = entry.path().string() + ":" + first_line.substr(kTag.size());
@@ -537,7 +547,7 @@ std::vector<ErrorCase> error_cases() {
        "unknown key"},
       {"UnknownServerKey", with_model("", "[server]\ncolour = 1 #!\n"), "server.colour",
        "unknown key"},
-      {"UnknownBackendTable", with_model("", "[backend.mps] #!\nx = 1\n"), "backend.mps",
+      {"UnknownBackendTable", with_model("", "[backend.cumask] #!\nx = 1\n"), "backend.cumask",
        "unknown key"},
       {"UnknownCpuKey", with_model("", "[backend.cpu]\nthreads = 2 #!\n"), "backend.cpu.threads",
        "unknown key"},
@@ -559,8 +569,8 @@ std::vector<ErrorCase> error_cases() {
       // [server]
       {"BadInstanceName", with_model("", "[server]\ninstance = \"my demo\" #!\n"),
        "server.instance", "must match [A-Za-z0-9_-]{1,48}"},
-      {"UnavailableBackend", with_model("", "[server]\nbackend = \"mps\" #!\n"), "server.backend",
-       "backend 'mps' is not available in this build"},
+      {"UnavailableBackend", with_model("", "[server]\nbackend = \"cumask\" #!\n"),
+       "server.backend", "backend 'cumask' is not available in this build"},
       {"UnknownBackend", with_model("", "[server]\nbackend = \"tpu\" #!\n"), "server.backend",
        "must be one of cpu, mps, greenctx, cumask"},
       {"ZeroPolicyInterval", with_model("", "[server]\npolicy_interval_ms = 0 #!\n"),
@@ -734,11 +744,11 @@ TEST(ConfigReconfigurationTest, PolicyTableAndModelBackendKeysAreRead) {
   EXPECT_EQ(c->policy.resize_timeout_ms, 1234u);
   EXPECT_EQ(c->policy.failed_resize_backoff_ms, 99u);
   const ModelConfig& a = c->models[0];
-  EXPECT_EQ(c->cpu_mode_of(a), CpuMode::kAffinity);
+  EXPECT_EQ(c->backend_of(a), Backend::kCpuAffinity);
   EXPECT_FALSE(a.policy);
   EXPECT_EQ(a.weights_mb, 16u);
   EXPECT_EQ(a.load_delay_ms, 250u);
-  EXPECT_EQ(c->cpu_mode_of(c->models[1]), CpuMode::kProcess) << "inherits [backend.cpu] mode";
+  EXPECT_EQ(c->backend_of(c->models[1]), Backend::kCpuProcess) << "inherits [backend.cpu] mode";
   EXPECT_TRUE(c->models[1].policy);
 }
 
@@ -756,7 +766,7 @@ TEST(ConfigReconfigurationTest, BadPolicyAndBackendValuesNameTheirKey) {
     t.replace(t.find(from), from.size(), to);
     return t;
   };
-  expect_bad(replace("backend = \"cpu:affinity\"", "backend = \"mps\""), "model[0].backend",
+  expect_bad(replace("backend = \"cpu:affinity\"", "backend = \"cumask\""), "model[0].backend",
              "not available in this build");
   expect_bad(replace("backend = \"cpu:affinity\"", "backend = \"gpu\""), "model[0].backend",
              "unknown backend");
@@ -768,11 +778,31 @@ TEST(ConfigReconfigurationTest, BadPolicyAndBackendValuesNameTheirKey) {
 }
 
 TEST(ConfigReconfigurationTest, BackendNamesParse) {
-  EXPECT_EQ(parse_backend_name("cpu").value(), CpuMode::kProcess);
-  EXPECT_EQ(parse_backend_name("cpu:affinity").value(), CpuMode::kAffinity);
-  EXPECT_EQ(parse_backend_name("greenctx").status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(parse_backend_name("cpu").value(), Backend::kCpuProcess);
+  EXPECT_EQ(parse_backend_name("cpu:process").value(), Backend::kCpuProcess);
+  EXPECT_EQ(parse_backend_name("cpu:affinity").value(), Backend::kCpuAffinity);
+  EXPECT_EQ(parse_backend_name("cumask").status().code(), ErrorCode::kUnavailable);
   EXPECT_EQ(parse_backend_name("").status().code(), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(backend_name(CpuMode::kAffinity), "cpu:affinity");
+#ifdef SLICESERVE_HAVE_CUDA
+  EXPECT_EQ(parse_backend_name("mps").value(), Backend::kMps);
+  EXPECT_EQ(parse_backend_name("greenctx").value(), Backend::kGreenctx);
+#else
+  EXPECT_EQ(parse_backend_name("mps").status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(parse_backend_name("greenctx").status().code(), ErrorCode::kUnavailable);
+#endif
+  for (Backend b :
+       {Backend::kCpuProcess, Backend::kCpuAffinity, Backend::kMps, Backend::kGreenctx}) {
+    EXPECT_EQ(parse_backend_name(backend_name(b)).is_ok(), kHaveCudaWing || !is_gpu_backend(b))
+        << backend_name(b);
+  }
+  EXPECT_EQ(backend_name(Backend::kCpuAffinity), "cpu:affinity");
+  EXPECT_EQ(backend_name(Backend::kGreenctx), "greenctx");
+  EXPECT_EQ(backend_family(Backend::kCpuAffinity), "cpu");
+  EXPECT_EQ(backend_family(Backend::kMps), "mps");
+  EXPECT_TRUE(resizes_in_place(Backend::kCpuAffinity));
+  EXPECT_TRUE(resizes_in_place(Backend::kGreenctx));
+  EXPECT_FALSE(resizes_in_place(Backend::kCpuProcess));
+  EXPECT_FALSE(resizes_in_place(Backend::kMps));
 }
 
 }  // namespace

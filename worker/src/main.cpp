@@ -10,11 +10,18 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "sliceserve/backends/cpu/cpu_slice.h"
+#ifdef SLICESERVE_HAVE_CUDA
+#include "sliceserve/backends/cuda/cuda_device_slice.h"
+#include "sliceserve/backends/cuda/green_context_slice.h"
+#include "sliceserve/backends/cuda/mps_control.h"
+#endif
 #include "sliceserve/backends/weight_store.h"
 #include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/segment.h"
@@ -34,6 +41,7 @@ struct Args {
   uint64_t epoch = 0;
   std::string backend = "cpu";
   std::string cpu_mode = "process";
+  int device = 0;  // mps, greenctx: CUDA device ordinal
   double slice = 100;
   unsigned cores = 0;
   unsigned first_core = 0;
@@ -45,6 +53,32 @@ struct Args {
 };
 
 enum ExitCode { kExitOk = 0, kExitUsage = 1, kExitLoad = 2 };
+
+// The slice of the worker's backend at its initial share.
+sliceserve::Result<std::unique_ptr<sliceserve::backends::Slice>> create_slice(const Args& args) {
+  using namespace sliceserve;
+  if (args.backend == "cpu") {
+    return backends::create_cpu_slice({.percent = args.slice,
+                                       .mode = args.cpu_mode,
+                                       .machine_cores = args.cores,
+                                       .first_core = args.first_core});
+  }
+#ifdef SLICESERVE_HAVE_CUDA
+  // The MPS percentage this process was started with (the controller's or an operator's).
+  ASSIGN_OR_RETURN(
+      std::optional<double> mps_percent,
+      backends::parse_mps_thread_percentage(std::getenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")));
+  if (args.backend == "greenctx") {
+    RETURN_IF_ERROR(backends::check_greenctx_with_mps(mps_percent.value_or(100.0)));
+    return backends::create_green_context_slice({.device = args.device, .percent = args.slice});
+  }
+  if (args.backend == "mps") {
+    return backends::create_cuda_device_slice({.device = args.device, .mps_percent = mps_percent});
+  }
+#endif
+  return Status(ErrorCode::kUnavailable,
+                "backend '" + args.backend + "' is not available in this build");
+}
 
 int serve(const Args& args) {
   using namespace sliceserve;
@@ -70,15 +104,14 @@ int serve(const Args& args) {
     return kExitLoad;
   };
 
-  if (args.backend != "cpu") {
-    return fail(Status(ErrorCode::kUnavailable,
-                       "backend '" + args.backend + "' is not available in this build"),
+  const bool on_gpu = args.backend != "cpu";
+  if (on_gpu && args.model.kind != "onnx") {
+    // The synthetic kind burns host cpu, the null kind computes nothing: neither uses a GPU slice.
+    return fail(Status(ErrorCode::kInvalidArgument,
+                       "model kind '" + args.model.kind + "' runs on the cpu backend only"),
                 "backend");
   }
-  auto slice = backends::create_cpu_slice({.percent = args.slice,
-                                           .mode = args.cpu_mode,
-                                           .machine_cores = args.cores,
-                                           .first_core = args.first_core});
+  auto slice = create_slice(args);
   if (!slice.is_ok()) return fail(slice.status(), "slice");
   if ((*slice)->resizes_in_place()) {
     // The shares the controller may switch to later, built now so a switch creates nothing.
@@ -96,6 +129,7 @@ int serve(const Args& args) {
   model_options.stop = &g_stop;
   model_options.max_batch = args.max_batch;
   model_options.threads = (*slice)->concurrency();
+  if (on_gpu) model_options.device = "cuda:" + std::to_string(args.device);
   const uint64_t load_start = shm::monotonic_ns();
   auto model = worker::create_model(model_options, segment->spec(), weights->get());
   if (!model.is_ok()) {
@@ -160,7 +194,9 @@ int main(int argc, char** argv) {
   app.add_option("--epoch", args.epoch, "Ownership epoch of this worker")
       ->required()
       ->check(CLI::PositiveNumber);
-  app.add_option("--backend", args.backend, "Backend (cpu)");
+  app.add_option("--backend", args.backend, "Backend: cpu | mps | greenctx");
+  app.add_option("--device", args.device, "mps, greenctx: CUDA device ordinal")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--cpu-mode", args.cpu_mode, "cpu backend mode")
       ->check(CLI::IsMember({"process", "affinity"}));
   app.add_option("--slice", args.slice, "Share of the device, percent")
@@ -170,7 +206,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch", args.max_batch, "Largest batch")->check(CLI::Range(1, 256));
   app.add_option("--max-queue-delay-us", args.max_queue_delay_us,
                  "How long a partial batch waits for more requests");
-  app.add_option("--model-kind", args.model.kind, "Model kind: synthetic | null | onnx")->required();
+  app.add_option("--model-kind", args.model.kind, "Model kind: synthetic | null | onnx")
+      ->required();
   app.add_option("--model-path", args.model.path, "Model file");
   app.add_option("--flops-per-item", args.model.flops_per_item, "synthetic: flops per item");
   app.add_option("--working-set-kb", args.model.working_set_kb, "synthetic: working set");
@@ -180,7 +217,7 @@ int main(int argc, char** argv) {
                  "synthetic: simulated extra model load time");
   app.add_option("--slice-pool", args.slice_pool,
                  "Shares (percent) to prepare for instant resize, e.g. 5,10,...,100 (cpu "
-                 "mode=affinity; ignored by slices that resize by shadow)")
+                 "mode=affinity, greenctx; ignored by slices that resize by shadow)")
       ->delimiter(',')
       ->check(CLI::Range(0.001, 100.0));
   app.add_option("--log-level", args.log_level, "trace|debug|info|warn|error|off");

@@ -125,7 +125,7 @@ Result<std::unique_ptr<Model>> create_onnx_model(const ModelOptions& options,
   }
   ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> loaded,
                    engine::Engine::load_file(options.path, {.max_batch = options.max_batch,
-                                                            .device = "cpu",
+                                                            .device = options.device,
                                                             .weights = weights,
                                                             .threads = options.threads}));
   RETURN_IF_ERROR(

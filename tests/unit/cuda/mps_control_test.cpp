@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/fake_mps_control.h"
+
 namespace sliceserve::backends {
 namespace {
 
@@ -30,65 +32,7 @@ using Clock = std::chrono::steady_clock;
   return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
 }
 
-// A stand-in for nvidia-cuda-mps-control. With -d it logs its argv and MPS directories, creates
-// <pipe>/control (the daemon's pipe) and exits, as the real one returns once it has daemonized.
-// Without -d it reads commands from stdin, logs each, answers get_server_list from the file
-// `servers` and removes the pipe on quit; like the real one it fails without a pipe. Files in
-// its directory change its behaviour: daemon_mode / mode = hang (sleeps, recording the sleeping
-// pid in hang.pid) or fail (exit 1 with a message on stderr); ignore_quit keeps the pipe.
-constexpr const char* kFakeControl = R"sh(#!/bin/sh
-dir='@DIR@'
-if [ "$1" = "-d" ]; then
-  echo "daemon args=$* pipe=$CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY" >> "$dir/calls.log"
-  case "$(cat "$dir/daemon_mode" 2>/dev/null)" in
-    fail) echo "An instance of this daemon is already running" >&2; exit 1 ;;
-    hang) sleep 30 & echo $! > "$dir/hang.pid"; wait; exit 0 ;;
-  esac
-  : > "$CUDA_MPS_PIPE_DIRECTORY/control"
-  exit 0
-fi
-while IFS= read -r line; do
-  echo "command $line pipe=$CUDA_MPS_PIPE_DIRECTORY" >> "$dir/calls.log"
-  case "$(cat "$dir/mode" 2>/dev/null)" in
-    fail) echo "Cannot find MPS control daemon process (fake)" >&2; exit 1 ;;
-    hang) sleep 30 & echo $! > "$dir/hang.pid"; wait ;;
-  esac
-  if [ ! -e "$CUDA_MPS_PIPE_DIRECTORY/control" ]; then
-    echo "Cannot find MPS control daemon process" >&2; exit 1
-  fi
-  case "$line" in
-    get_server_list) cat "$dir/servers" 2>/dev/null ;;
-    quit) [ -e "$dir/ignore_quit" ] || rm -f "$CUDA_MPS_PIPE_DIRECTORY/control" ;;
-  esac
-done
-exit 0
-)sh";
-
-// Sets (or unsets, with nullopt) an environment variable for a scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, std::optional<std::string> value) : name_(name) {
-    if (const char* old = getenv(name)) old_ = old;
-    if (value) {
-      setenv(name, value->c_str(), 1);
-    } else {
-      unsetenv(name);
-    }
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      setenv(name_.c_str(), old_->c_str(), 1);
-    } else {
-      unsetenv(name_.c_str());
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_;
-  std::optional<std::string> old_;
-};
+using sliceserve::testing::ScopedEnv;
 
 class MpsControlTest : public ::testing::Test {
  protected:
@@ -96,12 +40,8 @@ class MpsControlTest : public ::testing::Test {
     char tmpl[] = "/tmp/mps_control_test_XXXXXX";
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
-    std::filesystem::create_directories(dir_ + "/bin");
-    std::string script = kFakeControl;
-    script.replace(script.find("@DIR@"), 5, dir_);
-    fake_ = dir_ + "/bin/nvidia-cuda-mps-control";
-    write(fake_, script);
-    ASSERT_EQ(chmod(fake_.c_str(), 0755), 0);
+    fake_ = sliceserve::testing::write_fake_mps_control(dir_);
+    ASSERT_FALSE(fake_.empty());
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 

@@ -29,6 +29,9 @@ namespace sliceserve::controller {
 inline constexpr size_t kMaxAdminRequestBytes = 64 * 1024;
 
 std::string admin_socket_path(std::string_view instance);
+// A private directory of the instance beside its socket (<dir>/<instance>), for the files the
+// daemon keeps while it runs (the MPS control daemon's pipe and log dirs).
+std::string instance_runtime_dir(std::string_view instance);
 
 // One request and its reply, for clients (slicectl). kServerGone when nothing listens.
 Result<nlohmann::json> admin_call(std::string_view instance, const nlohmann::json& request,

@@ -15,7 +15,26 @@
 
 namespace sliceserve::controller {
 
+// [backend.cpu] mode: how a cpu slice is resized.
 enum class CpuMode { kProcess, kAffinity };
+
+// A model's backend, as `backend = "..."` and `slicectl backend` name it: "cpu:process",
+// "cpu:affinity", "mps", "greenctx".
+enum class Backend { kCpuProcess, kCpuAffinity, kMps, kGreenctx };
+
+// [backend.mps] control: who runs the MPS control daemon.
+enum class MpsControlMode {
+  kStart,   // the controller starts its own (pipe and log dirs under its runtime dir by default)
+  kAttach,  // one someone else started, at pipe_dir
+  kOff,     // no MPS: the workers time-share the GPU (the baseline a benchmark compares against)
+};
+// [backend.mps] fallback: what happens when MPS cannot be started or reached.
+enum class MpsFallbackMode { kError, kTimeshare };
+// [backend.mps] thread_percentage: each mps worker's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE.
+enum class MpsThreads {
+  kSlice,  // the model's slice
+  kFull,   // 100 for every worker, MPS's default; slices then only feed the policy
+};
 
 struct TensorConfig {
   std::string name;
@@ -35,11 +54,12 @@ struct ModelConfig {
   double flops_per_item = 1e6;         // synthetic kind: arithmetic per item (FMA = 2 flops), >= 0
   uint32_t working_set_kb = 256;       // synthetic kind: per-thread working set, >= 1
   uint32_t weights_mb = 0;             // synthetic kind: weights shared by live and shadow workers
-  uint32_t load_delay_ms = 0;        // synthetic kind: extra load time (emulates a slow model load)
-  std::optional<CpuMode> cpu_mode;   // `backend = "cpu:affinity"`; unset: [backend.cpu] mode
-  bool policy = true;                // false: the policy never changes this model
-  std::vector<TensorConfig> inputs;  // at least one, at most shm::kMaxTensors (onnx: from the file
-                                     // when the config leaves them out)
+  uint32_t load_delay_ms = 0;      // synthetic kind: extra load time (emulates a slow model load)
+  std::optional<Backend> backend;  // `backend = "..."`; unset: from [server] backend
+  std::optional<uint32_t> device_mem_mb;  // mps: CUDA_MPS_PINNED_DEVICE_MEM_LIMIT, MiB
+  bool policy = true;                     // false: the policy never changes this model
+  std::vector<TensorConfig> inputs;   // at least one, at most shm::kMaxTensors (onnx: from the file
+                                      // when the config leaves them out)
   std::vector<TensorConfig> outputs;  // at least one, at most shm::kMaxTensors
   uint32_t lanes = 16;                // client lanes in the segment, 1..shm::kMaxLanes
   uint32_t slots_per_lane = 16;  // in-flight requests per client lane, 1..shm::kMaxSlotsPerLane
@@ -48,7 +68,8 @@ struct ModelConfig {
 
 struct ServerConfig {
   std::string instance = "default";       // namespaces the segments: /sliceserve.<instance>.<model>
-  std::string backend = "cpu";            // only "cpu" is available in this build
+  std::string backend = "cpu";            // "cpu" | "mps" | "greenctx" (the last two with the
+                                          // cuda wing only)
   uint32_t policy_interval_ms = 500;      // > 0
   std::string log_level = "info";         // trace|debug|info|warn|error|off
   std::string tcp = "127.0.0.1:8700";     // reserved for the TCP front-end (not served yet)
@@ -65,6 +86,22 @@ struct CpuBackendConfig {
   uint32_t cores = 0;  // 0: all online cores of the machine
 };
 
+struct MpsBackendConfig {
+  MpsControlMode control = MpsControlMode::kStart;
+  // kStart: empty means <runtime dir>/mps/pipe and .../log; kAttach: empty means NVIDIA's
+  // defaults (/tmp/nvidia-mps, /var/log/nvidia-mps).
+  std::string pipe_dir;
+  std::string log_dir;
+  MpsFallbackMode fallback = MpsFallbackMode::kError;
+  MpsThreads thread_percentage = MpsThreads::kSlice;
+  uint32_t device = 0;  // CUDA device ordinal the workers use (after CUDA_VISIBLE_DEVICES)
+};
+
+struct GreenctxBackendConfig {
+  uint32_t device = 0;  // CUDA device ordinal
+  bool mps = false;     // workers are MPS clients at 100%, so several processes run at once
+};
+
 // [policy]: the SLO controller. Its tuning knobs are PolicyConfig (policy.h).
 struct PolicySection {
   bool enabled = true;  // false: slices and batches stay as configured
@@ -78,18 +115,40 @@ struct Config {
   std::string source_path;  // the file it came from (empty when parsed from text)
   ServerConfig server;
   CpuBackendConfig cpu;
+  MpsBackendConfig mps;
+  GreenctxBackendConfig greenctx;
   PolicySection policy;
   std::vector<ModelConfig> models;  // at least one
 
   const ModelConfig* find_model(std::string_view name) const;
-  CpuMode cpu_mode_of(const ModelConfig& model) const { return model.cpu_mode.value_or(cpu.mode); }
+  // The model's own `backend`, else [server] backend (cpu: in [backend.cpu] mode).
+  Backend backend_of(const ModelConfig& model) const;
+  // The model's backend makes its worker an MPS client: mps, or greenctx with
+  // [backend.greenctx] mps = true; never with [backend.mps] control = "off".
+  bool wants_mps(Backend backend) const;
+  // Some model wants MPS at load, so the controller starts or attaches to the control daemon.
+  bool needs_mps_control() const;
 };
 
-// "cpu:process", "cpu:affinity": the backend names `slicectl backend` and the model key use.
-std::string backend_name(CpuMode mode);
-// Parses a backend name; kUnavailable for backends this build does not have (mps, greenctx,
-// cumask), kInvalidArgument for unknown names.
-Result<CpuMode> parse_backend_name(std::string_view name);
+// "cpu:process", "cpu:affinity", "mps", "greenctx": the names `slicectl backend` and the model
+// key use.
+std::string backend_name(Backend backend);
+// Parses a backend name ("cpu" is cpu:process); kUnavailable for backends this build does not
+// have (mps and greenctx without the cuda wing, cumask), kInvalidArgument for unknown names.
+Result<Backend> parse_backend_name(std::string_view name);
+// The worker's --backend: "cpu", "mps" or "greenctx".
+std::string_view backend_family(Backend backend);
+// cpu:affinity and greenctx switch slices inside the live worker; the others by shadow worker.
+bool resizes_in_place(Backend backend);
+bool is_gpu_backend(Backend backend);
+// Whether the model's kind can run on the backend: kInvalidArgument "model kind 'synthetic'
+// runs on the cpu backend only" for synthetic and null models on a GPU backend.
+Status check_kind_on_backend(const ModelConfig& model, Backend backend);
+// greenctx under MPS needs the active thread percentage unset or 100. `active_thread_percentage`
+// is sliceserved's own CUDA_MPS_ACTIVE_THREAD_PERCENTAGE (nullptr when unset), which its workers
+// inherit: kInvalidArgument "greenctx must not be combined with an MPS thread percentage below
+// 100: ..." when a model uses greenctx and it is below 100 (or not a percentage).
+Status check_greenctx_environment(const Config& config, const char* active_thread_percentage);
 
 // Reads and validates a config file. Errors: "FILE:LINE: key 'model[1].slice': must be ..."
 Result<Config> load_config(const std::string& path);

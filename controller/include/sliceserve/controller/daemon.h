@@ -12,6 +12,7 @@
 #include "sliceserve/controller/admin_socket.h"
 #include "sliceserve/controller/config.h"
 #include "sliceserve/controller/model_supervisor.h"
+#include "sliceserve/controller/mps_session.h"
 #include "sliceserve/controller/policy.h"
 
 namespace sliceserve::controller {
@@ -25,7 +26,9 @@ std::vector<Placement> place_models(const Config& config, unsigned machine_cores
 class Daemon {
  public:
   // Creates every segment and the admin socket (refusing to start if either belongs to a
-  // running daemon) but starts no worker yet. On error nothing is left behind.
+  // running daemon) and, when a model needs it, starts or attaches to the MPS control daemon,
+  // but starts no worker yet. On error nothing is left behind (a control daemon started here is
+  // quit again).
   static Result<std::unique_ptr<Daemon>> create(Config config);
 
   // Starts the workers and supervises them until request_stop(); then stops every worker
@@ -35,6 +38,7 @@ class Daemon {
   void request_stop() { stop_.store(true, std::memory_order_relaxed); }
 
   const Config& config() const { return *config_; }
+  const MpsState& mps() const { return mps_state_; }
   ModelSupervisor* find(std::string_view model);
 
   // One admin request (see admin_socket.h); runs on the daemon's loop thread.
@@ -49,6 +53,9 @@ class Daemon {
   void shutdown();
 
   std::unique_ptr<Config> config_;  // stable address: supervisors keep a reference
+  // Before models_: destroyed after them, so the control daemon quits once no worker is left.
+  std::unique_ptr<MpsSession> mps_session_;
+  MpsState mps_state_;  // supervisors keep a reference
   std::vector<std::unique_ptr<ModelSupervisor>> models_;
   std::unique_ptr<AdminServer> admin_;
   PolicyMemory policy_memory_;

@@ -2,9 +2,9 @@
 // One served model: its segment and its workers. The supervisor
 //  - keeps a live worker: a dead or hung one is replaced with exponential backoff; requests
 //    wait in the ring meanwhile and the next owner re-runs the orphans;
-//  - resizes: in place through the mailbox when the backend can (cpu mode=affinity), otherwise
-//    by a shadow worker that loads at the new slice and takes the ring over (cpu mode=process,
-//    and every backend switch). A failed shadow leaves the live worker serving;
+//  - resizes: in place through the mailbox when the backend can (cpu:affinity, greenctx),
+//    otherwise by a shadow worker that loads at the new slice and takes the ring over
+//    (cpu:process, mps, and every backend switch). A failed shadow leaves the live worker serving;
 //  - sweeps dead clients' lanes and publishes the model's rates for slicectl status.
 // Not thread-safe: the daemon calls it from its one loop thread.
 
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sliceserve/controller/config.h"
+#include "sliceserve/controller/mps_session.h"
 #include "sliceserve/controller/policy.h"
 #include "sliceserve/controller/stats_window.h"
 #include "sliceserve/controller/worker_process.h"
@@ -28,10 +29,18 @@ struct Placement {
   unsigned first_core = 0;     // where this model's threads start
 };
 
-// The command line of a worker for `model` as configured (slice, backend mode); pure, for tests.
+// The command line of a worker for `model` as configured (slice, backend); pure, for tests.
 std::vector<std::string> worker_arguments(const Config& config, const ModelConfig& model,
                                           const std::string& segment, uint64_t epoch,
                                           const Placement& placement);
+
+// The entries a worker of `model` gets on top of the controller's environment; pure, for tests.
+// Under a running MPS daemon an mps worker gets mps_worker_environment (the percentage of its
+// slice, or 100 with thread_percentage = "full"; device_mem_mb as its pinned memory limit) and a
+// greenctx worker (mps = true) the daemon's pipe and log dirs only. Nothing else does: cpu
+// workers, control = "off", a time-shared fallback.
+Result<std::vector<std::string>> worker_environment(const Config& config, const ModelConfig& model,
+                                                    const MpsState& mps);
 
 // The shares an in-place resizable worker prepares at load: min_slice, then every min_step.
 std::vector<double> slice_pool(const PolicyConfig& policy);
@@ -41,14 +50,19 @@ Result<shm::ModelSpec> model_spec(const ModelConfig& model);
 
 class ModelSupervisor {
  public:
+  // `mps` must outlive the supervisor.
   static Result<std::unique_ptr<ModelSupervisor>> create(const Config& config,
                                                          const ModelConfig& model,
                                                          const std::string& worker_binary,
-                                                         const Placement& placement);
+                                                         const Placement& placement,
+                                                         const MpsState& mps);
   ~ModelSupervisor();
 
   const std::string& name() const { return model_.name; }
-  const ModelConfig& model() const { return model_; }  // slice and mode as currently in force
+  const ModelConfig& model() const { return model_; }  // slice and backend as currently in force
+  Backend backend() const { return config_.backend_of(model_); }
+  // Why the last worker died (its own message, else how it ended); empty while none has.
+  const std::string& last_error() const { return last_error_; }
   shm::Segment& segment() { return segment_; }
   uint64_t epoch() const { return epoch_; }
   pid_t worker_pid() const { return worker_ ? worker_->pid() : -1; }
@@ -81,8 +95,10 @@ class ModelSupervisor {
   // Starts a resize to `slice` percent (in place or by shadow, as the backend allows).
   // kBusy while another resize runs, kInvalidArgument for a slice outside (0, 100].
   Status resize(double slice, const std::string& why, uint64_t now_ns);
-  // Moves the model to another backend mode by a shadow handover at its current slice.
-  Status switch_backend(CpuMode mode, uint64_t now_ns);
+  // Moves the model to another backend by a shadow handover at its current slice.
+  // kInvalidArgument for a backend its kind cannot run on, kUnavailable for one that needs MPS
+  // when no control daemon was started at load.
+  Status switch_backend(Backend backend, uint64_t now_ns);
   // Changes the batch limit of the live worker (1..max_batch of the config).
   Status set_max_batch(uint32_t max_batch);
   void set_policy(bool on);
@@ -114,7 +130,9 @@ class ModelSupervisor {
   };
 
   ModelSupervisor(const Config& config, const ModelConfig& model, std::string worker_binary,
-                  const Placement& placement, shm::Segment segment);
+                  const Placement& placement, const MpsState& mps, shm::Segment segment);
+  // Spawns a worker of `target` at `epoch` with its arguments and environment.
+  Result<WorkerProcess> spawn_worker(const ModelConfig& target, uint64_t epoch) const;
   void start_worker(uint64_t now_ns);
   // kBusy while a resize runs, kUnavailable without a serving worker.
   Status check_can_resize() const;
@@ -137,6 +155,7 @@ class ModelSupervisor {
   ModelConfig model_;
   std::string worker_binary_;
   Placement placement_;
+  const MpsState& mps_;
   shm::Segment segment_;
   State state_ = State::kBackoff;
   std::optional<WorkerProcess> worker_;
@@ -160,6 +179,7 @@ class ModelSupervisor {
   uint64_t resize_backoff_until_ns_ = 0;
   uint64_t completed_retired_ = 0;  // completions of epochs that are over
   std::string last_resize_;
+  std::string last_error_;
   bool policy_on_ = true;
   uint64_t last_sweep_ns_ = 0;
   StatsWindow window_;

@@ -17,10 +17,19 @@ struct ExitInfo {
   std::string describe() const;  // "exit code 2" / "killed by SIGKILL"
 };
 
+// The environment a worker is spawned with: `base` (a null-terminated "NAME=value" array, the
+// controller's own environ) with each entry of `extra` replacing the base's entry of the same
+// name, or appended when the base has none. Pure, for tests.
+std::vector<std::string> spawn_environment(const char* const* base,
+                                           const std::vector<std::string>& extra);
+
 class WorkerProcess {
  public:
+  // Runs `binary` with `args` and the controller's environment plus `extra_env` (see
+  // spawn_environment).
   static Result<WorkerProcess> spawn(const std::string& binary,
-                                     const std::vector<std::string>& args);
+                                     const std::vector<std::string>& args,
+                                     const std::vector<std::string>& extra_env = {});
 
   WorkerProcess(WorkerProcess&& other) noexcept;
   WorkerProcess& operator=(WorkerProcess&& other) noexcept;

@@ -68,6 +68,7 @@ struct ModelOptions {
   uint32_t load_delay_ms = 0;     // synthetic: simulated extra load time, 0 .. 600000
   int64_t max_batch = 1;          // onnx: the largest batch the worker runs, 1 .. 4096
   unsigned threads = 0;           // onnx: the slice's compute threads at load (0: all cpus)
+  std::string device = "cpu";     // onnx: the engine's device, "cpu" or "cuda:<ordinal>"
   // Cuts a load delay short when it turns true (a worker told to stop while loading): the load
   // then fails with kUnavailable. Nullable.
   const std::atomic<bool>* stop = nullptr;
