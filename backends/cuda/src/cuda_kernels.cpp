@@ -1,0 +1,970 @@
+#include "cuda_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "sliceserve/shm/element_conversions.h"
+#include "sliceserve/shm/tensor_spec.h"
+
+namespace sliceserve::backends {
+namespace {
+
+namespace k = kernels;
+using Dims = std::vector<int64_t>;
+using DimsView = std::span<const int64_t>;
+
+Status invalid(const PlanOp& op, const std::string& what) {
+  return Status(ErrorCode::kInvalidArgument, op.label + ": CUDA kernel: " + what);
+}
+
+std::string dims_string(DimsView dims) { return shm::shape_to_string(dims); }
+
+int64_t element_count(DimsView dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  return n;
+}
+
+Dims dense_strides(DimsView dims) {
+  Dims strides(dims.size());
+  int64_t stride = 1;
+  for (size_t i = dims.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= dims[i];
+  }
+  return strides;
+}
+
+bool same_dims(DimsView a, DimsView b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
+
+template <typename T>
+T* device_pointer(CUdeviceptr address) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(address));
+}
+
+// Blocks for a grid-stride loop over `count` items, a thread each.
+unsigned blocks_for(int64_t count) {
+  if (count <= 0) return 0;
+  const int64_t blocks = (count + k::kThreadsPerBlock - 1) / k::kThreadsPerBlock;
+  return unsigned(std::min<int64_t>(blocks, kCudaMaxBlocks));
+}
+
+// Blocks for a block per row.
+unsigned blocks_for_rows(int64_t rows) {
+  return rows <= 0 ? 0 : unsigned(std::min<int64_t>(rows, kCudaMaxBlocks));
+}
+
+Status check_fp32(const PlanOp& op, const char* what, const CudaTensor& t) {
+  if (t.dtype == DataType::kFp32) return Status::ok();
+  return invalid(op, std::string(what) + " is " + std::string(shm::data_type_name(t.dtype)) +
+                         ", the kernel computes FP32 only");
+}
+
+Status check_same_dims(const PlanOp& op, const char* what, DimsView actual, DimsView expected) {
+  if (same_dims(actual, expected)) return Status::ok();
+  return invalid(op, std::string(what) + " has dims " + dims_string(actual) + ", expected " +
+                         dims_string(expected));
+}
+
+// Data movement: y's dtype is x's, of a size the kernels copy.
+Result<int32_t> movable_element_size(const PlanOp& op, const CudaTensor& x, const CudaTensor& y) {
+  if (y.dtype != x.dtype) {
+    return invalid(op, "output is " + std::string(shm::data_type_name(y.dtype)) + ", input " +
+                           std::string(shm::data_type_name(x.dtype)));
+  }
+  const size_t size = shm::data_type_size(x.dtype);
+  if (size != 1 && size != 2 && size != 4 && size != 8) {
+    return invalid(op, "unsupported dtype " + std::string(shm::data_type_name(x.dtype)));
+  }
+  return int32_t(size);
+}
+
+Result<int64_t> normalize_axis(const PlanOp& op, int64_t axis, size_t rank) {
+  const auto r = int64_t(rank);
+  if (axis < -r || axis >= r) {
+    return invalid(
+        op, "axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
+  }
+  return axis < 0 ? axis + r : axis;
+}
+
+Result<k::KernelUnary> kernel_unary(const PlanOp& op, UnaryAlg alg) {
+  switch (alg) {
+    case UnaryAlg::kRelu:
+      return k::KernelUnary::kRelu;
+    case UnaryAlg::kLeakyRelu:
+      return k::KernelUnary::kLeakyRelu;
+    case UnaryAlg::kClip:
+      return k::KernelUnary::kClip;
+    case UnaryAlg::kSigmoid:
+      return k::KernelUnary::kSigmoid;
+    case UnaryAlg::kHardSigmoid:
+      return k::KernelUnary::kHardSigmoid;
+    case UnaryAlg::kHardSwish:
+      return k::KernelUnary::kHardSwish;
+    case UnaryAlg::kSwish:
+      return k::KernelUnary::kSwish;
+  }
+  return invalid(op, "unknown unary function");
+}
+
+Result<k::KernelDtype> kernel_dtype(const PlanOp& op, DataType dtype) {
+  switch (dtype) {
+    case DataType::kFp32:
+      return k::KernelDtype::kFp32;
+    case DataType::kFp16:
+      return k::KernelDtype::kFp16;
+    case DataType::kInt32:
+      return k::KernelDtype::kInt32;
+    case DataType::kInt64:
+      return k::KernelDtype::kInt64;
+    case DataType::kInt8:
+      return k::KernelDtype::kInt8;
+    case DataType::kUint8:
+      return k::KernelDtype::kUint8;
+    case DataType::kBool:
+      return k::KernelDtype::kBool;
+    default:
+      return invalid(op, "Cast does not convert " + std::string(shm::data_type_name(dtype)));
+  }
+}
+
+// The little-endian bytes of `value` converted to `dtype` as the reference converts Pad's value
+// (integers saturate, fp16 rounds to nearest even, bool is != 0).
+uint64_t value_bits(DataType dtype, double value) {
+  auto bits_of = [](auto v) {
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof v);
+    return bits;
+  };
+  switch (dtype) {
+    case DataType::kBool:
+      return value != 0.0 ? 1 : 0;  // NaN is true
+    case DataType::kUint8:
+      return bits_of(shm::saturate<uint8_t>(value));
+    case DataType::kUint16:
+      return bits_of(shm::saturate<uint16_t>(value));
+    case DataType::kUint32:
+      return bits_of(shm::saturate<uint32_t>(value));
+    case DataType::kUint64:
+      return bits_of(shm::saturate<uint64_t>(value));
+    case DataType::kInt8:
+      return bits_of(shm::saturate<int8_t>(value));
+    case DataType::kInt16:
+      return bits_of(shm::saturate<int16_t>(value));
+    case DataType::kInt32:
+      return bits_of(shm::saturate<int32_t>(value));
+    case DataType::kInt64:
+      return bits_of(shm::saturate<int64_t>(value));
+    case DataType::kFp16:
+      return shm::double_to_half(value);
+    case DataType::kFp32:
+      return bits_of(shm::to_float(value));
+    case DataType::kFp64:
+      return bits_of(value);
+    case DataType::kInvalid:
+      break;
+  }
+  return 0;
+}
+
+// An index space with N strided views of it, size-1 dimensions dropped and neighbours that are
+// contiguous in every view merged (so most tensors are rank 1 to 3 here), outermost first.
+template <size_t N>
+struct MergedSpace {
+  int32_t rank = 0;
+  int64_t dims[k::kMaxRank] = {};
+  int64_t strides[N][k::kMaxRank] = {};
+};
+
+template <size_t N>
+Result<MergedSpace<N>> merge_dims(const PlanOp& op, DimsView dims,
+                                  const std::array<DimsView, N>& strides) {
+  Dims merged;                                // innermost first
+  std::vector<std::array<int64_t, N>> steps;  // per merged dimension, each view's stride
+  for (size_t i = dims.size(); i-- > 0;) {
+    if (dims[i] == 1) continue;
+    std::array<int64_t, N> step;
+    bool contiguous = !merged.empty();
+    for (size_t v = 0; v < N; ++v) {
+      step[v] = strides[v][i];
+      if (contiguous && step[v] != steps.back()[v] * merged.back()) contiguous = false;
+    }
+    if (contiguous) {
+      merged.back() *= dims[i];
+    } else {
+      merged.push_back(dims[i]);
+      steps.push_back(step);
+    }
+  }
+  if (merged.size() > size_t(k::kMaxRank)) {
+    return invalid(op, "the index space " + dims_string(dims) + " has more than " +
+                           std::to_string(k::kMaxRank) + " non-contiguous dimensions");
+  }
+  MergedSpace<N> space;
+  space.rank = int32_t(merged.size());
+  for (size_t d = 0; d < merged.size(); ++d) {
+    const size_t from = merged.size() - 1 - d;
+    space.dims[d] = merged[from];
+    for (size_t v = 0; v < N; ++v) space.strides[v][d] = steps[from][v];
+  }
+  return space;
+}
+
+template <size_t N>
+void copy_space(const MergedSpace<N>& space, size_t view, int64_t* dims, int64_t* strides) {
+  std::copy(std::begin(space.dims), std::end(space.dims), dims);
+  std::copy(std::begin(space.strides[view]), std::end(space.strides[view]), strides);
+}
+
+// A strided copy of the index space `dims`, dst and src given by their element-0 addresses and
+// strides.
+Result<CudaLaunch<k::StridedCopyParams>> strided_copy(const PlanOp& op, DimsView dims,
+                                                      CUdeviceptr dst, DimsView dst_strides,
+                                                      CUdeviceptr src, DimsView src_strides,
+                                                      int32_t element_size) {
+  ASSIGN_OR_RETURN(const MergedSpace<2> space, merge_dims<2>(op, dims, {dst_strides, src_strides}));
+  k::StridedCopyParams p{};
+  p.src = device_pointer<const void>(src);
+  p.dst = device_pointer<void>(dst);
+  p.count = element_count(dims);
+  p.element_size = element_size;
+  p.rank = space.rank;
+  std::copy(std::begin(space.dims), std::end(space.dims), p.dims);
+  std::copy(std::begin(space.strides[0]), std::end(space.strides[0]), p.dst_strides);
+  std::copy(std::begin(space.strides[1]), std::end(space.strides[1]), p.src_strides);
+  return CudaLaunch<k::StridedCopyParams>{CudaKernel::ss_strided_copy, blocks_for(p.count), p};
+}
+
+Result<int32_t> fill_post_ops(const PlanOp& op, std::span<const PostOp> post_ops,
+                              std::span<const CUdeviceptr> sums, bool allow_sums,
+                              k::KernelPostOp* out) {
+  if (post_ops.size() > size_t(k::kMaxPostOps)) {
+    return invalid(op, std::to_string(post_ops.size()) + " post-ops, the kernel applies up to " +
+                           std::to_string(k::kMaxPostOps));
+  }
+  size_t next_sum = 0;
+  for (size_t i = 0; i < post_ops.size(); ++i) {
+    const PostOp& post = post_ops[i];
+    k::KernelPostOp& kp = out[i];
+    kp = k::KernelPostOp{k::KernelPostOpKind::kUnary, k::KernelUnary::kRelu, post.alpha, post.beta,
+                         nullptr};
+    if (post.kind == PostOp::Kind::kSum) {
+      if (!allow_sums) return invalid(op, "a sum post-op, where only unary ones apply");
+      if (next_sum >= sums.size() || sums[next_sum] == 0) {
+        return invalid(op, "sum post-op " + std::to_string(next_sum) + " has no operand");
+      }
+      kp.kind = k::KernelPostOpKind::kSum;
+      kp.sum = device_pointer<const float>(sums[next_sum++]);
+    } else if (post.kind == PostOp::Kind::kUnary) {
+      ASSIGN_OR_RETURN(kp.unary, kernel_unary(op, post.unary));
+    } else {
+      return invalid(op, "unknown post-op kind");
+    }
+  }
+  if (next_sum != sums.size()) {
+    return invalid(op, std::to_string(next_sum) + " sum post-ops but " +
+                           std::to_string(sums.size()) + " sum operands");
+  }
+  return int32_t(post_ops.size());
+}
+
+// Inner size and channel count of dimension 1 (rank >= 2).
+void channel_layout(DimsView dims, k::ChannelEpilogueParams* p) {
+  p->channels = dims.size() >= 2 ? dims[1] : 1;
+  p->inner = dims.size() >= 2 ? element_count(dims.subspan(2)) : 1;
+}
+
+Result<k::PoolAxis> pool_axis(const PlanOp& op, size_t i, size_t spatial, int64_t in, int64_t out) {
+  k::PoolAxis a{in, out, op.kernel[i], 1, 1, 0, 0};
+  if (!op.strides.empty()) a.stride = op.strides[i];
+  if (!op.dilations.empty()) a.dilation = op.dilations[i];
+  if (!op.pads.empty()) {
+    a.pad_begin = op.pads[i];
+    a.pad_end = op.pads[spatial + i];
+  }
+  if (a.kernel < 1 || a.stride < 1 || a.dilation < 1 || a.pad_begin < 0 || a.pad_end < 0) {
+    return invalid(op, "spatial dimension " + std::to_string(i) +
+                           " needs kernel, stride and dilation >= 1 and pads >= 0");
+  }
+  const int64_t span = a.in + a.pad_begin + a.pad_end - (a.kernel - 1) * a.dilation - 1;
+  const int64_t floor_out = span < 0 ? -1 : span / a.stride + 1;
+  const int64_t ceil_out = span < 0 ? -1 : (span + a.stride - 1) / a.stride + 1;
+  if (span < 0 || (a.out != floor_out && a.out != ceil_out)) {
+    return invalid(op, "output spatial dimension " + std::to_string(i) + " is " +
+                           std::to_string(a.out) + ", the window gives " +
+                           std::to_string(floor_out) + " (or " + std::to_string(ceil_out) + ")");
+  }
+  return a;
+}
+
+// ReduceMean over `reduced` dimensions of x (flags per dimension), y dense over the others.
+Result<CudaLaunch<k::ReduceMeanParams>> reduce_mean(const PlanOp& op, const CudaTensor& x,
+                                                    const CudaTensor& y,
+                                                    const std::vector<bool>& reduced) {
+  const Dims x_strides = dense_strides(x.dims);
+  Dims kept_dims, kept_strides, reduced_dims, reduced_strides;
+  int64_t row_length = 1;
+  for (size_t i = 0; i < x.dims.size(); ++i) {
+    if (reduced[i]) {
+      reduced_dims.push_back(x.dims[i]);
+      reduced_strides.push_back(x_strides[i]);
+      row_length *= x.dims[i];
+    } else {
+      kept_dims.push_back(x.dims[i]);
+      kept_strides.push_back(x_strides[i]);
+    }
+  }
+  ASSIGN_OR_RETURN(const MergedSpace<1> kept, merge_dims<1>(op, kept_dims, {kept_strides}));
+  ASSIGN_OR_RETURN(const MergedSpace<1> red, merge_dims<1>(op, reduced_dims, {reduced_strides}));
+  k::ReduceMeanParams p{};
+  p.x = device_pointer<const float>(x.data);
+  p.y = device_pointer<float>(y.data);
+  p.rows = element_count(kept_dims);
+  p.row_length = row_length;
+  p.kept_rank = kept.rank;
+  p.reduced_rank = red.rank;
+  copy_space(kept, 0, p.kept_dims, p.kept_strides);
+  copy_space(red, 0, p.reduced_dims, p.reduced_strides);
+  const bool by_block = row_length >= kCudaBlockRowLength;
+  return CudaLaunch<k::ReduceMeanParams>{
+      by_block ? CudaKernel::ss_reduce_mean_block : CudaKernel::ss_reduce_mean_rows,
+      by_block ? blocks_for_rows(p.rows) : blocks_for(p.rows), p};
+}
+
+}  // namespace
+
+const char* cuda_kernel_name(CudaKernel kernel) {
+  switch (kernel) {
+#define SS_CUDA_KERNEL_NAME(name) \
+  case CudaKernel::name:          \
+    return #name;
+    SS_CUDA_KERNELS(SS_CUDA_KERNEL_NAME)
+#undef SS_CUDA_KERNEL_NAME
+  }
+  return "unknown kernel";
+}
+
+void fold_batch_norm(float epsilon, std::span<const float> gamma, std::span<const float> beta,
+                     std::span<const float> mean, std::span<const float> var,
+                     std::span<float> scale, std::span<float> shift) {
+  for (size_t c = 0; c < scale.size(); ++c) {
+    const double factor = double(gamma[c]) / std::sqrt(double(var[c]) + double(epsilon));
+    scale[c] = float(factor);
+    shift[c] = float(double(beta[c]) - double(mean[c]) * factor);
+  }
+}
+
+Result<CudaLaunch<k::UnaryParams>> unary_launch(const PlanOp& op, const CudaTensor& x,
+                                                const CudaTensor& y) {
+  RETURN_IF_ERROR(check_fp32(op, "X", x));
+  RETURN_IF_ERROR(check_fp32(op, "Y", y));
+  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, x.dims));
+  ASSIGN_OR_RETURN(const k::KernelUnary alg, kernel_unary(op, op.unary));
+  const k::UnaryParams p{device_pointer<const float>(x.data),
+                         device_pointer<float>(y.data),
+                         element_count(x.dims),
+                         alg,
+                         op.alpha,
+                         op.beta};
+  return CudaLaunch<k::UnaryParams>{CudaKernel::ss_unary, blocks_for(p.count), p};
+}
+
+Result<CudaLaunch<k::ChannelEpilogueParams>> epilogue_launch(std::span<const PostOp> post_ops,
+                                                             CUdeviceptr bias,
+                                                             std::span<const CUdeviceptr> sums,
+                                                             const CudaTensor& y) {
+  PlanOp op;  // for the messages: the executor adds the op's label
+  op.label = "epilogue";
+  RETURN_IF_ERROR(check_fp32(op, "Y", y));
+  if (bias != 0 && y.dims.size() < 2) return invalid(op, "a bias needs a rank >= 2 result");
+  k::ChannelEpilogueParams p{};
+  p.x = device_pointer<const float>(y.data);
+  p.y = device_pointer<float>(y.data);
+  p.shift = device_pointer<const float>(bias);
+  p.count = element_count(y.dims);
+  channel_layout(y.dims, &p);
+  ASSIGN_OR_RETURN(p.post_op_count, fill_post_ops(op, post_ops, sums, true, p.post_ops));
+  return CudaLaunch<k::ChannelEpilogueParams>{CudaKernel::ss_channel_epilogue, blocks_for(p.count),
+                                              p};
+}
+
+Result<CudaLaunch<k::ChannelEpilogueParams>> batch_norm_launch(const PlanOp& op, CUdeviceptr scale,
+                                                               CUdeviceptr shift,
+                                                               const CudaTensor& x,
+                                                               const CudaTensor& y) {
+  RETURN_IF_ERROR(check_fp32(op, "X", x));
+  RETURN_IF_ERROR(check_fp32(op, "Y", y));
+  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, x.dims));
+  if (x.dims.size() < 2) return invalid(op, "needs a rank >= 2 input");
+  if (scale == 0 || shift == 0) return invalid(op, "needs the folded scale and shift");
+  k::ChannelEpilogueParams p{};
+  p.x = device_pointer<const float>(x.data);
+  p.y = device_pointer<float>(y.data);
+  p.scale = device_pointer<const float>(scale);
+  p.shift = device_pointer<const float>(shift);
+  p.count = element_count(x.dims);
+  channel_layout(x.dims, &p);
+  ASSIGN_OR_RETURN(p.post_op_count, fill_post_ops(op, op.post_ops, {}, false, p.post_ops));
+  return CudaLaunch<k::ChannelEpilogueParams>{CudaKernel::ss_channel_epilogue, blocks_for(p.count),
+                                              p};
+}
+
+Result<CudaLaunch<k::BinaryParams>> binary_launch(const PlanOp& op, const CudaTensor& a,
+                                                  const CudaTensor& b, const CudaTensor& y) {
+  RETURN_IF_ERROR(check_fp32(op, "A", a));
+  RETURN_IF_ERROR(check_fp32(op, "B", b));
+  RETURN_IF_ERROR(check_fp32(op, "C", y));
+  k::KernelBinary alg = k::KernelBinary::kAdd;
+  switch (op.binary) {
+    case BinaryAlg::kAdd:
+      alg = k::KernelBinary::kAdd;
+      break;
+    case BinaryAlg::kSub:
+      alg = k::KernelBinary::kSub;
+      break;
+    case BinaryAlg::kMul:
+      alg = k::KernelBinary::kMul;
+      break;
+    case BinaryAlg::kDiv:
+      alg = k::KernelBinary::kDiv;
+      break;
+    default:
+      return invalid(op, "unknown binary function");
+  }
+  // Each operand's strides as broadcast (numpy, right-aligned) to y: 0 along broadcast dims.
+  const size_t rank = y.dims.size();
+  auto broadcast = [&](const CudaTensor& t, const char* what) -> Result<Dims> {
+    if (t.dims.size() > rank) {
+      return invalid(op, std::string(what) + " " + dims_string(t.dims) +
+                             " has a higher rank than C " + dims_string(y.dims));
+    }
+    const Dims own = dense_strides(t.dims);
+    Dims strides(rank, 0);
+    const size_t lead = rank - t.dims.size();
+    for (size_t i = 0; i < t.dims.size(); ++i) {
+      const int64_t out = y.dims[lead + i];
+      if (t.dims[i] == out) {
+        strides[lead + i] = t.dims[i] == 1 ? 0 : own[i];
+      } else if (t.dims[i] != 1) {
+        return invalid(op, std::string(what) + " " + dims_string(t.dims) +
+                               " does not broadcast to C " + dims_string(y.dims));
+      }
+    }
+    return strides;
+  };
+  ASSIGN_OR_RETURN(const Dims a_strides, broadcast(a, "A"));
+  ASSIGN_OR_RETURN(const Dims b_strides, broadcast(b, "B"));
+  // C must be exactly the broadcast shape (numpy's, as the reference computes it).
+  for (size_t i = 0; i < rank; ++i) {
+    const size_t from_end = rank - i;
+    const int64_t da = from_end <= a.dims.size() ? a.dims[a.dims.size() - from_end] : 1;
+    const int64_t db = from_end <= b.dims.size() ? b.dims[b.dims.size() - from_end] : 1;
+    if (y.dims[i] != (da == 1 ? db : da)) {
+      return invalid(op, "C " + dims_string(y.dims) + " is not the broadcast of A " +
+                             dims_string(a.dims) + " and B " + dims_string(b.dims));
+    }
+  }
+  const Dims y_strides = dense_strides(y.dims);
+  ASSIGN_OR_RETURN(const MergedSpace<3> space,
+                   merge_dims<3>(op, y.dims, {y_strides, a_strides, b_strides}));
+  k::BinaryParams p{};
+  p.a = device_pointer<const float>(a.data);
+  p.b = device_pointer<const float>(b.data);
+  p.y = device_pointer<float>(y.data);
+  p.count = element_count(y.dims);
+  p.alg = alg;
+  p.rank = space.rank;
+  std::copy(std::begin(space.dims), std::end(space.dims), p.dims);
+  std::copy(std::begin(space.strides[1]), std::end(space.strides[1]), p.a_strides);
+  std::copy(std::begin(space.strides[2]), std::end(space.strides[2]), p.b_strides);
+  return CudaLaunch<k::BinaryParams>{CudaKernel::ss_binary, blocks_for(p.count), p};
+}
+
+Result<CudaLaunch<k::Pool2dParams>> pool_launch(const PlanOp& op, const CudaTensor& x,
+                                                const CudaTensor& y) {
+  const bool is_max = op.kind == OpKind::kMaxPool;
+  if (!is_max && op.kind != OpKind::kAveragePool)
+    return invalid(op, "is not a MaxPool or AveragePool");
+  RETURN_IF_ERROR(check_fp32(op, "X", x));
+  RETURN_IF_ERROR(check_fp32(op, "Y", y));
+  const size_t rank = x.dims.size();
+  if (rank != 3 && rank != 4) return invalid(op, "pools 1 or 2 spatial dimensions only");
+  if (y.dims.size() != rank || y.dims[0] != x.dims[0] || y.dims[1] != x.dims[1]) {
+    return invalid(op, "Y " + dims_string(y.dims) + " does not fit X " + dims_string(x.dims));
+  }
+  const size_t spatial = rank - 2;
+  if (op.kernel.size() != spatial || (!op.strides.empty() && op.strides.size() != spatial) ||
+      (!op.dilations.empty() && op.dilations.size() != spatial) ||
+      (!op.pads.empty() && op.pads.size() != 2 * spatial)) {
+    return invalid(op,
+                   "kernel, strides, dilations or pads do not have one entry per spatial "
+                   "dimension (pads two)");
+  }
+  k::Pool2dParams p{};
+  p.x = device_pointer<const float>(x.data);
+  p.y = device_pointer<float>(y.data);
+  p.count = element_count(y.dims);
+  p.h = k::PoolAxis{1, 1, 1, 1, 1, 0, 0};  // 1-d pooling: a trivial H
+  if (spatial == 2) {
+    ASSIGN_OR_RETURN(p.h, pool_axis(op, 0, spatial, x.dims[2], y.dims[2]));
+  }
+  ASSIGN_OR_RETURN(p.w, pool_axis(op, spatial - 1, spatial, x.dims[rank - 1], y.dims[rank - 1]));
+  p.count_include_pad = op.count_include_pad ? 1 : 0;
+  return CudaLaunch<k::Pool2dParams>{is_max ? CudaKernel::ss_max_pool : CudaKernel::ss_average_pool,
+                                     blocks_for(p.count), p};
+}
+
+Result<CudaLaunch<k::ReduceMeanParams>> global_average_pool_launch(const PlanOp& op,
+                                                                   const CudaTensor& x,
+                                                                   const CudaTensor& y) {
+  RETURN_IF_ERROR(check_fp32(op, "X", x));
+  RETURN_IF_ERROR(check_fp32(op, "Y", y));
+  if (x.dims.size() < 3) return invalid(op, "needs a rank >= 3 input");
+  Dims expected(x.dims.begin(), x.dims.end());
+  std::fill(expected.begin() + 2, expected.end(), 1);
+  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, expected));
+  std::vector<bool> reduced(x.dims.size(), true);
+  reduced[0] = reduced[1] = false;
+  return reduce_mean(op, x, y, reduced);
+}
+
+Result<CudaLaunch<k::ReduceMeanParams>> reduce_mean_launch(const PlanOp& op, const CudaTensor& x,
+                                                           const CudaTensor& y) {
+  RETURN_IF_ERROR(check_fp32(op, "X", x));
+  RETURN_IF_ERROR(check_fp32(op, "Y", y));
+  const size_t rank = x.dims.size();
+  std::vector<bool> reduced(rank, op.axes.empty());  // empty axes: every axis (ONNX's default)
+  for (size_t i = 0; i < op.axes.size(); ++i) {
+    const int64_t a = op.axes[i];
+    if (a < 0 || a >= int64_t(rank) || (i > 0 && a <= op.axes[i - 1])) {
+      return invalid(op, "axes " + dims_string(op.axes) + " are not sorted, unique axes of rank " +
+                             std::to_string(rank));
+    }
+    reduced[size_t(a)] = true;
+  }
+  Dims expected;
+  for (size_t i = 0; i < rank; ++i) {
+    if (!reduced[i]) {
+      expected.push_back(x.dims[i]);
+    } else if (op.keepdims) {
+      expected.push_back(1);
+    }
+  }
+  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, expected));
+  return reduce_mean(op, x, y, reduced);
+}
+
+Result<CudaLaunch<k::SoftmaxParams>> softmax_launch(const PlanOp& op, const CudaTensor& x,
+                                                    const CudaTensor& y) {
+  RETURN_IF_ERROR(check_fp32(op, "X", x));
+  RETURN_IF_ERROR(check_fp32(op, "Y", y));
+  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, x.dims));
+  if (x.dims.empty()) return invalid(op, "needs a rank >= 1 input");
+  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
+  k::SoftmaxParams p{};
+  p.x = device_pointer<const float>(x.data);
+  p.y = device_pointer<float>(y.data);
+  p.length = x.dims[size_t(axis)];
+  p.inner = element_count(x.dims.subspan(size_t(axis) + 1));
+  p.rows = element_count(x.dims.first(size_t(axis))) * p.inner;
+  if (p.length == 0) p.rows = 0;  // nothing to write
+  const bool by_block = p.length >= kCudaBlockRowLength;
+  return CudaLaunch<k::SoftmaxParams>{
+      by_block ? CudaKernel::ss_softmax_block : CudaKernel::ss_softmax_rows,
+      by_block ? blocks_for_rows(p.rows) : blocks_for(p.rows), p};
+}
+
+Result<CudaLaunch<k::LrnParams>> lrn_launch(const PlanOp& op, const CudaTensor& x,
+                                            const CudaTensor& y) {
+  RETURN_IF_ERROR(check_fp32(op, "X", x));
+  RETURN_IF_ERROR(check_fp32(op, "Y", y));
+  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, x.dims));
+  if (x.dims.size() < 2) return invalid(op, "needs a rank >= 2 input");
+  if (op.size < 1) return invalid(op, "size must be >= 1, got " + std::to_string(op.size));
+  k::LrnParams p{};
+  p.x = device_pointer<const float>(x.data);
+  p.y = device_pointer<float>(y.data);
+  p.count = element_count(x.dims);
+  p.channels = x.dims[1];
+  p.inner = element_count(x.dims.subspan(2));
+  p.before = (op.size - 1) / 2;
+  p.after = op.size - 1 - p.before;  // ceil((size - 1) / 2)
+  p.scale = float(double(op.alpha) / double(op.size));
+  p.beta = op.beta;
+  p.bias = op.bias;
+  return CudaLaunch<k::LrnParams>{CudaKernel::ss_lrn, blocks_for(p.count), p};
+}
+
+Result<CudaLaunch<k::StridedCopyParams>> transpose_launch(const PlanOp& op, const CudaTensor& x,
+                                                          const CudaTensor& y) {
+  ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, x, y));
+  const size_t rank = x.dims.size();
+  Dims perm = op.perm;
+  if (perm.empty()) {  // ONNX's default: reverse the dimensions
+    for (size_t i = rank; i-- > 0;) perm.push_back(int64_t(i));
+  }
+  std::vector<bool> seen(rank, false);
+  bool valid = perm.size() == rank;
+  for (size_t i = 0; valid && i < rank; ++i) {
+    valid = perm[i] >= 0 && perm[i] < int64_t(rank) && !seen[size_t(perm[i])];
+    if (valid) seen[size_t(perm[i])] = true;
+  }
+  if (!valid) {
+    return invalid(op, "perm " + dims_string(perm) + " is not a permutation of " +
+                           std::to_string(rank) + " dimensions");
+  }
+  const Dims x_strides = dense_strides(x.dims);
+  Dims expected(rank), src_strides(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    expected[i] = x.dims[size_t(perm[i])];
+    src_strides[i] = x_strides[size_t(perm[i])];
+  }
+  RETURN_IF_ERROR(check_same_dims(op, "output", y.dims, expected));
+  return strided_copy(op, expected, y.data, dense_strides(expected), x.data, src_strides, esize);
+}
+
+Result<CudaLaunch<k::StridedCopyParams>> slice_launch(const PlanOp& op, const CudaTensor& x,
+                                                      const CudaTensor& y) {
+  ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, x, y));
+  const size_t rank = x.dims.size();
+  if (op.starts.size() != rank || op.steps.size() != rank || y.dims.size() != rank) {
+    return invalid(op, "needs starts, steps and an output of rank " + std::to_string(rank));
+  }
+  const Dims x_strides = dense_strides(x.dims);
+  Dims src_strides(rank);
+  int64_t origin = 0;
+  const bool empty = element_count(y.dims) == 0;
+  for (size_t i = 0; i < rank; ++i) {
+    const int64_t start = op.starts[i], step = op.steps[i], count = y.dims[i];
+    const int64_t last = start + (count - 1) * step;
+    if (step == 0) return invalid(op, "step 0 in dimension " + std::to_string(i));
+    if (!empty && (start < 0 || start >= x.dims[i] || last < 0 || last >= x.dims[i])) {
+      return invalid(op, "dimension " + std::to_string(i) + ": " + std::to_string(count) +
+                             " elements from " + std::to_string(start) + " by " +
+                             std::to_string(step) + " leave [0, " + std::to_string(x.dims[i]) +
+                             ")");
+    }
+    origin += start * x_strides[i];
+    src_strides[i] = step * x_strides[i];
+  }
+  if (empty) origin = 0;
+  return strided_copy(op, y.dims, y.data, dense_strides(y.dims),
+                      x.data + CUdeviceptr(origin * esize), src_strides, esize);
+}
+
+namespace {
+
+// Concat's and Split's shared part: `parts` along `axis` make up `whole`; the copy of part
+// `part` between its own dense layout and its block of the whole.
+Result<CudaLaunch<k::StridedCopyParams>> axis_part_copy(const PlanOp& op, const CudaTensor& whole,
+                                                        std::span<const CudaTensor> parts,
+                                                        size_t part, bool into_whole) {
+  if (whole.dims.empty()) return invalid(op, "needs rank >= 1 tensors");
+  if (part >= parts.size()) {
+    return invalid(op, "part " + std::to_string(part) + " of " + std::to_string(parts.size()));
+  }
+  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, whole.dims.size()));
+  const auto a = size_t(axis);
+  int64_t total = 0, offset = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const CudaTensor& t = parts[i];
+    RETURN_IF_ERROR(movable_element_size(op, whole, t).status());
+    Dims expected(whole.dims.begin(), whole.dims.end());
+    expected[a] = t.dims.size() == whole.dims.size() ? t.dims[a] : 0;
+    RETURN_IF_ERROR(check_same_dims(op, ("part " + std::to_string(i)).c_str(), t.dims, expected));
+    if (i < part) offset += t.dims[a];
+    total += t.dims[a];
+  }
+  if (total != whole.dims[a]) {
+    return invalid(op, "parts add up to " + std::to_string(total) + " along axis " +
+                           std::to_string(axis) + ", expected " + std::to_string(whole.dims[a]));
+  }
+  const CudaTensor& t = parts[part];
+  const auto esize = int32_t(shm::data_type_size(whole.dtype));
+  const Dims whole_strides = dense_strides(whole.dims);
+  const CUdeviceptr block = whole.data + CUdeviceptr(offset * whole_strides[a] * esize);
+  const Dims part_strides = dense_strides(t.dims);
+  if (into_whole)
+    return strided_copy(op, t.dims, block, whole_strides, t.data, part_strides, esize);
+  return strided_copy(op, t.dims, t.data, part_strides, block, whole_strides, esize);
+}
+
+}  // namespace
+
+Result<CudaLaunch<k::StridedCopyParams>> concat_launch(const PlanOp& op,
+                                                       std::span<const CudaTensor> inputs,
+                                                       size_t part, const CudaTensor& y) {
+  return axis_part_copy(op, y, inputs, part, true);
+}
+
+Result<CudaLaunch<k::StridedCopyParams>> split_launch(const PlanOp& op, const CudaTensor& x,
+                                                      std::span<const CudaTensor> outputs,
+                                                      size_t part) {
+  if (!op.sizes.empty()) {
+    if (op.sizes.size() != outputs.size()) {
+      return invalid(op, std::to_string(op.sizes.size()) + " sizes for " +
+                             std::to_string(outputs.size()) + " outputs");
+    }
+    ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (outputs[i].dims.size() != x.dims.size() || outputs[i].dims[size_t(axis)] != op.sizes[i]) {
+        return invalid(op, "output " + std::to_string(i) + " " + dims_string(outputs[i].dims) +
+                               " does not have size " + std::to_string(op.sizes[i]) +
+                               " along axis " + std::to_string(axis));
+      }
+    }
+  }
+  return axis_part_copy(op, x, outputs, part, false);
+}
+
+Result<CudaLaunch<k::PadParams>> pad_launch(const PlanOp& op, const CudaTensor& x,
+                                            const CudaTensor& y) {
+  ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, x, y));
+  const size_t rank = x.dims.size();
+  if (op.pads.size() != 2 * rank) {
+    return invalid(op, "pads has " + std::to_string(op.pads.size()) + " entries, expected " +
+                           std::to_string(2 * rank));
+  }
+  if (rank > size_t(k::kMaxRank)) {
+    return invalid(op, "pads rank " + std::to_string(rank) + " tensors, the kernel up to " +
+                           std::to_string(k::kMaxRank));
+  }
+  k::PadParams p{};
+  switch (op.pad_mode) {
+    case PlanOp::PadMode::kConstant:
+      p.mode = k::KernelPadMode::kConstant;
+      break;
+    case PlanOp::PadMode::kReflect:
+      p.mode = k::KernelPadMode::kReflect;
+      break;
+    case PlanOp::PadMode::kEdge:
+      p.mode = k::KernelPadMode::kEdge;
+      break;
+    default:
+      return invalid(op, "unknown pad mode");
+  }
+  const Dims x_strides = dense_strides(x.dims);
+  Dims expected(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    const int64_t begin = op.pads[i], end = op.pads[rank + i];
+    expected[i] = x.dims[i] + begin + end;
+    if (expected[i] < 0) {
+      return invalid(op, "pads crop more than dimension " + std::to_string(i) + " holds");
+    }
+    p.out_dims[i] = expected[i];
+    p.x_strides[i] = x_strides[i];
+    p.keep_begin[i] = std::max<int64_t>(0, -begin);
+    p.kept[i] = std::max<int64_t>(0, x.dims[i] - p.keep_begin[i] - std::max<int64_t>(0, -end));
+    p.at[i] = std::max<int64_t>(0, begin);
+    if (p.mode != k::KernelPadMode::kConstant && p.kept[i] == 0 && expected[i] > 0) {
+      return invalid(op, "dimension " + std::to_string(i) + " has nothing to reflect or extend");
+    }
+  }
+  RETURN_IF_ERROR(check_same_dims(op, "output", y.dims, expected));
+  p.x = device_pointer<const void>(x.data);
+  p.y = device_pointer<void>(y.data);
+  p.count = element_count(expected);
+  p.element_size = esize;
+  p.rank = int32_t(rank);
+  p.value_bits = value_bits(x.dtype, op.pad_value);
+  return CudaLaunch<k::PadParams>{CudaKernel::ss_pad, blocks_for(p.count), p};
+}
+
+Result<CudaLaunch<k::GatherParams>> gather_launch(const PlanOp& op, const CudaTensor& x,
+                                                  const CudaTensor& indices, const CudaTensor& y) {
+  ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, x, y));
+  if (indices.dtype != DataType::kInt32 && indices.dtype != DataType::kInt64) {
+    return invalid(op, "indices must be INT32 or INT64, got " +
+                           std::string(shm::data_type_name(indices.dtype)));
+  }
+  if (x.dims.empty()) return invalid(op, "needs a rank >= 1 input");
+  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
+  Dims expected(x.dims.begin(), x.dims.begin() + axis);
+  expected.insert(expected.end(), indices.dims.begin(), indices.dims.end());
+  expected.insert(expected.end(), x.dims.begin() + axis + 1, x.dims.end());
+  RETURN_IF_ERROR(check_same_dims(op, "output", y.dims, expected));
+  k::GatherParams p{};
+  p.x = device_pointer<const void>(x.data);
+  p.indices = device_pointer<const void>(indices.data);
+  p.y = device_pointer<void>(y.data);
+  p.count = element_count(expected);
+  p.element_size = esize;
+  p.indices_are_int64 = indices.dtype == DataType::kInt64 ? 1 : 0;
+  p.index_count = element_count(indices.dims);
+  p.axis_length = x.dims[size_t(axis)];
+  p.inner = element_count(x.dims.subspan(size_t(axis) + 1));
+  return CudaLaunch<k::GatherParams>{CudaKernel::ss_gather, blocks_for(p.count), p};
+}
+
+Result<CudaLaunch<k::CastParams>> cast_launch(const PlanOp& op, const CudaTensor& x,
+                                              const CudaTensor& y) {
+  RETURN_IF_ERROR(check_same_dims(op, "output", y.dims, x.dims));
+  ASSIGN_OR_RETURN(const k::KernelDtype from, kernel_dtype(op, x.dtype));
+  ASSIGN_OR_RETURN(const k::KernelDtype to, kernel_dtype(op, y.dtype));
+  const k::CastParams p{device_pointer<const void>(x.data), device_pointer<void>(y.data),
+                        element_count(x.dims), from, to};
+  return CudaLaunch<k::CastParams>{CudaKernel::ss_cast, blocks_for(p.count), p};
+}
+
+Result<CudaLaunch<k::FillParams>> fill_launch(const PlanOp& op, const CudaTensor& y) {
+  ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, y, y));
+  const k::FillParams p{device_pointer<void>(y.data), element_count(y.dims), esize,
+                        value_bits(y.dtype, 1.0)};
+  return CudaLaunch<k::FillParams>{CudaKernel::ss_fill, blocks_for(p.count), p};
+}
+
+// ---- the launcher --------------------------------------------------------------------------
+
+namespace {
+
+Status get_function(const CudaDriverApi& api, CUmodule module, const char* name,
+                    CUfunction* function) {
+  SS_CU_CHECK(api, api.cuModuleGetFunction(function, module, name));
+  return Status::ok();
+}
+
+Status load_module(const CudaDriverApi& api, const void* image, CUmodule* module) {
+  SS_CU_CHECK(api, api.cuModuleLoadData(module, image));
+  return Status::ok();
+}
+
+Status launch_kernel(const CudaDriverApi& api, CUfunction function, unsigned blocks,
+                     CUstream stream, void** args) {
+  SS_CU_CHECK(api, api.cuLaunchKernel(function, blocks, 1, 1, k::kThreadsPerBlock, 1, 1, 0, stream,
+                                      args, nullptr));
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<CudaKernels>> CudaKernels::load(const CudaDriverApi& api) {
+  CUmodule module = nullptr;
+  RETURN_IF_ERROR(load_module(api, cuda_kernels_fatbin().data(), &module)
+                      .with_context(std::string("the CUDA kernels' fatbin (SASS for sm_") +
+                                    cuda_kernels_archs() + ")"));
+  // Owned from here: a failure below unloads the module.
+  std::unique_ptr<CudaKernels> loaded(new CudaKernels(api, module));
+  for (size_t i = 0; i < kCudaKernelCount; ++i) {
+    const char* name = cuda_kernel_name(CudaKernel(i));
+    RETURN_IF_ERROR(get_function(api, module, name, &loaded->functions_[i])
+                        .with_context(std::string("CUDA kernel ") + name));
+  }
+  return loaded;
+}
+
+CudaKernels::~CudaKernels() {
+  // A destructor cannot report; the driver frees the module with its context in any case.
+  if (module_ != nullptr) (void)api_.cuModuleUnload(module_);
+}
+
+template <typename Params>
+Status CudaKernels::launch(CUstream stream, const Result<CudaLaunch<Params>>& launch) const {
+  static_assert(std::is_trivially_copyable_v<Params>);
+  static_assert(sizeof(Params) <= 4096, "the driver's classic limit for kernel parameters");
+  RETURN_IF_ERROR(launch.status());
+  if (launch->blocks == 0) return Status::ok();
+  // The driver copies the argument when the launch is recorded (captured, too).
+  Params params = launch->params;
+  void* args[] = {&params};
+  const char* name = cuda_kernel_name(launch->kernel);
+  return launch_kernel(api_, functions_[size_t(launch->kernel)], launch->blocks, stream, args)
+      .with_context(std::string("CUDA kernel ") + name);
+}
+
+Status CudaKernels::unary(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                          const CudaTensor& y) const {
+  return launch(stream, unary_launch(op, x, y));
+}
+
+Status CudaKernels::epilogue(CUstream stream, std::span<const PostOp> post_ops, CUdeviceptr bias,
+                             std::span<const CUdeviceptr> sums, const CudaTensor& y) const {
+  return launch(stream, epilogue_launch(post_ops, bias, sums, y));
+}
+
+Status CudaKernels::batch_norm(CUstream stream, const PlanOp& op, CUdeviceptr scale,
+                               CUdeviceptr shift, const CudaTensor& x, const CudaTensor& y) const {
+  return launch(stream, batch_norm_launch(op, scale, shift, x, y));
+}
+
+Status CudaKernels::binary(CUstream stream, const PlanOp& op, const CudaTensor& a,
+                           const CudaTensor& b, const CudaTensor& y) const {
+  return launch(stream, binary_launch(op, a, b, y));
+}
+
+Status CudaKernels::pool(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                         const CudaTensor& y) const {
+  return launch(stream, pool_launch(op, x, y));
+}
+
+Status CudaKernels::global_average_pool(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                                        const CudaTensor& y) const {
+  return launch(stream, global_average_pool_launch(op, x, y));
+}
+
+Status CudaKernels::reduce_mean(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                                const CudaTensor& y) const {
+  return launch(stream, reduce_mean_launch(op, x, y));
+}
+
+Status CudaKernels::softmax(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                            const CudaTensor& y) const {
+  return launch(stream, softmax_launch(op, x, y));
+}
+
+Status CudaKernels::lrn(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                        const CudaTensor& y) const {
+  return launch(stream, lrn_launch(op, x, y));
+}
+
+Status CudaKernels::transpose(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                              const CudaTensor& y) const {
+  return launch(stream, transpose_launch(op, x, y));
+}
+
+Status CudaKernels::slice(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                          const CudaTensor& y) const {
+  return launch(stream, slice_launch(op, x, y));
+}
+
+Status CudaKernels::concat(CUstream stream, const PlanOp& op, std::span<const CudaTensor> inputs,
+                           const CudaTensor& y) const {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    RETURN_IF_ERROR(launch(stream, concat_launch(op, inputs, i, y)));
+  }
+  return Status::ok();
+}
+
+Status CudaKernels::split(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                          std::span<const CudaTensor> outputs) const {
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    RETURN_IF_ERROR(launch(stream, split_launch(op, x, outputs, i)));
+  }
+  return Status::ok();
+}
+
+Status CudaKernels::pad(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                        const CudaTensor& y) const {
+  return launch(stream, pad_launch(op, x, y));
+}
+
+Status CudaKernels::gather(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                           const CudaTensor& indices, const CudaTensor& y) const {
+  return launch(stream, gather_launch(op, x, indices, y));
+}
+
+Status CudaKernels::cast(CUstream stream, const PlanOp& op, const CudaTensor& x,
+                         const CudaTensor& y) const {
+  return launch(stream, cast_launch(op, x, y));
+}
+
+Status CudaKernels::fill(CUstream stream, const PlanOp& op, const CudaTensor& y) const {
+  return launch(stream, fill_launch(op, y));
+}
+
+}  // namespace sliceserve::backends
