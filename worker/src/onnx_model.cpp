@@ -77,6 +77,11 @@ class OnnxModel final : public Model {
       return {ErrorCode::kInvalidArgument,
               fmt::format("batch of {} exceeds max_batch {}", batch.size(), engine_->max_batch())};
     }
+    if (engine_->runs_items()) {
+      Status status = engine_->run_items(batch, ctx);
+      if (!status.is_ok()) return {ErrorCode::kModelError, status.message()};
+      return Status::ok();
+    }
     // The slots are not contiguous: gather the items, run, scatter.
     for (size_t t = 0; t < spec_.n_inputs; ++t) {
       const size_t bytes = spec_.inputs[t].byte_size();
@@ -127,7 +132,8 @@ Result<std::unique_ptr<Model>> create_onnx_model(const ModelOptions& options,
                    engine::Engine::load_file(options.path, {.max_batch = options.max_batch,
                                                             .device = options.device,
                                                             .weights = weights,
-                                                            .threads = options.threads}));
+                                                            .threads = options.threads,
+                                                            .io_memory = options.io_memory}));
   RETURN_IF_ERROR(
       check_tensors(spec.input_specs(), loaded->inputs(), "input").with_context(options.path));
   RETURN_IF_ERROR(

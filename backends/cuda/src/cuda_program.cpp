@@ -3,11 +3,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <map>
 #include <numeric>
 
+#include "cuda_kernels.h"
 #include "sliceserve/backends/arena_layout.h"
 
 namespace sliceserve::backends {
@@ -100,6 +100,9 @@ class ProgramPlanner {
       case OpKind::kGemm:
         step.kind = CudaStep::Kind::kGemm;
         step.epilogue = !op.post_ops.empty();
+        if (op.inputs.size() > 2 && op.inputs[2] >= 0 && op.beta != 0.0F) {
+          step.zero = weights_.derived("zero scalar", std::vector<std::byte>(sizeof(float)));
+        }
         break;
       case OpKind::kMatMul:
         RETURN_IF_ERROR(plan_matmul(op, step));
@@ -109,8 +112,8 @@ class ProgramPlanner {
         break;
       case OpKind::kMaxPool:
       case OpKind::kAveragePool:
-        if (op.kernel.size() != 2) {
-          return unsupported(op, fmt::format("{}-D pooling (2-D only)", op.kernel.size()));
+        if (op.kernel.size() != 1 && op.kernel.size() != 2) {
+          return unsupported(op, fmt::format("{}-D pooling (1-D and 2-D only)", op.kernel.size()));
         }
         break;
       default:
@@ -198,17 +201,14 @@ class ProgramPlanner {
         return unsupported(op, "BatchNormalization statistics that are not constants");
       }
     }
-    // y = x * scale + shift, scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
     const std::vector<float> gamma = floats_of(value(op.inputs[1]));
     const std::vector<float> beta = floats_of(value(op.inputs[2]));
     const std::vector<float> mean = floats_of(value(op.inputs[3]));
     const std::vector<float> var = floats_of(value(op.inputs[4]));
     std::vector<float> scale_shift(gamma.size() * 2);
-    for (size_t c = 0; c < gamma.size(); ++c) {
-      const float scale = gamma[c] / std::sqrt(var[c] + op.epsilon);
-      scale_shift[c] = scale;
-      scale_shift[gamma.size() + c] = beta[c] - mean[c] * scale;
-    }
+    const std::span<float> all(scale_shift);
+    fold_batch_norm(op.epsilon, gamma, beta, mean, var, all.first(gamma.size()),
+                    all.last(gamma.size()));
     step.kind = CudaStep::Kind::kBatchNorm;
     step.scale_shift = weights_.derived(op.label + "/scale shift", float_bytes(scale_shift));
     return Status::ok();

@@ -18,8 +18,7 @@ class PlanBuilder {
  public:
   explicit PlanBuilder(int64_t batch = 1) { plan_.batch = batch; }
 
-  int value(const std::string& name, std::vector<int64_t> dims,
-            DataType dtype = DataType::kFp32) {
+  int value(const std::string& name, std::vector<int64_t> dims, DataType dtype = DataType::kFp32) {
     PlanValue v;
     v.name = name;
     v.dtype = dtype;

@@ -3,14 +3,49 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <charconv>
 #include <deque>
 
+#ifdef SLICESERVE_HAVE_CUDA
+#include "sliceserve/backends/cuda/cuda_executor.h"
+#endif
 #include "sliceserve/worker/engine/fusion.h"
 #include "sliceserve/worker/engine/lowering.h"
 #include "sliceserve/worker/engine/onnx_loader.h"
 #include "sliceserve/worker/engine/shape_inference.h"
 
 namespace sliceserve::worker::engine {
+namespace {
+
+// "cpu", "cuda" or "cuda:<ordinal>".
+Result<std::unique_ptr<backends::Executor>> create_executor(const std::string& device) {
+  if (device == "cpu") return backends::create_cpu_executor();
+  if (device == "cuda" || device.starts_with("cuda:")) {
+    int ordinal = 0;
+    if (device != "cuda") {
+      const std::string digits = device.substr(5);
+      const auto [end, error] =
+          std::from_chars(digits.data(), digits.data() + digits.size(), ordinal);
+      if (digits.empty() || error != std::errc() || end != digits.data() + digits.size() ||
+          ordinal < 0) {
+        return Status{ErrorCode::kInvalidArgument,
+                      fmt::format("device '{}': the CUDA ordinal must be a number >= 0", device)};
+      }
+    }
+#ifdef SLICESERVE_HAVE_CUDA
+    return backends::create_cuda_executor(ordinal);
+#else
+    return Status{ErrorCode::kUnavailable,
+                  fmt::format("no executor for device '{}' in this build (built without the "
+                              "CUDA toolkit)",
+                              device)};
+#endif
+  }
+  return Status{ErrorCode::kInvalidArgument,
+                fmt::format("unknown device '{}' (cpu, cuda, cuda:<ordinal>)", device)};
+}
+
+}  // namespace
 
 Result<std::unique_ptr<Engine>> Engine::load_file(const std::string& path,
                                                   const EngineOptions& options) {
@@ -25,10 +60,7 @@ Result<std::unique_ptr<Engine>> Engine::load_graph(Graph graph, const EngineOpti
     return Status{ErrorCode::kInvalidArgument,
                   fmt::format("max_batch {} is out of range [0, 4096]", options.max_batch)};
   }
-  if (options.device != "cpu") {
-    return Status{ErrorCode::kUnavailable,
-                  fmt::format("no executor for device '{}' in this build", options.device)};
-  }
+  ASSIGN_OR_RETURN(std::unique_ptr<backends::Executor> executor, create_executor(options.device));
   for (const ValueInfo& input : graph.inputs) {
     if (options.max_batch > 0 && (!input.has_shape || input.shape.empty())) {
       return Status{ErrorCode::kInvalidArgument,
@@ -67,8 +99,9 @@ Result<std::unique_ptr<Engine>> Engine::load_graph(Graph graph, const EngineOpti
     ASSIGN_OR_RETURN(backends::Plan plan, lower(graph, batch, storage));
     plans.push_back(std::move(plan));
   }
-  engine->executor_ = backends::create_cpu_executor();
+  engine->executor_ = std::move(executor);
   RETURN_IF_ERROR(engine->executor_->compile(plans, options.weights, options.threads));
+  RETURN_IF_ERROR(engine->executor_->register_host_memory(options.io_memory));
   return engine;
 }
 
@@ -99,6 +132,25 @@ Status Engine::run(int64_t batch, std::span<const std::byte* const> inputs,
   }
   const auto index = static_cast<size_t>(max_batch_ > 0 ? batch - 1 : 0);
   return executor_->run(index, inputs, outputs, ctx);
+}
+
+Status Engine::run_items(std::span<const backends::Executor::ItemBuffers> items,
+                         backends::ComputeContext& ctx) {
+  const auto batch = static_cast<int64_t>(items.size());
+  if (max_batch_ == 0 || batch < 1 || batch > max_batch_) {
+    return {ErrorCode::kInvalidArgument,
+            fmt::format("a batch of {} items is out of range (the engine was built for 1..{})",
+                        batch, max_batch_)};
+  }
+  for (const backends::Executor::ItemBuffers& item : items) {
+    if (item.inputs.size() != inputs_.size() || item.outputs.size() != outputs_.size()) {
+      return {
+          ErrorCode::kInvalidArgument,
+          fmt::format("an item has {} inputs and {} outputs, the model has {} and {}",
+                      item.inputs.size(), item.outputs.size(), inputs_.size(), outputs_.size())};
+    }
+  }
+  return executor_->run_items(static_cast<size_t>(batch - 1), items, ctx);
 }
 
 }  // namespace sliceserve::worker::engine

@@ -38,6 +38,10 @@ class WeightStore {
   // Bytes of regions this worker maps, and of those it filled itself.
   virtual size_t mapped_bytes() const = 0;
   virtual size_t private_bytes() const = 0;
+  // True for stores of device memory (a region's `data` is then a device address): an executor
+  // keeps its weights in a store only where they are usable, in host memory for the cpu
+  // executor, in device memory for a GPU one.
+  virtual bool holds_device_memory() const { return false; }
 };
 
 // Host memory store for the model whose segment is `segment_name` ("/sliceserve.<i>.<m>"):

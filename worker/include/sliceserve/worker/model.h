@@ -37,7 +37,8 @@
 //              tensors are the model's inputs and outputs without their batch dimension (names,
 //              dtypes and item shapes must match the file's); the engine has a plan for every
 //              batch size 1..max_batch. Its weights live in the WeightStore (region
-//              "engine-<hash>"), so a shadow maps the live worker's copy.
+//              "engine-<hash>"), so a shadow maps the live worker's copy. On "cuda:<n>" the
+//              items go between their slots and the GPU by DMA, with no gather step.
 
 #include <atomic>
 #include <cstddef>
@@ -47,17 +48,16 @@
 #include <string>
 
 #include "sliceserve/backends/compute_context.h"
+#include "sliceserve/backends/executor.h"
 #include "sliceserve/backends/weight_store.h"
 #include "sliceserve/shm/status.h"
 #include "sliceserve/shm/tensor_spec.h"
 
 namespace sliceserve::worker {
 
-// One request of a batch, inside its shm slot.
-struct ItemIO {
-  std::span<const std::byte* const> inputs;  // one pointer per declared input, spec order
-  std::span<std::byte* const> outputs;       // one pointer per declared output
-};
+// One request of a batch, inside its shm slot: one pointer per declared input and output, in
+// spec order. The executors' own item type, so a device executor takes a batch as it is.
+using ItemIO = backends::Executor::ItemBuffers;
 
 struct ModelOptions {
   std::string kind;               // "null" | "synthetic" | "onnx"
@@ -69,6 +69,9 @@ struct ModelOptions {
   int64_t max_batch = 1;          // onnx: the largest batch the worker runs, 1 .. 4096
   unsigned threads = 0;           // onnx: the slice's compute threads at load (0: all cpus)
   std::string device = "cpu";     // onnx: the engine's device, "cpu" or "cuda:<ordinal>"
+  // onnx on a device: the segment's slot arena, which batches' items point into; the engine
+  // pins it for DMA. Empty: none.
+  std::span<std::byte> io_memory = {};
   // Cuts a load delay short when it turns true (a worker told to stop while loading): the load
   // then fails with kUnavailable. Nullable.
   const std::atomic<bool>* stop = nullptr;

@@ -23,13 +23,18 @@ struct EngineOptions {
   // Plans are built for every batch size 1..max_batch, the first dimension of every graph input
   // being the batch. 0: one plan at the graph's declared input shapes, which must all be known.
   int64_t max_batch = 1;
-  std::string device = "cpu";  // the executor: "cpu" (oneDNN)
+  // The executor: "cpu" (oneDNN), "cuda:<ordinal>" (cuDNN/cuBLAS/own kernels; "cuda" is
+  // cuda:0), in builds with the cuda wing.
+  std::string device = "cpu";
   // Where the executor keeps the weights (nullable: a private copy); must outlive the engine.
   backends::WeightStore* weights = nullptr;
   // The compute threads of the context the engine will run in (a slice's concurrency()): its
   // primitives are built for them at load. 0: the device's default. Runs with another count
   // build theirs on their first run.
   unsigned threads = 0;
+  // Host memory the items of run_items() live in (the segment's slot arena): a device executor
+  // pins it at load so items go to the device by DMA. Empty: none.
+  std::span<std::byte> io_memory = {};
 };
 
 class Engine {
@@ -55,6 +60,13 @@ class Engine {
   // other. kInvalidArgument for a batch out of range or a wrong buffer count.
   Status run(int64_t batch, std::span<const std::byte* const> inputs,
              std::span<std::byte* const> outputs, backends::ComputeContext& ctx);
+
+  // Runs batch.size() items given one by one (shared-memory slots), where the executor copies
+  // them to and from its device itself (runs_items()); otherwise the caller gathers them into
+  // the contiguous buffers run() takes.
+  bool runs_items() const { return executor_->runs_items(); }
+  Status run_items(std::span<const backends::Executor::ItemBuffers> items,
+                   backends::ComputeContext& ctx);
 
   backends::ExecutorWeights weights() const { return executor_->weights(); }
 

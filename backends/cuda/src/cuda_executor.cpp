@@ -1,0 +1,639 @@
+#include "sliceserve/backends/cuda/cuda_executor.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda_driver_api.h"
+#include "cuda_kernels.h"
+#include "cuda_libraries.h"
+#include "cuda_program.h"
+#include "sliceserve/backends/cuda/cuda_driver.h"
+
+namespace sliceserve::backends {
+namespace {
+
+// cuDNN's algorithm search may take this much workspace per convolution; faster algorithms that
+// need more are skipped.
+constexpr size_t kMaxConvWorkspace = size_t{256} << 20;
+// cuBLAS's own workspace, set explicitly so that GEMMs inside graph capture never allocate
+// (NVIDIA's recommendation for Hopper: 32 MiB).
+constexpr size_t kCublasWorkspace = size_t{32} << 20;
+
+std::vector<int> to_int(std::span<const int64_t> values) { return {values.begin(), values.end()}; }
+
+// Row-major strides of dims.
+std::vector<int> strides_of(const std::vector<int>& dims) {
+  std::vector<int> strides(dims.size(), 1);
+  for (size_t i = dims.size(); i-- > 1;) strides[i - 1] = strides[i] * dims[i];
+  return strides;
+}
+
+// A 1-D convolution runs as a 2-D one of height 1 (cuDNN wants 4-D or 5-D tensors): a 1 is
+// inserted as the first spatial dimension, and the kernel parameters get its 1s and 0s.
+std::vector<int> conv_dims(const std::vector<int64_t>& dims) {
+  std::vector<int> out = to_int(dims);
+  if (out.size() == 3) out.insert(out.begin() + 2, 1);
+  return out;
+}
+
+// One convolution's cuDNN descriptors and chosen algorithm.
+struct ConvSetup {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+  size_t workspace = 0;
+};
+
+class CudaExecutor final : public Executor {
+ public:
+  CudaExecutor(const CudaDriverApi& api, const CudaLibraries& libs, CUdevice device)
+      : api_(api), libs_(libs), device_(device) {}
+  ~CudaExecutor() override;
+  CudaExecutor(const CudaExecutor&) = delete;
+  CudaExecutor& operator=(const CudaExecutor&) = delete;
+
+  Status compile(std::span<const Plan> plans, WeightStore* weights, unsigned threads) override;
+  Status run(size_t index, std::span<const std::byte* const> inputs,
+             std::span<std::byte* const> outputs, ComputeContext& ctx) override;
+  bool runs_items() const override { return true; }
+  Status run_items(size_t index, std::span<const ItemBuffers> items, ComputeContext& ctx) override;
+  Status register_host_memory(std::span<std::byte> memory) override;
+  ExecutorWeights weights() const override { return usage_; }
+
+ private:
+  Status open_context();
+  Status place_weights(WeightStore* store);
+  Status prepare_convolutions();
+  Result<ConvSetup> find_convolution(const Plan& plan, const PlanOp& op);
+  // The stream the run goes to, with its context current: the slice's queue, or the
+  // executor's own stream for a context with none (a host slice, as slicectl run-model has).
+  Result<DeviceQueue> enter(const ComputeContext& ctx);
+  // Enqueues program `index` on `stream`: its graph for this queue (captured on first use), or
+  // its steps one by one once capture has proven impossible.
+  Status launch(size_t index, const DeviceQueue& queue);
+  Status record(size_t index, CUstream stream);
+  // The record_* functions enqueue one step of program `index`.
+  Status record_step(size_t index, const CudaStep& step, const ConvSetup* conv, CUstream stream);
+  Status record_gemm(size_t index, const CudaStep& step, CUstream stream);
+  Status record_matmul(size_t index, const CudaStep& step);
+  Status record_kernel(size_t index, const PlanOp& op, CUstream stream);
+  std::vector<CUdeviceptr> sums_of(size_t index, const PlanOp& op) const;
+  CUdeviceptr weight(size_t entry) const { return weights_ + weight_table_.entries[entry].offset; }
+
+  CUdeviceptr address(const CudaProgram& program, int value) const;
+  CudaTensor tensor(size_t index, int value) const;
+  Status check_batch(size_t index, size_t inputs, size_t outputs) const;
+
+  const CudaDriverApi& api_;
+  const CudaLibraries& libs_;
+  CUdevice device_ = 0;
+  CUcontext primary_ = nullptr;
+  CUstream own_stream_ = nullptr;
+  cudnnHandle_t cudnn_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::unique_ptr<CudaKernels> kernels_;
+
+  // The plans without their constants' bytes (valid only during compile), and their programs.
+  std::vector<Plan> plans_;
+  std::vector<CudaProgram> programs_;
+  std::vector<std::map<size_t, ConvSetup>> convs_;  // per program: step -> its convolution
+  DeviceWeightTable weight_table_;
+  CUdeviceptr weights_ = 0;          // the region's device address
+  CUdeviceptr private_weights_ = 0;  // this executor's own allocation, when not in a store
+  CUdeviceptr arena_ = 0;
+  CUdeviceptr conv_workspace_ = 0;
+  size_t conv_workspace_bytes_ = 0;
+  CUdeviceptr cublas_workspace_ = 0;
+  ExecutorWeights usage_;
+
+  std::map<std::pair<size_t, size_t>, CUgraphExec> graphs_;  // (program, queue index)
+  bool capture_works_ = true;
+  std::vector<void*> registered_;  // host ranges pinned by register_host_memory
+};
+
+CudaExecutor::~CudaExecutor() {
+  // Teardown is best effort: a failing driver call here has nobody to report to.
+  if (primary_ != nullptr) api_.cuCtxSetCurrent(primary_);
+  for (auto& [key, graph] : graphs_) api_.cuGraphExecDestroy(graph);
+  for (auto& setups : convs_) {
+    for (auto& [step, setup] : setups) {
+      libs_.cudnn.cudnnDestroyTensorDescriptor(setup.x);
+      libs_.cudnn.cudnnDestroyTensorDescriptor(setup.y);
+      if (setup.bias != nullptr) libs_.cudnn.cudnnDestroyTensorDescriptor(setup.bias);
+      libs_.cudnn.cudnnDestroyFilterDescriptor(setup.w);
+      libs_.cudnn.cudnnDestroyConvolutionDescriptor(setup.conv);
+    }
+  }
+  kernels_.reset();
+  if (cublas_ != nullptr) libs_.cublas.cublasDestroy(cublas_);
+  if (cudnn_ != nullptr) libs_.cudnn.cudnnDestroy(cudnn_);
+  for (void* host : registered_) api_.cuMemHostUnregister(host);
+  for (CUdeviceptr p : {arena_, conv_workspace_, cublas_workspace_, private_weights_}) {
+    if (p != 0) api_.cuMemFree(p);
+  }
+  if (own_stream_ != nullptr) api_.cuStreamDestroy(own_stream_);
+  if (primary_ != nullptr) api_.cuDevicePrimaryCtxRelease(device_);
+}
+
+Status CudaExecutor::open_context() {
+  // Everything is allocated in the primary context: green contexts share its memory, so one set
+  // of buffers serves every queue of a slice's pool.
+  SS_CU_CHECK(api_, api_.cuDevicePrimaryCtxRetain(&primary_, device_));
+  SS_CU_CHECK(api_, api_.cuCtxSetCurrent(primary_));
+  SS_CU_CHECK(api_, api_.cuStreamCreate(&own_stream_, CU_STREAM_NON_BLOCKING));
+  SS_CUDNN_CHECK(libs_.cudnn, libs_.cudnn.cudnnCreate(&cudnn_));
+  SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasCreate(&cublas_));
+  // FP32 GEMMs stay FP32 (no TF32), as PyTorch's default matmul precision.
+  SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  SS_CU_CHECK(api_, api_.cuMemAlloc(&cublas_workspace_, kCublasWorkspace));
+  SS_CUBLAS_CHECK(libs_.cublas,
+                  libs_.cublas.cublasSetWorkspace(
+                      cublas_, reinterpret_cast<void*>(cublas_workspace_), kCublasWorkspace));
+  ASSIGN_OR_RETURN(kernels_, CudaKernels::load(api_));
+  return Status::ok();
+}
+
+Status CudaExecutor::compile(std::span<const Plan> plans, WeightStore* weights,
+                             unsigned /*threads*/) {
+  if (!plans_.empty()) return {ErrorCode::kInternal, "the cuda executor is compiled once"};
+  ASSIGN_OR_RETURN(programs_, plan_cuda_programs(plans, weight_table_));
+  RETURN_IF_ERROR(open_context());
+  RETURN_IF_ERROR(place_weights(weights));
+  plans_.assign(plans.begin(), plans.end());
+  for (Plan& plan : plans_) {
+    for (PlanValue& value : plan.values) value.data = {};
+  }
+  // The sources pointed into the caller's plans; only offsets are needed from here on.
+  for (DeviceWeightEntry& entry : weight_table_.entries) {
+    entry.source = {};
+    entry.derived = {};
+  }
+  size_t arena_bytes = 0;
+  for (const CudaProgram& program : programs_) {
+    arena_bytes = std::max(arena_bytes, program.arena_bytes);
+  }
+  SS_CU_CHECK(api_, api_.cuMemAlloc(&arena_, std::max<size_t>(arena_bytes, kDeviceAlignment)));
+  return prepare_convolutions();
+}
+
+Status CudaExecutor::place_weights(WeightStore* store) {
+  usage_.bytes = weight_table_.bytes;
+  if (weight_table_.bytes == 0) return Status::ok();
+  auto fill = [this](std::span<std::byte> region) {
+    weight_table_.fill(region);
+    return Status::ok();
+  };
+  if (store != nullptr && store->holds_device_memory()) {
+    ASSIGN_OR_RETURN(WeightRegion region,
+                     store->get_or_create(weight_table_.region_key(), weight_table_.bytes, fill));
+    weights_ = reinterpret_cast<CUdeviceptr>(region.data);
+    usage_.private_bytes = region.shared ? 0 : weight_table_.bytes;
+    return Status::ok();
+  }
+  // No device store (a standalone run): a private copy, uploaded once.
+  std::vector<std::byte> host(weight_table_.bytes);
+  RETURN_IF_ERROR(fill(host));
+  SS_CU_CHECK(api_, api_.cuMemAlloc(&private_weights_, host.size()));
+  SS_CU_CHECK(api_,
+              api_.cuMemcpyHtoDAsync(private_weights_, host.data(), host.size(), own_stream_));
+  SS_CU_CHECK(api_, api_.cuStreamSynchronize(own_stream_));
+  weights_ = private_weights_;
+  usage_.private_bytes = weight_table_.bytes;
+  return Status::ok();
+}
+
+Result<ConvSetup> CudaExecutor::find_convolution(const Plan& plan, const PlanOp& op) {
+  const CudnnApi& dnn = libs_.cudnn;
+  const PlanValue& x = plan.values[static_cast<size_t>(op.inputs[0])];
+  const PlanValue& w = plan.values[static_cast<size_t>(op.inputs[1])];
+  const PlanValue& y = plan.values[static_cast<size_t>(op.outputs[0])];
+  const size_t spatial = op.kernel.size();
+  std::vector<int> pads(op.pads.begin(), op.pads.begin() + static_cast<std::ptrdiff_t>(spatial));
+  std::vector<int> strides = to_int(op.strides);
+  std::vector<int> dilations = to_int(op.dilations);
+  if (spatial == 1) {
+    pads.insert(pads.begin(), 0);
+    strides.insert(strides.begin(), 1);
+    dilations.insert(dilations.begin(), 1);
+  }
+  const std::vector<int> xd = conv_dims(x.dims);
+  const std::vector<int> wd = conv_dims(w.dims);
+  const std::vector<int> yd = conv_dims(y.dims);
+  ConvSetup s;
+  SS_CUDNN_CHECK(dnn, dnn.cudnnCreateTensorDescriptor(&s.x));
+  SS_CUDNN_CHECK(dnn, dnn.cudnnCreateTensorDescriptor(&s.y));
+  SS_CUDNN_CHECK(dnn, dnn.cudnnCreateFilterDescriptor(&s.w));
+  SS_CUDNN_CHECK(dnn, dnn.cudnnCreateConvolutionDescriptor(&s.conv));
+  SS_CUDNN_CHECK(dnn, dnn.cudnnSetTensorNdDescriptor(s.x, CUDNN_DATA_FLOAT, int(xd.size()),
+                                                     xd.data(), strides_of(xd).data()));
+  SS_CUDNN_CHECK(dnn, dnn.cudnnSetTensorNdDescriptor(s.y, CUDNN_DATA_FLOAT, int(yd.size()),
+                                                     yd.data(), strides_of(yd).data()));
+  SS_CUDNN_CHECK(dnn, dnn.cudnnSetFilterNdDescriptor(s.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW,
+                                                     int(wd.size()), wd.data()));
+  SS_CUDNN_CHECK(dnn, dnn.cudnnSetConvolutionNdDescriptor(
+                          s.conv, int(pads.size()), pads.data(), strides.data(), dilations.data(),
+                          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  SS_CUDNN_CHECK(dnn, dnn.cudnnSetConvolutionGroupCount(s.conv, int(op.group)));
+  // cuDNN must agree with shape inference on the output, or the arena would be wrong.
+  std::vector<int> out(yd.size());
+  SS_CUDNN_CHECK(dnn, dnn.cudnnGetConvolutionNdForwardOutputDim(s.conv, s.x, s.w, int(out.size()),
+                                                                out.data()));
+  if (out != yd) {
+    return Status{ErrorCode::kInternal,
+                  fmt::format("{}: cuDNN computes output dims [{}], the plan has [{}]", op.label,
+                              fmt::join(out, ","), fmt::join(yd, ","))};
+  }
+  std::array<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT> perf{};
+  int found = 0;
+  SS_CUDNN_CHECK(dnn, dnn.cudnnFindConvolutionForwardAlgorithm(
+                          cudnn_, s.x, s.w, s.conv, s.y, int(perf.size()), &found, perf.data()));
+  // Results come fastest first; the first that ran and fits the workspace limit wins. Its math
+  // type (TF32 tensor cores allowed by default, as in PyTorch) goes with it.
+  const cudnnConvolutionFwdAlgoPerf_t* best = nullptr;
+  for (int i = 0; i < found && best == nullptr; ++i) {
+    if (perf[size_t(i)].status == CUDNN_STATUS_SUCCESS &&
+        perf[size_t(i)].memory <= kMaxConvWorkspace) {
+      best = &perf[size_t(i)];
+    }
+  }
+  if (best == nullptr) {
+    return Status{ErrorCode::kInternal,
+                  fmt::format("{}: cuDNN found no algorithm for this convolution", op.label)};
+  }
+  s.algo = best->algo;
+  s.workspace = best->memory;
+  SS_CUDNN_CHECK(dnn, dnn.cudnnSetConvolutionMathType(s.conv, best->mathType));
+  const int channels = yd[1];
+  std::vector<int> bias_dims(yd.size(), 1);
+  bias_dims[1] = channels;
+  SS_CUDNN_CHECK(dnn, dnn.cudnnCreateTensorDescriptor(&s.bias));
+  SS_CUDNN_CHECK(dnn,
+                 dnn.cudnnSetTensorNdDescriptor(s.bias, CUDNN_DATA_FLOAT, int(bias_dims.size()),
+                                                bias_dims.data(), strides_of(bias_dims).data()));
+  return s;
+}
+
+Status CudaExecutor::prepare_convolutions() {
+  convs_.resize(programs_.size());
+  for (size_t p = 0; p < programs_.size(); ++p) {
+    for (size_t s = 0; s < programs_[p].steps.size(); ++s) {
+      const CudaStep& step = programs_[p].steps[s];
+      if (step.kind != CudaStep::Kind::kConv && step.kind != CudaStep::Kind::kConvFused) continue;
+      ASSIGN_OR_RETURN(ConvSetup setup, find_convolution(plans_[p], plans_[p].ops[step.op]));
+      conv_workspace_bytes_ = std::max(conv_workspace_bytes_, setup.workspace);
+      convs_[p].emplace(s, setup);
+    }
+  }
+  if (conv_workspace_bytes_ > 0) {
+    SS_CU_CHECK(api_, api_.cuMemAlloc(&conv_workspace_, conv_workspace_bytes_));
+  }
+  return Status::ok();
+}
+
+CUdeviceptr CudaExecutor::address(const CudaProgram& program, int value) const {
+  const ValueLocation& at = program.values[static_cast<size_t>(value)];
+  switch (at.kind) {
+    case ValueLocation::Kind::kArena:
+      return arena_ + at.offset;
+    case ValueLocation::Kind::kWeight:
+      return weights_ + at.offset;
+    case ValueLocation::Kind::kNone:
+      break;
+  }
+  return 0;
+}
+
+CudaTensor CudaExecutor::tensor(size_t index, int value) const {
+  const PlanValue& v = plans_[index].values[static_cast<size_t>(value)];
+  return {address(programs_[index], value), v.dtype, v.dims};
+}
+
+Result<DeviceQueue> CudaExecutor::enter(const ComputeContext& ctx) {
+  DeviceQueue queue = ctx.device_queue();
+  if (queue.stream == nullptr) {
+    // A host context: the executor's own stream, keyed apart from every pool index.
+    queue = {primary_, own_stream_, SIZE_MAX};
+  }
+  SS_CU_CHECK(api_, api_.cuCtxSetCurrent(static_cast<CUcontext>(queue.context)));
+  return queue;
+}
+
+Status CudaExecutor::record(size_t index, CUstream stream) {
+  const CudaProgram& program = programs_[index];
+  SS_CUDNN_CHECK(libs_.cudnn, libs_.cudnn.cudnnSetStream(cudnn_, stream));
+  SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasSetStream(cublas_, stream));
+  for (size_t s = 0; s < program.steps.size(); ++s) {
+    const auto conv = convs_[index].find(s);
+    RETURN_IF_ERROR(record_step(index, program.steps[s],
+                                conv == convs_[index].end() ? nullptr : &conv->second, stream));
+  }
+  return Status::ok();
+}
+
+std::vector<CUdeviceptr> CudaExecutor::sums_of(size_t index, const PlanOp& op) const {
+  std::vector<CUdeviceptr> sums;
+  for (const PostOp& post : op.post_ops) {
+    if (post.kind == PostOp::Kind::kSum) sums.push_back(address(programs_[index], post.value));
+  }
+  return sums;
+}
+
+Status CudaExecutor::record_step(size_t index, const CudaStep& step, const ConvSetup* conv,
+                                 CUstream stream) {
+  const Plan& plan = plans_[index];
+  const CudaProgram& program = programs_[index];
+  const PlanOp& op = plan.ops[step.op];
+  const CudnnApi& dnn = libs_.cudnn;
+  auto ptr = [&](int v) { return reinterpret_cast<void*>(address(program, v)); };
+  const float one = 1.0F;
+  const float zero = 0.0F;
+  switch (step.kind) {
+    case CudaStep::Kind::kConvFused: {
+      // y = relu(conv(x) + z + bias) in one call; without z its scale is 0 (z := y, unread).
+      const float z_scale = step.z >= 0 ? 1.0F : 0.0F;
+      void* z = step.z >= 0 ? ptr(step.z) : ptr(op.outputs[0]);
+      cudnnActivationDescriptor_t relu = nullptr;
+      SS_CUDNN_CHECK(dnn, dnn.cudnnCreateActivationDescriptor(&relu));
+      const cudnnStatus_t set = dnn.cudnnSetActivationDescriptor(relu, CUDNN_ACTIVATION_RELU,
+                                                                 CUDNN_NOT_PROPAGATE_NAN, 0.0);
+      const cudnnStatus_t ran =
+          set != CUDNN_STATUS_SUCCESS
+              ? set
+              : dnn.cudnnConvolutionBiasActivationForward(
+                    cudnn_, &one, conv->x, ptr(op.inputs[0]), conv->w, ptr(op.inputs[1]),
+                    conv->conv, conv->algo, reinterpret_cast<void*>(conv_workspace_),
+                    conv_workspace_bytes_, &z_scale, conv->y, z, conv->bias,
+                    reinterpret_cast<void*>(weight(step.bias)), relu, conv->y, ptr(op.outputs[0]));
+      dnn.cudnnDestroyActivationDescriptor(relu);
+      SS_CUDNN_CHECK(dnn, ran);
+      return Status::ok();
+    }
+    case CudaStep::Kind::kConv: {
+      SS_CUDNN_CHECK(dnn, dnn.cudnnConvolutionForward(
+                              cudnn_, &one, conv->x, ptr(op.inputs[0]), conv->w, ptr(op.inputs[1]),
+                              conv->conv, conv->algo, reinterpret_cast<void*>(conv_workspace_),
+                              conv_workspace_bytes_, &zero, conv->y, ptr(op.outputs[0])));
+      if (!step.epilogue) return Status::ok();
+      return kernels_->epilogue(stream, op.post_ops,
+                                step.bias == SIZE_MAX ? CUdeviceptr{0} : weight(step.bias),
+                                sums_of(index, op), tensor(index, op.outputs[0]));
+    }
+    case CudaStep::Kind::kGemm:
+      return record_gemm(index, step, stream);
+    case CudaStep::Kind::kMatMul:
+      return record_matmul(index, step);
+    case CudaStep::Kind::kBatchNorm: {
+      const size_t channels = static_cast<size_t>(plan.values[size_t(op.inputs[1])].dims[0]);
+      const CUdeviceptr scale = weight(step.scale_shift);
+      return kernels_->batch_norm(stream, op, scale, scale + channels * sizeof(float),
+                                  tensor(index, op.inputs[0]), tensor(index, op.outputs[0]));
+    }
+    case CudaStep::Kind::kKernel:
+      return record_kernel(index, op, stream);
+  }
+  return Status::ok();
+}
+
+Status CudaExecutor::record_gemm(size_t index, const CudaStep& step, CUstream stream) {
+  const Plan& plan = plans_[index];
+  const PlanOp& op = plan.ops[step.op];
+  const CudaTensor y = tensor(index, op.outputs[0]);
+  const std::vector<int64_t>& a = plan.values[size_t(op.inputs[0])].dims;
+  const std::vector<int64_t>& b = plan.values[size_t(op.inputs[1])].dims;
+  const int m = int(op.trans_a ? a[1] : a[0]);
+  const int k = int(op.trans_a ? a[0] : a[1]);
+  const int n = int(op.trans_b ? b[0] : b[1]);
+  float beta = 0.0F;
+  if (step.zero != SIZE_MAX) {
+    // Y = broadcast(C) first, so that cuBLAS's beta scales it: C + 0 with the binary kernel's
+    // broadcasting (the zero a one-element weight entry).
+    PlanOp copy_c;
+    copy_c.kind = OpKind::kBinary;
+    copy_c.binary = BinaryAlg::kAdd;
+    copy_c.label = op.label + " (C)";
+    static constexpr int64_t kOne[] = {1};
+    const CudaTensor zero_scalar{weight(step.zero), DataType::kFp32, kOne};
+    RETURN_IF_ERROR(kernels_->binary(stream, copy_c, tensor(index, op.inputs[2]), zero_scalar, y));
+    beta = op.beta;
+  }
+  // Row-major Y[m,n] = op(A) op(B) is column-major Y^T = op(B)^T op(A)^T: B first (see
+  // docs/nvidia.md, "CUDA executor").
+  const cublasOperation_t op_b = op.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_a = op.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int ldb = op.trans_b ? k : n;
+  const int lda = op.trans_a ? m : k;
+  const auto* pa = reinterpret_cast<const float*>(address(programs_[index], op.inputs[0]));
+  const auto* pb = reinterpret_cast<const float*>(address(programs_[index], op.inputs[1]));
+  auto* py = reinterpret_cast<float*>(y.data);
+  SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasSgemm(cublas_, op_b, op_a, n, m, k, &op.alpha,
+                                                         pb, ldb, pa, lda, &beta, py, n));
+  if (!step.epilogue) return Status::ok();
+  return kernels_->epilogue(stream, op.post_ops, 0, sums_of(index, op), y);
+}
+
+Status CudaExecutor::record_matmul(size_t index, const CudaStep& step) {
+  const PlanOp& op = plans_[index].ops[step.op];
+  const auto* pa = reinterpret_cast<const float*>(address(programs_[index], op.inputs[0]));
+  const auto* pb = reinterpret_cast<const float*>(address(programs_[index], op.inputs[1]));
+  auto* py = reinterpret_cast<float*>(address(programs_[index], op.outputs[0]));
+  const float one = 1.0F;
+  const float zero = 0.0F;
+  const int m = int(step.m);
+  const int n = int(step.n);
+  const int k = int(step.k);
+  if (step.batch == 1) {
+    SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, n, m,
+                                                           k, &one, pb, n, pa, k, &zero, py, n));
+    return Status::ok();
+  }
+  SS_CUBLAS_CHECK(libs_.cublas,
+                  libs_.cublas.cublasSgemmStridedBatched(
+                      cublas_, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &one, pb, n, step.stride_b, pa, k,
+                      step.stride_a, &zero, py, n, step.m * step.n, int(step.batch)));
+  return Status::ok();
+}
+
+Status CudaExecutor::record_kernel(size_t index, const PlanOp& op, CUstream stream) {
+  auto in = [&](size_t i) { return tensor(index, op.inputs[i]); };
+  auto out = [&](size_t i) { return tensor(index, op.outputs[i]); };
+  const CudaKernels& k = *kernels_;
+  switch (op.kind) {
+    case OpKind::kUnary:
+      return k.unary(stream, op, in(0), out(0));
+    case OpKind::kBinary:
+      return k.binary(stream, op, in(0), in(1), out(0));
+    case OpKind::kMaxPool:
+    case OpKind::kAveragePool:
+      return k.pool(stream, op, in(0), out(0));
+    case OpKind::kGlobalAveragePool:
+      return k.global_average_pool(stream, op, in(0), out(0));
+    case OpKind::kReduceMean:
+      return k.reduce_mean(stream, op, in(0), out(0));
+    case OpKind::kSoftmax:
+      return k.softmax(stream, op, in(0), out(0));
+    case OpKind::kLrn:
+      return k.lrn(stream, op, in(0), out(0));
+    case OpKind::kTranspose:
+      return k.transpose(stream, op, in(0), out(0));
+    case OpKind::kSlice:
+      return k.slice(stream, op, in(0), out(0));
+    case OpKind::kPad:
+      return k.pad(stream, op, in(0), out(0));
+    case OpKind::kGather:
+      return k.gather(stream, op, in(0), in(1), out(0));
+    case OpKind::kCast:
+      return k.cast(stream, op, in(0), out(0));
+    case OpKind::kFill:
+      return k.fill(stream, op, out(0));
+    case OpKind::kConcat: {
+      std::vector<CudaTensor> inputs;
+      for (size_t i = 0; i < op.inputs.size(); ++i) inputs.push_back(in(i));
+      return k.concat(stream, op, inputs, out(0));
+    }
+    case OpKind::kSplit: {
+      std::vector<CudaTensor> outputs;
+      for (size_t i = 0; i < op.outputs.size(); ++i) outputs.push_back(out(i));
+      return k.split(stream, op, in(0), outputs);
+    }
+    default:
+      return {ErrorCode::kInternal, fmt::format("{}: no cuda kernel for this op", op.label)};
+  }
+}
+
+Status CudaExecutor::launch(size_t index, const DeviceQueue& queue) {
+  auto stream = static_cast<CUstream>(queue.stream);
+  if (!capture_works_) return record(index, stream);
+  const auto key = std::make_pair(index, queue.index);
+  auto found = graphs_.find(key);
+  if (found == graphs_.end()) {
+    // First run on this queue: capture the steps into a graph (kernels and library calls record
+    // their work; nothing runs) and instantiate it for this queue's context.
+    SS_CU_CHECK(api_, api_.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    const Status recorded = record(index, stream);
+    CUgraph graph = nullptr;
+    const CUresult ended = api_.cuStreamEndCapture(stream, &graph);
+    CUgraphExec exec = nullptr;
+    CUresult instantiated = CUDA_ERROR_UNKNOWN;
+    if (recorded.is_ok() && ended == CUDA_SUCCESS) {
+      instantiated = api_.cuGraphInstantiate(&exec, graph, 0);
+    }
+    if (graph != nullptr) api_.cuGraphDestroy(graph);
+    if (!recorded.is_ok() || ended != CUDA_SUCCESS || instantiated != CUDA_SUCCESS) {
+      // Some library path refused capture: run eagerly from now on, and say so once.
+      capture_works_ = false;
+      const std::string why =
+          !recorded.is_ok()
+              ? recorded.message()
+              : cuda_error(api_, ended != CUDA_SUCCESS ? ended : instantiated,
+                           ended != CUDA_SUCCESS ? "cuStreamEndCapture" : "cuGraphInstantiate",
+                           __FILE__, __LINE__)
+                    .message();
+      spdlog::warn("cuda executor: CUDA graph capture failed ({}); running the steps eagerly", why);
+      return record(index, stream);
+    }
+    found = graphs_.emplace(key, exec).first;
+  }
+  SS_CU_CHECK(api_, api_.cuGraphLaunch(found->second, stream));
+  return Status::ok();
+}
+
+Status CudaExecutor::check_batch(size_t index, size_t inputs, size_t outputs) const {
+  if (index >= plans_.size()) {
+    return {ErrorCode::kInvalidArgument,
+            fmt::format("no plan {} (the executor has {})", index, plans_.size())};
+  }
+  if (inputs != plans_[index].inputs.size() || outputs != plans_[index].outputs.size()) {
+    return {
+        ErrorCode::kInvalidArgument,
+        fmt::format("plan {} takes {} inputs and {} outputs, the call has {} and {}", index,
+                    plans_[index].inputs.size(), plans_[index].outputs.size(), inputs, outputs)};
+  }
+  return Status::ok();
+}
+
+Status CudaExecutor::run(size_t index, std::span<const std::byte* const> inputs,
+                         std::span<std::byte* const> outputs, ComputeContext& ctx) {
+  RETURN_IF_ERROR(check_batch(index, inputs.size(), outputs.size()));
+  ASSIGN_OR_RETURN(const DeviceQueue queue, enter(ctx));
+  auto stream = static_cast<CUstream>(queue.stream);
+  const Plan& plan = plans_[index];
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const PlanValue& v = plan.values[size_t(plan.inputs[i])];
+    SS_CU_CHECK(api_, api_.cuMemcpyHtoDAsync(address(programs_[index], plan.inputs[i]), inputs[i],
+                                             v.byte_size(), stream));
+  }
+  RETURN_IF_ERROR(launch(index, queue));
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const PlanValue& v = plan.values[size_t(plan.outputs[i])];
+    SS_CU_CHECK(api_, api_.cuMemcpyDtoHAsync(outputs[i], address(programs_[index], plan.outputs[i]),
+                                             v.byte_size(), stream));
+  }
+  SS_CU_CHECK(api_, api_.cuStreamSynchronize(stream));
+  return Status::ok();
+}
+
+Status CudaExecutor::run_items(size_t index, std::span<const ItemBuffers> items,
+                               ComputeContext& ctx) {
+  if (items.empty()) return {ErrorCode::kInvalidArgument, "a batch of no items"};
+  RETURN_IF_ERROR(check_batch(index, items[0].inputs.size(), items[0].outputs.size()));
+  const Plan& plan = plans_[index];
+  if (static_cast<int64_t>(items.size()) != plan.batch) {
+    return {ErrorCode::kInvalidArgument,
+            fmt::format("plan {} is for batch {}, the call has {} items", index, plan.batch,
+                        items.size())};
+  }
+  ASSIGN_OR_RETURN(const DeviceQueue queue, enter(ctx));
+  auto stream = static_cast<CUstream>(queue.stream);
+  // Each item straight from its slot to its row of the batch (DMA from pinned memory).
+  for (size_t t = 0; t < plan.inputs.size(); ++t) {
+    const size_t item_bytes = plan.values[size_t(plan.inputs[t])].byte_size() / items.size();
+    const CUdeviceptr base = address(programs_[index], plan.inputs[t]);
+    for (size_t i = 0; i < items.size(); ++i) {
+      SS_CU_CHECK(api_, api_.cuMemcpyHtoDAsync(base + i * item_bytes, items[i].inputs[t],
+                                               item_bytes, stream));
+    }
+  }
+  RETURN_IF_ERROR(launch(index, queue));
+  for (size_t t = 0; t < plan.outputs.size(); ++t) {
+    const size_t item_bytes = plan.values[size_t(plan.outputs[t])].byte_size() / items.size();
+    const CUdeviceptr base = address(programs_[index], plan.outputs[t]);
+    for (size_t i = 0; i < items.size(); ++i) {
+      SS_CU_CHECK(api_, api_.cuMemcpyDtoHAsync(items[i].outputs[t], base + i * item_bytes,
+                                               item_bytes, stream));
+    }
+  }
+  SS_CU_CHECK(api_, api_.cuStreamSynchronize(stream));
+  return Status::ok();
+}
+
+Status CudaExecutor::register_host_memory(std::span<std::byte> memory) {
+  if (memory.empty()) return Status::ok();
+  SS_CU_CHECK(api_, api_.cuCtxSetCurrent(primary_));
+  // PORTABLE: pinned for every context of the process, green contexts' included.
+  SS_CU_CHECK(api_,
+              api_.cuMemHostRegister(memory.data(), memory.size(), CU_MEMHOSTREGISTER_PORTABLE));
+  registered_.push_back(memory.data());
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Executor>> create_cuda_executor(int device) {
+  ASSIGN_OR_RETURN(const CudaDriver* driver, load_cuda_driver());
+  ASSIGN_OR_RETURN(const CudaDeviceInfo info, driver->device_info(device));
+  ASSIGN_OR_RETURN(const CudaLibraries* libs, load_cuda_libraries());
+  const CudaDriverApi& api = driver->api();
+  CUdevice handle = 0;
+  SS_CU_CHECK(api, api.cuDeviceGet(&handle, info.index));
+  return std::unique_ptr<Executor>(new CudaExecutor(api, *libs, handle));
+}
+
+}  // namespace sliceserve::backends
