@@ -174,6 +174,7 @@ class CudaWeightStore final : public WeightStore {
 
   size_t mapped_bytes() const override { return mapped_; }
   size_t private_bytes() const override { return private_; }
+  bool holds_device_memory() const override { return true; }
 
  private:
   struct Held {
