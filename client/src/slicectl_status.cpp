@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include <cstdio>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -24,6 +25,7 @@ struct WorkerInfo {
   std::string state;
   uint32_t slice_percent = 0;
   uint32_t max_batch = 0;
+  std::string message;  // why it failed (state "failed"), e.g. "no CUDA device: ..."
 };
 
 // The stats block of `epoch`, if that epoch's worker has published one.
@@ -38,6 +40,9 @@ std::optional<WorkerInfo> worker_info(const shm::Segment& segment, uint64_t epoc
   w.state = shm::worker_state_name(st.state.load(std::memory_order_relaxed));
   w.slice_percent = st.slice_percent.load(std::memory_order_relaxed);
   w.max_batch = st.max_batch.load(std::memory_order_relaxed);
+  if (st.state.load(std::memory_order_relaxed) == uint32_t(shm::WorkerState::kFailed)) {
+    w.message.assign(st.message, strnlen(st.message, sizeof st.message));
+  }
   return w;
 }
 
@@ -60,6 +65,7 @@ struct Row {
   uint32_t lanes_in_use = 0;
   uint32_t in_flight = 0;
   std::optional<WorkerInfo> shadow;
+  std::string failure;  // the live epoch's worker failed: its message
   std::string backend;
   bool policy_on = true;
   uint32_t resizes = 0;
@@ -89,6 +95,7 @@ Row read_row(const std::string& instance, const std::string& model) {
   std::optional<WorkerInfo> live = worker_info(*segment, row.epoch);
   row.pid = live ? live->pid : s.worker_pid.load(std::memory_order_relaxed);
   row.state = live ? live->state : (row.epoch == 0 ? "no worker" : "starting");
+  if (live) row.failure = live->message;
   row.slice_percent = s.slice_percent.load(std::memory_order_relaxed);
   if (row.slice_percent == 0 && live) row.slice_percent = live->slice_percent;
   row.max_batch = s.max_batch.load(std::memory_order_relaxed);
@@ -148,6 +155,7 @@ nlohmann::json row_json(const Row& r) {
   j["in_flight"] = r.in_flight;
   j["shadow"] = r.shadow ? worker_json(*r.shadow) : nlohmann::json();
   j["backend"] = r.backend;
+  if (!r.failure.empty()) j["failure"] = r.failure;
   j["policy"] = r.policy_on;
   j["resizes"] = r.resizes;
   j["failed_resizes"] = r.failed_resizes;
@@ -183,6 +191,7 @@ void print_table(const std::string& instance, const std::vector<Row>& rows) {
           r.model, r.slice_percent, pid, r.epoch, state, "-", "-", "-", "-", r.slo_ms, r.max_batch,
           r.restarts, r.backend, r.policy_on ? "on" : "pinned");
     }
+    if (!r.failure.empty()) fmt::print("    worker failed: {}\n", r.failure);
     if (!r.last_decision.empty()) fmt::print("    policy: {}\n", r.last_decision);
     if (!r.last_resize.empty()) {
       fmt::print("    last resize ({} done, {} failed): {}\n", r.resizes, r.failed_resizes,

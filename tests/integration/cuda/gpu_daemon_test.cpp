@@ -17,6 +17,7 @@
 #include "sliceserve/controller/admin_socket.h"
 #include "sliceserve/shm/layout.h"
 #include "sliceserve/shm/segment.h"
+#include "support/cli_run.h"
 #include "support/daemon_harness.h"
 #include "support/fake_mps_control.h"
 #include "support/onnx_model_builder.h"
@@ -168,6 +169,15 @@ TEST_F(GpuDaemonTest, AGreenctxWorkerWithoutADeviceFailsClearlyAndTheDaemonStays
   EXPECT_EQ((*status)["mps"]["sharing"], "none") << "greenctx without mps = true";
   EXPECT_TRUE(contains(read_file(log_), "no CUDA device")) << read_file(log_);
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/calls.log")) << "no MPS control was run";
+  // slicectl status shows the failed worker's message (between two restarts).
+  std::string shown;
+  for (int i = 0; i < 100 && !contains(shown, "worker failed: "); ++i) {
+    shown = testing::slicectl("status --instance " + instance_).out;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(contains(shown, "worker failed: ")) << shown;
+  EXPECT_TRUE(contains(shown, "no CUDA device")) << shown;
+  EXPECT_TRUE(contains(shown, "greenctx")) << shown;
   EXPECT_EQ(daemon.stop(), 0) << read_file(log_);
 }
 
