@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cuda_driver_api.h"
+#include "cuda_executor_internal.h"
 #include "cuda_kernels.h"
 #include "cuda_libraries.h"
 #include "cuda_program.h"
@@ -413,15 +414,15 @@ Status CudaExecutor::record_gemm(size_t index, const CudaStep& step, CUstream st
   const int n = int(op.trans_b ? b[0] : b[1]);
   float beta = 0.0F;
   if (step.zero != SIZE_MAX) {
-    // Y = broadcast(C) first, so that cuBLAS's beta scales it: C + 0 with the binary kernel's
-    // broadcasting (the zero a one-element weight entry).
+    // Y = broadcast(C) first, so that cuBLAS's beta scales it: C + zeros [M, 1] with the binary
+    // kernel's broadcasting.
     PlanOp copy_c;
     copy_c.kind = OpKind::kBinary;
     copy_c.binary = BinaryAlg::kAdd;
     copy_c.label = op.label + " (C)";
-    static constexpr int64_t kOne[] = {1};
-    const CudaTensor zero_scalar{weight(step.zero), DataType::kFp32, kOne};
-    RETURN_IF_ERROR(kernels_->binary(stream, copy_c, tensor(index, op.inputs[2]), zero_scalar, y));
+    const int64_t zero_dims[] = {m, 1};
+    const CudaTensor zeros{weight(step.zero), DataType::kFp32, zero_dims};
+    RETURN_IF_ERROR(kernels_->binary(stream, copy_c, tensor(index, op.inputs[2]), zeros, y));
     beta = op.beta;
   }
   // Row-major Y[m,n] = op(A) op(B) is column-major Y^T = op(B)^T op(A)^T: B first (see
@@ -626,6 +627,11 @@ Status CudaExecutor::register_host_memory(std::span<std::byte> memory) {
 
 }  // namespace
 
+std::unique_ptr<Executor> create_cuda_executor(const CudaDriverApi& api, const CudaLibraries& libs,
+                                               CUdevice device) {
+  return std::make_unique<CudaExecutor>(api, libs, device);
+}
+
 Result<std::unique_ptr<Executor>> create_cuda_executor(int device) {
   ASSIGN_OR_RETURN(const CudaDriver* driver, load_cuda_driver());
   ASSIGN_OR_RETURN(const CudaDeviceInfo info, driver->device_info(device));
@@ -633,7 +639,7 @@ Result<std::unique_ptr<Executor>> create_cuda_executor(int device) {
   const CudaDriverApi& api = driver->api();
   CUdevice handle = 0;
   SS_CU_CHECK(api, api.cuDeviceGet(&handle, info.index));
-  return std::unique_ptr<Executor>(new CudaExecutor(api, *libs, handle));
+  return create_cuda_executor(api, *libs, handle);
 }
 
 }  // namespace sliceserve::backends

@@ -101,7 +101,10 @@ class ProgramPlanner {
         step.kind = CudaStep::Kind::kGemm;
         step.epilogue = !op.post_ops.empty();
         if (op.inputs.size() > 2 && op.inputs[2] >= 0 && op.beta != 0.0F) {
-          step.zero = weights_.derived("zero scalar", std::vector<std::byte>(sizeof(float)));
+          // Y = C + zeros[M, 1] broadcasts C to Y's [M, N] with the binary kernel.
+          const int64_t rows = value(op.outputs[0]).dims[0];
+          step.zero = weights_.derived(fmt::format("zeros [{},1]", rows),
+                                       std::vector<std::byte>(size_t(rows) * sizeof(float)));
         }
         break;
       case OpKind::kMatMul:

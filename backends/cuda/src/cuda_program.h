@@ -82,7 +82,7 @@ struct CudaStep {
   int z = -1;                     // kConvFused: the value added before the relu (-1: none)
   bool epilogue = false;          // kConv/kGemm: the epilogue kernel runs after the library call
   size_t scale_shift = SIZE_MAX;  // kBatchNorm: weight entry, C scales then C shifts
-  size_t zero = SIZE_MAX;         // kGemm with C: a one-float zero entry (Y = C + 0 broadcasts C)
+  size_t zero = SIZE_MAX;  // kGemm with C: zeros [M, 1] (Y = C + zeros broadcasts C to [M, N])
   // kMatMul: Y[b] = A[b] x B[b] for b < batch, with A (m x k) and B (k x n) row-major and
   // batch strides in elements (0: broadcast).
   int64_t m = 0, n = 0, k = 0, batch = 1, stride_a = 0, stride_b = 0;

@@ -1,0 +1,884 @@
+// The CUDA executor's host code on an emulated device, against the cpu executor: every
+// torchvision export under models/ and a few hand-made plans, run through the executor's real
+// compile and run paths with the driver, cuDNN and cuBLAS replaced by recording fakes whose
+// "device" is host memory: kernels run their own bodies on the host (cuda_host_kernels.h),
+// convolutions the reference kernels, GEMMs a plain loop, and stream capture records the work
+// into a graph that a launch replays. What is checked here is everything but the vendor code:
+// buffer placement, every launch's parameters, the GEMM transposition arguments, the fused
+// convolution's z and bias, graphs per plan and queue, copies per item, host registration, the
+// eager fallback, and where the weights go.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_executor_internal.h"
+#include "cuda_kernels.h"
+#include "reference_ops.h"
+#include "sliceserve/backends/cpu/cpu_slice.h"
+#include "sliceserve/worker/engine/fusion.h"
+#include "sliceserve/worker/engine/lowering.h"
+#include "sliceserve/worker/engine/onnx_loader.h"
+#include "sliceserve/worker/engine/shape_inference.h"
+#include "support/cuda_host_kernels.h"
+
+namespace sliceserve::backends {
+namespace {
+
+// ---- the emulated device ---------------------------------------------------------------------
+
+struct FakeTensorDesc {
+  std::vector<int64_t> dims;
+};
+struct FakeFilterDesc {
+  std::vector<int64_t> dims;
+};
+struct FakeConvDesc {
+  std::vector<int64_t> pads, strides, dilations;
+  int64_t group = 1;
+};
+struct FakeGraph {
+  std::vector<std::function<void()>> work;
+};
+
+// What the fakes saw, and the knobs the tests turn.
+struct Device {
+  std::map<CUstream, std::vector<std::function<void()>>*> capturing;  // stream -> its capture
+  std::map<CUfunction, CudaKernel> functions;
+  CUstream cudnn_stream = nullptr;
+  CUstream cublas_stream = nullptr;
+  CUcontext current = nullptr;
+  std::vector<CUcontext> made_current;
+  int captures = 0;
+  int graph_launches = 0;
+  int kernel_launches = 0;
+  int convolutions = 0;
+  int fused_convolutions = 0;
+  int gemms = 0;
+  int h2d = 0;
+  int d2h = 0;
+  int allocations = 0;
+  std::vector<std::pair<void*, size_t>> registered;
+  bool fail_next_end_capture = false;
+  int live_graphs = 0;
+};
+
+Device& device() {
+  static Device d;
+  return d;
+}
+
+// Runs `work` now, or records it when `stream` is being captured.
+void enqueue(CUstream stream, std::function<void()> work) {
+  auto capture = device().capturing.find(stream);
+  if (capture != device().capturing.end()) {
+    capture->second->push_back(std::move(work));
+  } else {
+    work();
+  }
+}
+
+template <typename T>
+T* from(CUdeviceptr p) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+}
+
+// The driver.
+CUresult fake_name(CUresult, const char** text) {
+  *text = "CUDA_ERROR_FAKE";
+  return CUDA_SUCCESS;
+}
+CUresult fake_retain(CUcontext* ctx, CUdevice) {
+  *ctx = reinterpret_cast<CUcontext>(0x100);
+  return CUDA_SUCCESS;
+}
+CUresult fake_release(CUdevice) { return CUDA_SUCCESS; }
+CUresult fake_set_current(CUcontext ctx) {
+  device().current = ctx;
+  device().made_current.push_back(ctx);
+  return CUDA_SUCCESS;
+}
+CUresult fake_stream_create(CUstream* stream, unsigned) {
+  static uintptr_t next = 0x1000;
+  *stream = reinterpret_cast<CUstream>(next++);
+  return CUDA_SUCCESS;
+}
+CUresult fake_stream_destroy(CUstream) { return CUDA_SUCCESS; }
+CUresult fake_stream_sync(CUstream) { return CUDA_SUCCESS; }
+CUresult fake_mem_alloc(CUdeviceptr* p, size_t bytes) {
+  void* host = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  std::memset(host, 0xCD, bytes);  // garbage, as fresh device memory is
+  *p = reinterpret_cast<uintptr_t>(host);
+  ++device().allocations;
+  return CUDA_SUCCESS;
+}
+CUresult fake_mem_free(CUdeviceptr p) {
+  std::free(from<void>(p));
+  --device().allocations;
+  return CUDA_SUCCESS;
+}
+CUresult fake_h2d(CUdeviceptr dst, const void* src, size_t bytes, CUstream stream) {
+  ++device().h2d;
+  enqueue(stream, [=] { std::memcpy(from<void>(dst), src, bytes); });
+  return CUDA_SUCCESS;
+}
+CUresult fake_d2h(void* dst, CUdeviceptr src, size_t bytes, CUstream stream) {
+  ++device().d2h;
+  enqueue(stream, [=] { std::memcpy(dst, from<void>(src), bytes); });
+  return CUDA_SUCCESS;
+}
+CUresult fake_host_register(void* p, size_t bytes, unsigned) {
+  device().registered.emplace_back(p, bytes);
+  return CUDA_SUCCESS;
+}
+CUresult fake_host_unregister(void*) { return CUDA_SUCCESS; }
+CUresult fake_module_load(CUmodule* module, const void*) {
+  *module = reinterpret_cast<CUmodule>(0x200);
+  return CUDA_SUCCESS;
+}
+CUresult fake_module_unload(CUmodule) { return CUDA_SUCCESS; }
+CUresult fake_get_function(CUfunction* f, CUmodule, const char* name) {
+  for (size_t i = 0; i < kCudaKernelCount; ++i) {
+    const auto kernel = static_cast<CudaKernel>(i);
+    if (std::strcmp(cuda_kernel_name(kernel), name) == 0) {
+      *f = reinterpret_cast<CUfunction>(0x300 + i);
+      device().functions[*f] = kernel;
+      return CUDA_SUCCESS;
+    }
+  }
+  return CUDA_ERROR_NOT_FOUND;
+}
+CUresult fake_launch(CUfunction f, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                     unsigned, CUstream stream, void** params, void**) {
+  ++device().kernel_launches;
+  enqueue(stream, testing::host_kernel(device().functions.at(f), params[0]));
+  return CUDA_SUCCESS;
+}
+CUresult fake_begin_capture(CUstream stream, CUstreamCaptureMode) {
+  ++device().captures;
+  device().capturing[stream] = new std::vector<std::function<void()>>();
+  return CUDA_SUCCESS;
+}
+CUresult fake_end_capture(CUstream stream, CUgraph* graph) {
+  std::unique_ptr<std::vector<std::function<void()>>> work(device().capturing.at(stream));
+  device().capturing.erase(stream);
+  if (device().fail_next_end_capture) {
+    device().fail_next_end_capture = false;
+    *graph = nullptr;
+    return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+  }
+  *graph = reinterpret_cast<CUgraph>(new FakeGraph{std::move(*work)});
+  return CUDA_SUCCESS;
+}
+CUresult fake_instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long) {
+  *exec = reinterpret_cast<CUgraphExec>(new FakeGraph(*reinterpret_cast<FakeGraph*>(graph)));
+  ++device().live_graphs;
+  return CUDA_SUCCESS;
+}
+CUresult fake_graph_destroy(CUgraph graph) {
+  delete reinterpret_cast<FakeGraph*>(graph);
+  return CUDA_SUCCESS;
+}
+CUresult fake_exec_destroy(CUgraphExec exec) {
+  delete reinterpret_cast<FakeGraph*>(exec);
+  --device().live_graphs;
+  return CUDA_SUCCESS;
+}
+CUresult fake_graph_launch(CUgraphExec exec, CUstream stream) {
+  ++device().graph_launches;
+  const FakeGraph* graph = reinterpret_cast<FakeGraph*>(exec);
+  enqueue(stream, [graph] {
+    for (const auto& work : graph->work) work();
+  });
+  return CUDA_SUCCESS;
+}
+
+CudaDriverApi fake_driver() {
+  CudaDriverApi api;
+  api.cuGetErrorName = &fake_name;
+  api.cuGetErrorString = &fake_name;
+  api.cuDevicePrimaryCtxRetain = &fake_retain;
+  api.cuDevicePrimaryCtxRelease = &fake_release;
+  api.cuCtxSetCurrent = &fake_set_current;
+  api.cuStreamCreate = &fake_stream_create;
+  api.cuStreamDestroy = &fake_stream_destroy;
+  api.cuStreamSynchronize = &fake_stream_sync;
+  api.cuMemAlloc = &fake_mem_alloc;
+  api.cuMemFree = &fake_mem_free;
+  api.cuMemcpyHtoDAsync = &fake_h2d;
+  api.cuMemcpyDtoHAsync = &fake_d2h;
+  api.cuMemHostRegister = &fake_host_register;
+  api.cuMemHostUnregister = &fake_host_unregister;
+  api.cuModuleLoadData = &fake_module_load;
+  api.cuModuleUnload = &fake_module_unload;
+  api.cuModuleGetFunction = &fake_get_function;
+  api.cuLaunchKernel = &fake_launch;
+  api.cuStreamBeginCapture = &fake_begin_capture;
+  api.cuStreamEndCapture = &fake_end_capture;
+  api.cuGraphInstantiate = &fake_instantiate;
+  api.cuGraphDestroy = &fake_graph_destroy;
+  api.cuGraphExecDestroy = &fake_exec_destroy;
+  api.cuGraphLaunch = &fake_graph_launch;
+  return api;
+}
+
+// cuDNN: descriptors hold what was set; convolutions run the reference kernel.
+const char* fake_cudnn_error(cudnnStatus_t) { return "CUDNN_STATUS_FAKE"; }
+size_t fake_cudnn_version() { return 91900; }
+cudnnStatus_t fake_cudnn_create(cudnnHandle_t* h) {
+  *h = reinterpret_cast<cudnnHandle_t>(0x400);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_cudnn_destroy(cudnnHandle_t) { return CUDNN_STATUS_SUCCESS; }
+cudnnStatus_t fake_cudnn_set_stream(cudnnHandle_t, cudaStream_t stream) {
+  device().cudnn_stream = reinterpret_cast<CUstream>(stream);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_create_tensor(cudnnTensorDescriptor_t* d) {
+  *d = reinterpret_cast<cudnnTensorDescriptor_t>(new FakeTensorDesc);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_set_tensor(cudnnTensorDescriptor_t d, cudnnDataType_t, int n, const int dims[],
+                              const int[]) {
+  reinterpret_cast<FakeTensorDesc*>(d)->dims.assign(dims, dims + n);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_destroy_tensor(cudnnTensorDescriptor_t d) {
+  delete reinterpret_cast<FakeTensorDesc*>(d);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_create_filter(cudnnFilterDescriptor_t* d) {
+  *d = reinterpret_cast<cudnnFilterDescriptor_t>(new FakeFilterDesc);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_set_filter(cudnnFilterDescriptor_t d, cudnnDataType_t, cudnnTensorFormat_t,
+                              int n, const int dims[]) {
+  reinterpret_cast<FakeFilterDesc*>(d)->dims.assign(dims, dims + n);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_destroy_filter(cudnnFilterDescriptor_t d) {
+  delete reinterpret_cast<FakeFilterDesc*>(d);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_create_conv(cudnnConvolutionDescriptor_t* d) {
+  *d = reinterpret_cast<cudnnConvolutionDescriptor_t>(new FakeConvDesc);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_set_conv(cudnnConvolutionDescriptor_t d, int n, const int pads[],
+                            const int strides[], const int dilations[], cudnnConvolutionMode_t,
+                            cudnnDataType_t) {
+  auto* c = reinterpret_cast<FakeConvDesc*>(d);
+  c->pads.assign(pads, pads + n);
+  c->strides.assign(strides, strides + n);
+  c->dilations.assign(dilations, dilations + n);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_set_group(cudnnConvolutionDescriptor_t d, int group) {
+  reinterpret_cast<FakeConvDesc*>(d)->group = group;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_set_math(cudnnConvolutionDescriptor_t, cudnnMathType_t) {
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_destroy_conv(cudnnConvolutionDescriptor_t d) {
+  delete reinterpret_cast<FakeConvDesc*>(d);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_output_dim(cudnnConvolutionDescriptor_t d, cudnnTensorDescriptor_t x,
+                              cudnnFilterDescriptor_t w, int n, int out[]) {
+  const auto* c = reinterpret_cast<FakeConvDesc*>(d);
+  const auto& xd = reinterpret_cast<FakeTensorDesc*>(x)->dims;
+  const auto& wd = reinterpret_cast<FakeFilterDesc*>(w)->dims;
+  out[0] = int(xd[0]);
+  out[1] = int(wd[0]);
+  for (int i = 2; i < n; ++i) {
+    const size_t s = size_t(i - 2);
+    const int64_t extent = c->dilations[s] * (wd[size_t(i)] - 1) + 1;
+    out[i] = int((xd[size_t(i)] + 2 * c->pads[s] - extent) / c->strides[s] + 1);
+  }
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_find(cudnnHandle_t, cudnnTensorDescriptor_t, cudnnFilterDescriptor_t,
+                        cudnnConvolutionDescriptor_t, cudnnTensorDescriptor_t, int, int* returned,
+                        cudnnConvolutionFwdAlgoPerf_t* perf) {
+  // A failed and an oversized algorithm first: the executor must skip both.
+  perf[0] = {};
+  perf[0].status = CUDNN_STATUS_NOT_SUPPORTED;
+  perf[1] = {};
+  perf[1].algo = CUDNN_CONVOLUTION_FWD_ALGO_FFT;
+  perf[1].memory = size_t{1} << 40;
+  perf[2] = {};
+  perf[2].algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+  perf[2].memory = 4096;
+  *returned = 3;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_workspace(cudnnHandle_t, cudnnTensorDescriptor_t, cudnnFilterDescriptor_t,
+                             cudnnConvolutionDescriptor_t, cudnnTensorDescriptor_t,
+                             cudnnConvolutionFwdAlgo_t, size_t* bytes) {
+  *bytes = 4096;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+// y = conv(x, w) on the host, with the reference kernel (4-D: a 1-D convolution arrives as 2-D
+// with height 1).
+void reference_conv(const FakeConvDesc& c, const FakeTensorDesc& xd, const void* x,
+                    const FakeFilterDesc& wd, const void* w, const FakeTensorDesc& yd, void* y) {
+  PlanOp op;
+  op.kind = OpKind::kConv;
+  op.label = "fake cudnn";
+  op.group = c.group;
+  op.kernel.assign(wd.dims.begin() + 2, wd.dims.end());
+  op.strides = c.strides;
+  op.dilations = c.dilations;
+  op.pads = c.pads;
+  op.pads.insert(op.pads.end(), c.pads.begin(), c.pads.end());
+  const TensorRef inputs[] = {{DataType::kFp32, xd.dims, static_cast<const std::byte*>(x)},
+                              {DataType::kFp32, wd.dims, static_cast<const std::byte*>(w)},
+                              {DataType::kFp32, {}, nullptr}};
+  const MutableTensorRef outputs[] = {{DataType::kFp32, yd.dims, static_cast<std::byte*>(y)}};
+  const Status status = run_reference_op(op, inputs, outputs);
+  ASSERT_TRUE(status.is_ok()) << status.to_string();
+}
+
+int64_t count(const FakeTensorDesc& d) {
+  int64_t n = 1;
+  for (int64_t v : d.dims) n *= v;
+  return n;
+}
+
+cudnnStatus_t fake_conv(cudnnHandle_t, const void* alpha, cudnnTensorDescriptor_t xd, const void* x,
+                        cudnnFilterDescriptor_t wd, const void* w, cudnnConvolutionDescriptor_t cd,
+                        cudnnConvolutionFwdAlgo_t algo, void*, size_t workspace, const void* beta,
+                        cudnnTensorDescriptor_t yd, void* y) {
+  EXPECT_EQ(algo, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
+  EXPECT_GE(workspace, 4096u);
+  EXPECT_EQ(*static_cast<const float*>(alpha), 1.0F);
+  EXPECT_EQ(*static_cast<const float*>(beta), 0.0F);
+  ++device().convolutions;
+  const auto* c = reinterpret_cast<FakeConvDesc*>(cd);
+  const auto* xs = reinterpret_cast<FakeTensorDesc*>(xd);
+  const auto* ws = reinterpret_cast<FakeFilterDesc*>(wd);
+  const auto* ys = reinterpret_cast<FakeTensorDesc*>(yd);
+  enqueue(device().cudnn_stream, [=] { reference_conv(*c, *xs, x, *ws, w, *ys, y); });
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t fake_conv_bias_act(cudnnHandle_t, const void* alpha1, cudnnTensorDescriptor_t xd,
+                                 const void* x, cudnnFilterDescriptor_t wd, const void* w,
+                                 cudnnConvolutionDescriptor_t cd, cudnnConvolutionFwdAlgo_t, void*,
+                                 size_t, const void* alpha2, cudnnTensorDescriptor_t zd,
+                                 const void* z, cudnnTensorDescriptor_t bd, const void* bias,
+                                 cudnnActivationDescriptor_t, cudnnTensorDescriptor_t yd, void* y) {
+  ++device().fused_convolutions;
+  const float a1 = *static_cast<const float*>(alpha1);
+  const float a2 = *static_cast<const float*>(alpha2);
+  const auto* c = reinterpret_cast<FakeConvDesc*>(cd);
+  const auto* xs = reinterpret_cast<FakeTensorDesc*>(xd);
+  const auto* ws = reinterpret_cast<FakeFilterDesc*>(wd);
+  const auto* ys = reinterpret_cast<FakeTensorDesc*>(yd);
+  EXPECT_EQ(reinterpret_cast<FakeTensorDesc*>(zd)->dims, ys->dims);
+  EXPECT_EQ(reinterpret_cast<FakeTensorDesc*>(bd)->dims[1], ys->dims[1]);
+  enqueue(device().cudnn_stream, [=] {
+    const int64_t n = count(*ys);
+    // z may be y itself (scaled by 0): read it before the convolution overwrites y.
+    std::vector<float> zs(static_cast<const float*>(z), static_cast<const float*>(z) + n);
+    reference_conv(*c, *xs, x, *ws, w, *ys, y);
+    auto* out = static_cast<float*>(y);
+    const int64_t channels = ys->dims[1];
+    const int64_t spatial = n / (ys->dims[0] * channels);
+    for (int64_t i = 0; i < n; ++i) {
+      const float b = static_cast<const float*>(bias)[(i / spatial) % channels];
+      out[i] = std::max(0.0F, a1 * out[i] + (a2 != 0.0F ? a2 * zs[size_t(i)] : 0.0F) + b);
+    }
+  });
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_create_act(cudnnActivationDescriptor_t* d) {
+  *d = reinterpret_cast<cudnnActivationDescriptor_t>(0x500);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_set_act(cudnnActivationDescriptor_t, cudnnActivationMode_t mode,
+                           cudnnNanPropagation_t, double) {
+  EXPECT_EQ(mode, CUDNN_ACTIVATION_RELU);
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t fake_destroy_act(cudnnActivationDescriptor_t) { return CUDNN_STATUS_SUCCESS; }
+
+// cuBLAS: column-major C = alpha op(A) op(B) + beta C.
+const char* fake_cublas_error(cublasStatus_t) { return "CUBLAS_STATUS_FAKE"; }
+cublasStatus_t fake_cublas_create(cublasHandle_t* h) {
+  *h = reinterpret_cast<cublasHandle_t>(0x600);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t fake_cublas_destroy(cublasHandle_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t fake_cublas_set_stream(cublasHandle_t, cudaStream_t stream) {
+  device().cublas_stream = reinterpret_cast<CUstream>(stream);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t fake_cublas_workspace(cublasHandle_t, void* p, size_t bytes) {
+  EXPECT_NE(p, nullptr);
+  EXPECT_GT(bytes, 0u);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t fake_cublas_math(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+
+void column_major_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                       const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                       int ldc) {
+  auto at = [&](int i, int l) { return ta == CUBLAS_OP_N ? a[i + l * lda] : a[l + i * lda]; };
+  auto bt = [&](int l, int j) { return tb == CUBLAS_OP_N ? b[l + j * ldb] : b[j + l * ldb]; };
+  for (int j = 0; j < n; ++j) {
+    for (int i = 0; i < m; ++i) {
+      double sum = 0;
+      for (int l = 0; l < k; ++l) sum += double(at(i, l)) * bt(l, j);
+      float& out = c[i + j * ldc];
+      out = float(alpha * sum) + (beta != 0.0F ? beta * out : 0.0F);
+    }
+  }
+}
+cublasStatus_t fake_sgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                          int k, const float* alpha, const float* a, int lda, const float* b,
+                          int ldb, const float* beta, float* c, int ldc) {
+  ++device().gemms;
+  const float al = *alpha;
+  const float be = *beta;
+  enqueue(device().cublas_stream,
+          [=] { column_major_gemm(ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc); });
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t fake_sgemm_batched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                  int n, int k, const float* alpha, const float* a, int lda,
+                                  long long sa, const float* b, int ldb, long long sb,
+                                  const float* beta, float* c, int ldc, long long sc, int batch) {
+  ++device().gemms;
+  const float al = *alpha;
+  const float be = *beta;
+  enqueue(device().cublas_stream, [=] {
+    for (int i = 0; i < batch; ++i) {
+      column_major_gemm(ta, tb, m, n, k, al, a + i * sa, lda, b + i * sb, ldb, be, c + i * sc, ldc);
+    }
+  });
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+CudaLibraries fake_libraries() {
+  CudaLibraries libs;
+  CudnnApi& d = libs.cudnn;
+  d.cudnnGetErrorString = &fake_cudnn_error;
+  d.cudnnGetVersion = &fake_cudnn_version;
+  d.cudnnCreate = &fake_cudnn_create;
+  d.cudnnDestroy = &fake_cudnn_destroy;
+  d.cudnnSetStream = &fake_cudnn_set_stream;
+  d.cudnnCreateTensorDescriptor = &fake_create_tensor;
+  d.cudnnSetTensorNdDescriptor = &fake_set_tensor;
+  d.cudnnDestroyTensorDescriptor = &fake_destroy_tensor;
+  d.cudnnCreateFilterDescriptor = &fake_create_filter;
+  d.cudnnSetFilterNdDescriptor = &fake_set_filter;
+  d.cudnnDestroyFilterDescriptor = &fake_destroy_filter;
+  d.cudnnCreateConvolutionDescriptor = &fake_create_conv;
+  d.cudnnSetConvolutionNdDescriptor = &fake_set_conv;
+  d.cudnnSetConvolutionGroupCount = &fake_set_group;
+  d.cudnnSetConvolutionMathType = &fake_set_math;
+  d.cudnnDestroyConvolutionDescriptor = &fake_destroy_conv;
+  d.cudnnGetConvolutionNdForwardOutputDim = &fake_output_dim;
+  d.cudnnFindConvolutionForwardAlgorithm = &fake_find;
+  d.cudnnGetConvolutionForwardWorkspaceSize = &fake_workspace;
+  d.cudnnConvolutionForward = &fake_conv;
+  d.cudnnConvolutionBiasActivationForward = &fake_conv_bias_act;
+  d.cudnnCreateActivationDescriptor = &fake_create_act;
+  d.cudnnSetActivationDescriptor = &fake_set_act;
+  d.cudnnDestroyActivationDescriptor = &fake_destroy_act;
+  CublasApi& b = libs.cublas;
+  b.cublasGetStatusString = &fake_cublas_error;
+  b.cublasCreate = &fake_cublas_create;
+  b.cublasDestroy = &fake_cublas_destroy;
+  b.cublasSetStream = &fake_cublas_set_stream;
+  b.cublasSetWorkspace = &fake_cublas_workspace;
+  b.cublasSetMathMode = &fake_cublas_math;
+  b.cublasSgemm = &fake_sgemm;
+  b.cublasSgemmStridedBatched = &fake_sgemm_batched;
+  return libs;
+}
+
+// A context whose device queue the test chooses (a green-context pool's entries).
+class QueueContext final : public ComputeContext {
+ public:
+  unsigned concurrency() const override { return 1; }
+  void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn) override { fn(0, n); }
+  DeviceQueue device_queue() const override { return queue; }
+  DeviceQueue queue;
+};
+
+// A device weight store over host memory.
+class FakeDeviceStore final : public WeightStore {
+ public:
+  explicit FakeDeviceStore(bool shared) : shared_(shared) {}
+  Result<WeightRegion> get_or_create(
+      std::string_view key, size_t bytes,
+      const std::function<Status(std::span<std::byte>)>& fill) override {
+    keys.emplace_back(key);
+    memory_.resize(bytes);
+    RETURN_IF_ERROR(fill(memory_));
+    return WeightRegion{memory_.data(), bytes, shared_};
+  }
+  size_t mapped_bytes() const override { return memory_.size(); }
+  size_t private_bytes() const override { return shared_ ? 0 : memory_.size(); }
+  bool holds_device_memory() const override { return true; }
+  std::vector<std::string> keys;
+
+ private:
+  bool shared_;
+  std::vector<std::byte> memory_;
+};
+
+// ---- plans, and the two executors on them ------------------------------------------------
+
+struct Model {
+  std::vector<Plan> plans;  // batch 1..max_batch
+  std::deque<worker::engine::Tensor> storage;
+  worker::engine::Graph graph;
+};
+
+std::unique_ptr<Model> plans_of(const std::filesystem::path& path, int64_t max_batch) {
+  auto model = std::make_unique<Model>();
+  auto graph = worker::engine::load_onnx_file(path.string());
+  EXPECT_TRUE(graph.is_ok()) << graph.status().to_string();
+  if (!graph.is_ok()) return nullptr;
+  model->graph = std::move(graph).value();
+  EXPECT_TRUE(worker::engine::infer_shapes(model->graph, 1).is_ok());
+  EXPECT_TRUE(worker::engine::fuse(model->graph).is_ok());
+  for (int64_t batch = 1; batch <= max_batch; ++batch) {
+    EXPECT_TRUE(worker::engine::infer_shapes(model->graph, batch).is_ok());
+    auto plan = worker::engine::lower(model->graph, batch, model->storage);
+    EXPECT_TRUE(plan.is_ok()) << plan.status().to_string();
+    if (!plan.is_ok()) return nullptr;
+    model->plans.push_back(std::move(plan).value());
+  }
+  return model;
+}
+
+std::vector<std::vector<float>> random_inputs(const Plan& plan, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  std::vector<std::vector<float>> inputs;
+  for (int v : plan.inputs) {
+    std::vector<float> x(size_t(plan.values[size_t(v)].element_count()));
+    for (float& f : x) f = dist(rng);
+    inputs.push_back(std::move(x));
+  }
+  return inputs;
+}
+
+std::vector<std::vector<float>> run(Executor& executor, const Plan& plan, size_t index,
+                                    const std::vector<std::vector<float>>& inputs,
+                                    ComputeContext& ctx) {
+  std::vector<std::vector<float>> outputs;
+  std::vector<const std::byte*> in;
+  std::vector<std::byte*> out;
+  for (const auto& x : inputs) in.push_back(reinterpret_cast<const std::byte*>(x.data()));
+  for (int v : plan.outputs) {
+    outputs.emplace_back(size_t(plan.values[size_t(v)].element_count()));
+  }
+  for (auto& y : outputs) out.push_back(reinterpret_cast<std::byte*>(y.data()));
+  const Status status = executor.run(index, in, out, ctx);
+  EXPECT_TRUE(status.is_ok()) << status.to_string();
+  return outputs;
+}
+
+void expect_close(const std::vector<std::vector<float>>& got,
+                  const std::vector<std::vector<float>>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t t = 0; t < got.size(); ++t) {
+    float scale = 1e-6F;
+    for (float w : want[t]) scale = std::max(scale, std::abs(w));
+    float worst = 0;
+    for (size_t i = 0; i < got[t].size(); ++i) {
+      worst = std::max(worst, std::abs(got[t][i] - want[t][i]));
+    }
+    EXPECT_LE(worst, 1e-4F * scale) << what << " output " << t;
+  }
+}
+
+std::vector<std::filesystem::path> reduced_models() {
+  std::vector<std::filesystem::path> files;
+  const std::filesystem::path dir = std::filesystem::path(SLICESERVE_SOURCE_DIR) / "models";
+  if (!std::filesystem::exists(dir)) return files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string stem = entry.path().stem().string();
+    if (entry.path().extension() == ".onnx" && stem.ends_with("-32")) files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+class CudaExecutorEmulatedTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    device() = Device{};
+    auto slice = create_cpu_slice({.percent = 100});
+    ASSERT_TRUE(slice.is_ok());
+    cpu_slice_ = std::move(slice).value();
+  }
+  void TearDown() override {
+    EXPECT_EQ(device().allocations, 0) << "device memory leaked";
+    EXPECT_EQ(device().live_graphs, 0) << "graphs leaked";
+  }
+
+  std::unique_ptr<Executor> cuda() { return create_cuda_executor(api_, libs_, 0); }
+
+  CudaDriverApi api_ = fake_driver();
+  CudaLibraries libs_ = fake_libraries();
+  std::unique_ptr<Slice> cpu_slice_;
+};
+
+TEST_F(CudaExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutor) {
+  const auto files = reduced_models();
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  for (const auto& file : files) {
+    SCOPED_TRACE(file.filename().string());
+    auto model = plans_of(file, 2);
+    ASSERT_NE(model, nullptr);
+    device() = Device{};
+    auto cpu = create_cpu_executor();
+    ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
+    {
+      auto gpu = cuda();
+      const Status compiled = gpu->compile(model->plans, nullptr, 0);
+      ASSERT_TRUE(compiled.is_ok()) << compiled.to_string();
+      for (size_t index = 0; index < model->plans.size(); ++index) {
+        const Plan& plan = model->plans[index];
+        const auto inputs = random_inputs(plan, unsigned(index) + 1);
+        const auto want = run(*cpu, plan, index, inputs, *cpu_slice_);
+        expect_close(run(*gpu, plan, index, inputs, *cpu_slice_), want, "captured");
+        expect_close(run(*gpu, plan, index, inputs, *cpu_slice_), want, "replayed");
+      }
+      // One capture per plan on the executor's own stream; every run a graph launch.
+      EXPECT_EQ(device().captures, 2);
+      EXPECT_EQ(device().graph_launches, 4);
+      EXPECT_GT(device().convolutions + device().fused_convolutions, 0);
+      EXPECT_EQ(gpu->weights().private_bytes, gpu->weights().bytes);
+    }
+  }
+}
+
+// A hand-made model that takes the paths torchvision's do not: Gemm with a broadcast C and
+// alpha/beta, MatMul batched, a standalone BatchNorm.
+Plan gemm_matmul_plan(std::deque<std::vector<float>>& constants) {
+  Plan plan;
+  plan.batch = 2;
+  auto value = [&](const std::string& name, std::vector<int64_t> dims) {
+    PlanValue v;
+    v.name = name;
+    v.dtype = DataType::kFp32;
+    v.dims = std::move(dims);
+    plan.values.push_back(std::move(v));
+    return int(plan.values.size()) - 1;
+  };
+  auto constant = [&](const std::string& name, std::vector<int64_t> dims, unsigned seed) {
+    const int v = value(name, dims);
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist;
+    std::vector<float>& data =
+        constants.emplace_back(size_t(plan.values[size_t(v)].element_count()));
+    for (float& f : data) f = dist(rng);
+    plan.values[size_t(v)].is_constant = true;
+    plan.values[size_t(v)].data = std::as_bytes(std::span(data));
+    return v;
+  };
+  const int x = value("x", {2, 6});
+  const int w = constant("w", {5, 6}, 1);  // transposed: [N, K]
+  const int c = constant("c", {5}, 2);
+  const int g = value("g", {2, 5});
+  const int b3 = constant("b3", {5, 4}, 3);
+  const int m = value("m", {2, 4});
+  const int a = value("a", {6, 4});
+  const int a3 = value("a3", {3, 2, 4});
+  const int bb = constant("bb", {3, 4, 3}, 4);
+  const int y = value("y", {3, 2, 3});
+  PlanOp gemm;
+  gemm.kind = OpKind::kGemm;
+  gemm.label = "gemm";
+  gemm.inputs = {x, w, c};
+  gemm.outputs = {g};
+  gemm.trans_b = true;
+  gemm.alpha = 0.5F;
+  gemm.beta = 2.0F;
+  gemm.post_ops = {{.kind = PostOp::Kind::kUnary, .unary = UnaryAlg::kRelu}};
+  plan.ops.push_back(gemm);
+  PlanOp mm;
+  mm.kind = OpKind::kMatMul;
+  mm.label = "matmul";
+  mm.inputs = {g, b3};
+  mm.outputs = {m};
+  plan.ops.push_back(mm);
+  PlanOp tile;  // three copies of m, stacked, then viewed as a batch of 3
+  tile.kind = OpKind::kConcat;
+  tile.label = "tile";
+  tile.axis = 0;
+  tile.inputs = {m, m, m};
+  tile.outputs = {a};
+  plan.ops.push_back(tile);
+  PlanOp view;
+  view.kind = OpKind::kCopy;
+  view.label = "view";
+  view.inputs = {a};
+  view.outputs = {a3};
+  plan.ops.push_back(view);
+  PlanOp batched;
+  batched.kind = OpKind::kMatMul;
+  batched.label = "batched";
+  batched.inputs = {a3, bb};
+  batched.outputs = {y};
+  plan.ops.push_back(batched);
+  plan.inputs = {x};
+  plan.outputs = {y, g};
+  return plan;
+}
+
+TEST_F(CudaExecutorEmulatedTest, GemmWithBroadcastBiasAndBatchedMatMulMatchTheCpuExecutor) {
+  std::deque<std::vector<float>> constants;
+  const std::vector<Plan> plans = {gemm_matmul_plan(constants)};
+  auto cpu = create_cpu_executor();
+  ASSERT_TRUE(cpu->compile(plans, nullptr, 0).is_ok());
+  auto gpu = cuda();
+  const Status compiled = gpu->compile(plans, nullptr, 0);
+  ASSERT_TRUE(compiled.is_ok()) << compiled.to_string();
+  const auto inputs = random_inputs(plans[0], 7);
+  expect_close(run(*gpu, plans[0], 0, inputs, *cpu_slice_),
+               run(*cpu, plans[0], 0, inputs, *cpu_slice_), "gemm and matmul");
+  EXPECT_EQ(device().gemms, 3);
+}
+
+TEST_F(CudaExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevice) {
+  const auto files = reduced_models();
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 3);
+  ASSERT_NE(model, nullptr);
+  auto gpu = cuda();
+  ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
+  const Plan& plan = model->plans[2];  // batch 3
+  ASSERT_EQ(plan.inputs.size(), 1u);
+  ASSERT_EQ(plan.outputs.size(), 1u);
+  const size_t in_floats = size_t(plan.values[size_t(plan.inputs[0])].element_count()) / 3;
+  const size_t out_floats = size_t(plan.values[size_t(plan.outputs[0])].element_count()) / 3;
+  // Three slots, apart from each other in one block.
+  std::vector<float> arena((in_floats + out_floats + 16) * 3);
+  ASSERT_TRUE(gpu->register_host_memory(std::as_writable_bytes(std::span(arena))).is_ok());
+  ASSERT_EQ(device().registered.size(), 1u);
+  EXPECT_EQ(device().registered[0].first, arena.data());
+  EXPECT_EQ(device().registered[0].second, arena.size() * sizeof(float));
+  const auto whole = random_inputs(plan, 3);
+  std::vector<const std::byte*> in(3);
+  std::vector<std::byte*> out(3);
+  std::vector<Executor::ItemBuffers> items;
+  for (size_t i = 0; i < 3; ++i) {
+    float* slot = arena.data() + i * (in_floats + out_floats + 16);
+    std::copy_n(whole[0].data() + i * in_floats, in_floats, slot);
+    in[i] = reinterpret_cast<const std::byte*>(slot);
+    out[i] = reinterpret_cast<std::byte*>(slot + in_floats);
+  }
+  for (size_t i = 0; i < 3; ++i) items.push_back({std::span(&in[i], 1), std::span(&out[i], 1)});
+  device().h2d = 0;
+  device().d2h = 0;
+  ASSERT_TRUE(gpu->runs_items());
+  const Status ran = gpu->run_items(2, items, *cpu_slice_);
+  ASSERT_TRUE(ran.is_ok()) << ran.to_string();
+  EXPECT_EQ(device().h2d, 3);  // one copy per item, no gather
+  EXPECT_EQ(device().d2h, 3);
+  std::vector<float> got(out_floats * 3);
+  for (size_t i = 0; i < 3; ++i) {
+    std::memcpy(got.data() + i * out_floats, out[i], out_floats * sizeof(float));
+  }
+  const auto want = run(*gpu, plan, 2, whole, *cpu_slice_);
+  expect_close({got}, want, "items");
+  // A batch of the wrong size is refused before anything is copied.
+  EXPECT_FALSE(gpu->run_items(1, items, *cpu_slice_).is_ok());
+}
+
+TEST_F(CudaExecutorEmulatedTest, EachQueueOfASlicesPoolGetsItsOwnGraphInItsContext) {
+  const auto files = reduced_models();
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 1);
+  ASSERT_NE(model, nullptr);
+  auto gpu = cuda();
+  ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
+  const auto inputs = random_inputs(model->plans[0], 5);
+  QueueContext ctx;
+  auto* green_a = reinterpret_cast<CUcontext>(0xA0);
+  auto* green_b = reinterpret_cast<CUcontext>(0xB0);
+  std::vector<std::vector<float>> first;
+  for (int round = 0; round < 2; ++round) {
+    for (size_t entry = 0; entry < 2; ++entry) {
+      ctx.queue = {entry == 0 ? green_a : green_b, reinterpret_cast<CUstream>(0x7000 + entry),
+                   entry};
+      device().made_current.clear();
+      auto got = run(*gpu, model->plans[0], 0, inputs, ctx);
+      ASSERT_FALSE(device().made_current.empty());
+      EXPECT_EQ(device().made_current.back(), entry == 0 ? green_a : green_b);
+      if (first.empty()) first = got;
+      expect_close(got, first, "entry " + std::to_string(entry));
+    }
+  }
+  EXPECT_EQ(device().captures, 2);  // once per queue, replayed in the second round
+  EXPECT_EQ(device().graph_launches, 4);
+}
+
+TEST_F(CudaExecutorEmulatedTest, WhenCaptureIsRefusedTheStepsRunEagerlyWithTheSameAnswers) {
+  const auto files = reduced_models();
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 1);
+  ASSERT_NE(model, nullptr);
+  auto cpu = create_cpu_executor();
+  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
+  auto gpu = cuda();
+  ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
+  const auto inputs = random_inputs(model->plans[0], 9);
+  const auto want = run(*cpu, model->plans[0], 0, inputs, *cpu_slice_);
+  device().fail_next_end_capture = true;
+  expect_close(run(*gpu, model->plans[0], 0, inputs, *cpu_slice_), want, "fallback run");
+  expect_close(run(*gpu, model->plans[0], 0, inputs, *cpu_slice_), want, "eager run");
+  EXPECT_EQ(device().captures, 1);  // not tried again
+  EXPECT_EQ(device().graph_launches, 0);
+}
+
+TEST_F(CudaExecutorEmulatedTest, WeightsGoToADeviceStoreAndAMappedRegionIsNotPrivate) {
+  const auto files = reduced_models();
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 1);
+  ASSERT_NE(model, nullptr);
+  FakeDeviceStore filled(false);
+  FakeDeviceStore mapped(true);
+  auto first = cuda();
+  ASSERT_TRUE(first->compile(model->plans, &filled, 0).is_ok());
+  auto second = cuda();
+  ASSERT_TRUE(second->compile(model->plans, &mapped, 0).is_ok());
+  ASSERT_EQ(filled.keys.size(), 1u);
+  EXPECT_EQ(filled.keys, mapped.keys);  // the same region name for the same model
+  EXPECT_EQ(filled.keys[0].rfind("cuda-engine-", 0), 0u);
+  EXPECT_GT(first->weights().bytes, 0u);
+  EXPECT_EQ(first->weights().private_bytes, first->weights().bytes);
+  EXPECT_EQ(second->weights().private_bytes, 0u);
+  // A host store (the cpu backend's) is no place for device weights: a private copy.
+  auto host_store = open_host_weight_store("/sliceserve.test-emulated.m");
+  ASSERT_TRUE(host_store.is_ok());
+  auto third = cuda();
+  ASSERT_TRUE(third->compile(model->plans, host_store->get(), 0).is_ok());
+  EXPECT_EQ((*host_store)->mapped_bytes(), 0u);
+  EXPECT_EQ(third->weights().private_bytes, third->weights().bytes);
+  remove_host_weights("/sliceserve.test-emulated.m");
+}
+
+}  // namespace
+}  // namespace sliceserve::backends
