@@ -1,6 +1,9 @@
 // engine_bench: an ONNX CNN (ResNet-50 by default) through the SliceServe engine and through
 // PyTorch's frozen TorchScript (bench/engine_pytorch.py, a child process that waits for
-// commands), with the same thread count, the same cpus and the same random input. The two sides
+// commands), with the same thread count, the same cpus and the same random input. With
+// --device cuda:N the engine runs on that GPU (the CUDA executor, from a host slice of one
+// thread: it launches on a stream of its own) and the PyTorch side runs eager mode on the same
+// GPU with cuDNN (torch.backends.cudnn.benchmark, no TorchScript; --pytorch-device cuda). The two sides
 // never run at the same time: per batch size they take turns, --rounds times, so that both are
 // sampled across the same stretch of time on a shared machine. Also measures the machine's FP32
 // FMA peak (AVX2) on those cpus and counts the model's FLOPs from its graph.
@@ -140,6 +143,12 @@ struct Options {
   bool peak_only = false;
   std::string python = "/usr/bin/python3";
   std::string pytorch_script = SLICESERVE_SOURCE_DIR "/bench/engine_pytorch.py";
+  bool inherit_python_env = false;  // keep PYTHONPATH and the user's site-packages
+  std::string device = "cpu";          // the engine's: cpu, cuda, cuda:<ordinal>
+  std::string pytorch_device;          // cpu | cuda; empty: the engine's kind
+  std::string pytorch_builder = "torchvision";  // | gpu_models (scripts/gpu_models.py)
+
+  bool on_gpu() const { return device != "cpu"; }
 };
 
 void print_usage(std::FILE* out) {
@@ -170,6 +179,16 @@ void print_usage(std::FILE* out) {
       "  --peak-only           measure the FMA peak on the --threads cpus, print it, exit\n"
       "  --python PATH         the interpreter for the PyTorch side (default /usr/bin/python3)\n"
       "  --pytorch-script PATH (default bench/engine_pytorch.py of the source tree)\n"
+      "  --inherit-python-env  keep PYTHONPATH and user site-packages for the PyTorch side\n"
+      "                        (default: removed, so Debian's torch is the one imported)\n"
+      "  --device DEV          the engine's device: cpu (default), cuda, cuda:N. On a GPU the\n"
+      "                        engine runs from a host slice of 1 thread, FMA peak fields are\n"
+      "                        null, and outputs must agree to 1e-2 of |max| (TF32)\n"
+      "  --pytorch-device D    cpu or cuda (default: the engine's kind). cuda: eager mode,\n"
+      "                        torch.backends.cudnn.benchmark = True, synchronized timing\n"
+      "  --pytorch-builder B   torchvision (default: torchvision.models.NAME, seed 0, as\n"
+      "                        scripts/models) or gpu_models (scripts/gpu_models.py's\n"
+      "                        build_model, for the files it exports)\n"
       "  --help                this text\n");
 }
 
@@ -202,13 +221,25 @@ Result<Options> parse_options(int argc, char** argv) {
       print_usage(stdout);
       std::exit(0);
     } else if (arg == "--model" || arg == "--name" || arg == "--python" ||
-               arg == "--pytorch-script" || arg == "--batches") {
+               arg == "--pytorch-script" || arg == "--batches" || arg == "--device" ||
+               arg == "--pytorch-device" || arg == "--pytorch-builder") {
       const auto value = args.value();
       if (!value || value->empty()) return args.bad("needs a value");
       if (arg == "--model") o.model_path = *value;
       if (arg == "--name") o.model_name = *value;
       if (arg == "--python") o.python = *value;
       if (arg == "--pytorch-script") o.pytorch_script = *value;
+      if (arg == "--device") o.device = *value;
+      if (arg == "--pytorch-device") {
+        if (*value != "cpu" && *value != "cuda") return args.bad("cpu or cuda");
+        o.pytorch_device = *value;
+      }
+      if (arg == "--pytorch-builder") {
+        if (*value != "torchvision" && *value != "gpu_models") {
+          return args.bad("torchvision or gpu_models");
+        }
+        o.pytorch_builder = *value;
+      }
       if (arg == "--batches") {
         ASSIGN_OR_RETURN(o.batches, parse_batches(*value));
       }
@@ -228,6 +259,8 @@ Result<Options> parse_options(int argc, char** argv) {
       o.pytorch = false;
     } else if (arg == "--peak-only") {
       o.peak_only = true;
+    } else if (arg == "--inherit-python-env") {
+      o.inherit_python_env = true;
     } else {
       return args.unknown();
     }
@@ -236,6 +269,14 @@ Result<Options> parse_options(int argc, char** argv) {
   if (o.engine_max_batch > 0 &&
       *std::max_element(o.batches.begin(), o.batches.end()) > o.engine_max_batch) {
     return Status(ErrorCode::kInvalidArgument, "--engine-max-batch is below the largest batch");
+  }
+  if (o.device != "cpu" && o.device != "cuda" && !o.device.starts_with("cuda:")) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "--device: '" + o.device + "' is not cpu, cuda or cuda:<ordinal>");
+  }
+  if (o.pytorch_device.empty()) o.pytorch_device = o.on_gpu() ? "cuda" : "cpu";
+  if (o.peak_only && o.on_gpu()) {
+    return Status(ErrorCode::kInvalidArgument, "--peak-only measures the cpus: not with --device");
   }
   if (o.model_name.empty()) {
     const std::string file = std::filesystem::path(o.model_path).filename().string();
@@ -513,7 +554,7 @@ std::vector<float> random_input(size_t elements) {
 
 int default_iters(int64_t batch, double warm_ms, const Options& o) {
   if (o.iters > 0) return o.iters;
-  const int floor = batch == 1 ? 20 : 10;
+  const int floor = batch == 1 || o.on_gpu() ? 20 : 10;
   const double fill = warm_ms > 0 ? std::ceil(o.min_time_s * 1000.0 / warm_ms) : 0;
   return std::max(floor, int(std::min(fill, 100000.0)));
 }
@@ -629,20 +670,24 @@ Result<std::unique_ptr<PytorchPeer>> PytorchPeer::start(const Options& o,
                                    "--threads", std::to_string(cpus.size()),
                                    "--cpus",    cpu_list,
                                    "--compare", dir,
-                                   "--onnx",    o.model_path};
+                                   "--onnx",    o.model_path,
+                                   "--device",  o.pytorch_device,
+                                   "--builder", o.pytorch_builder};
   // Debian's torch, not the user's: no user site-packages, no PYTHONPATH. The OpenMP team is
   // pinned one thread per cpu, as the engine's is.
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string_view entry = *e;
     const std::string_view key = entry.substr(0, entry.find('='));
-    if (key == "PYTHONPATH" || key == "PYTHONHOME" || key == "PYTHONNOUSERSITE" ||
-        key == "OMP_PLACES" || key == "OMP_PROC_BIND" || key == "GOMP_CPU_AFFINITY") {
+    const bool python_key =
+        key == "PYTHONPATH" || key == "PYTHONHOME" || key == "PYTHONNOUSERSITE";
+    if ((python_key && !o.inherit_python_env) || key == "OMP_PLACES" || key == "OMP_PROC_BIND" ||
+        key == "GOMP_CPU_AFFINITY") {
       continue;
     }
     env.emplace_back(entry);
   }
-  env.push_back("PYTHONNOUSERSITE=1");
+  if (!o.inherit_python_env) env.push_back("PYTHONNOUSERSITE=1");
   env.push_back("OMP_PROC_BIND=close");
   env.push_back("OMP_PLACES=" + places);
   std::vector<char*> argv_c, env_c;
@@ -706,6 +751,7 @@ Status PytorchPeer::exited(const char* when) {
   std::string why = what_ + " " + when + ", exit status " + std::to_string(code);
   if (code == 127) why += " (cannot execute it)";
   if (code == 3) why += " (torch, torchvision or numpy missing: run scripts/install-deps)";
+  if (code == 4) why += " (PyTorch sees no CUDA device)";
   return Status(ErrorCode::kUnavailable, why);
 }
 
@@ -766,6 +812,7 @@ Status PytorchPeer::finish() {
 struct BatchResult {
   Timing ours;
   std::optional<Timing> theirs;
+  std::optional<Timing> theirs_device_only;  // PyTorch on a GPU, input already there
   std::optional<double> max_abs_diff;
   std::optional<double> ref_absmax;
 };
@@ -785,9 +832,13 @@ Result<BatchResult> run_batch(const Options& o, int64_t batch, const std::vector
   if (eng == nullptr) {
     const int64_t max_batch = o.engine_max_batch > 0 ? o.engine_max_batch : batch;
     const uint64_t t0 = now_ns();
-    ASSIGN_OR_RETURN(own, engine::Engine::load_file(o.model_path, {.max_batch = max_batch}));
-    std::fprintf(stderr, "engine_bench: engine loaded with max_batch %" PRId64 " in %.1f s\n",
-                 max_batch, double(now_ns() - t0) / 1e9);
+    ASSIGN_OR_RETURN(own, engine::Engine::load_file(
+                              o.model_path, {.max_batch = max_batch,
+                                             .device = o.device,
+                                             .threads = slice.concurrency()}));
+    std::fprintf(stderr,
+                 "engine_bench: engine loaded on %s with max_batch %" PRId64 " in %.1f s\n",
+                 o.device.c_str(), max_batch, double(now_ns() - t0) / 1e9);
     eng = own.get();
     if (o.engine_max_batch > 0) shared = std::move(own);
   }
@@ -815,13 +866,18 @@ Result<BatchResult> run_batch(const Options& o, int64_t batch, const std::vector
                ": sliceserve warm-up %.2f ms (p50 of %zu); %d rounds of %d timed runs per side\n",
                batch, warm_ms, warm.size(), o.rounds, per_round);
 
-  SideSamples ours, theirs;
+  SideSamples ours, theirs, theirs_device_only;
   BatchResult result;
   for (int r = 0; r < o.rounds; ++r) {
     RETURN_IF_ERROR(side.round(per_round, ours));
     if (peer == nullptr) continue;
     ASSIGN_OR_RETURN(Json line, peer->run(batch, per_round));
     for (const Json& ms : line["samples_ms"]) theirs.ms.push_back(ms.get<double>());
+    if (line.contains("device_only_samples_ms")) {
+      for (const Json& ms : line["device_only_samples_ms"]) {
+        theirs_device_only.ms.push_back(ms.get<double>());
+      }
+    }
     theirs.other_cpu_s += line.value("other_cpu_s", 0.0);
     theirs.machine_cpu_s += line.value("machine_cpu_s", 0.0);
     if (line.contains("max_abs_diff")) result.max_abs_diff = line["max_abs_diff"].get<double>();
@@ -829,6 +885,7 @@ Result<BatchResult> run_batch(const Options& o, int64_t batch, const std::vector
   }
   result.ours = timing_of(ours);
   if (peer != nullptr) result.theirs = timing_of(theirs);
+  if (!theirs_device_only.ms.empty()) result.theirs_device_only = timing_of(theirs_device_only);
   std::string line = "engine_bench: batch " + std::to_string(batch) + ": sliceserve p50 " +
                      fmt_ms(result.ours.p50_ms) + " (min " + fmt_ms(result.ours.min_ms) + ")";
   if (result.theirs) {
@@ -871,7 +928,8 @@ int run(const Options& o) {
   CPU_ZERO(&process_mask);
   for (unsigned cpu : *machine) CPU_SET(cpu, &process_mask);
   const auto cores = unsigned(machine->size());
-  const unsigned threads = o.threads > 0 ? o.threads : cores;
+  // On a GPU the engine's host side is one thread (the CUDA executor launches from it).
+  const unsigned threads = o.threads > 0 ? o.threads : o.on_gpu() ? 1 : cores;
   if (threads > cores) {
     std::fprintf(stderr, "engine_bench: --threads %u: this process may run on %u cpus only\n",
                  threads, cores);
@@ -886,7 +944,8 @@ int run(const Options& o) {
   std::fprintf(stderr, "engine_bench: %s (%s), batches", o.model_path.c_str(),
                o.model_name.c_str());
   for (int64_t b : o.batches) std::fprintf(stderr, " %" PRId64, b);
-  std::fprintf(stderr, ", %u of %u cpus, load average %s\n", threads, cores,
+  std::fprintf(stderr, ", %u of %u cpus, engine on %s, PyTorch on %s, load average %s\n",
+               threads, cores, o.device.c_str(), o.pytorch_device.c_str(),
                load_average().c_str());
 
   // The slice first: its cpus are the ones the FMA peak, the engine and PyTorch use.
@@ -903,15 +962,23 @@ int run(const Options& o) {
   }
   std::fprintf(stderr, "engine_bench: slice %s\n", (*slice)->info().placement.c_str());
 
-  FmaPeak peak(cpus);
-  peak.measure("at start");
+  // The FMA peak is the cpus'; on a GPU it says nothing about the engine.
+  std::optional<FmaPeak> peak_of_cpus;
+  if (!o.on_gpu()) peak_of_cpus.emplace(cpus);
+  FmaPeak* measured = peak_of_cpus ? &*peak_of_cpus : nullptr;
+  auto measure_peak = [&](const char* when) {
+    if (measured != nullptr) measured->measure(when);
+  };
+  auto best_peak = [&] { return measured != nullptr ? measured->best() : 0.0; };
+  auto worst_peak = [&] { return measured != nullptr ? measured->worst() : 0.0; };
+  measure_peak("at start");
   if (o.peak_only) {
     Json j;
     j["bench"] = "fma_peak";
     j["threads"] = threads;
-    j["fma_peak_gflops"] = peak.best() > 0 ? Json(round_to(peak.best(), 1)) : Json(nullptr);
+    j["fma_peak_gflops"] = best_peak() > 0 ? Json(round_to(best_peak(), 1)) : Json(nullptr);
     std::printf("%s\n", j.dump().c_str());
-    return peak.best() > 0 ? 0 : 1;
+    return best_peak() > 0 ? 0 : 1;
   }
 
   auto flops = count_flops(o.model_path);
@@ -980,19 +1047,22 @@ int run(const Options& o) {
                    result.status().to_string().c_str());
       return 1;
     }
-    peak.measure(("after batch " + std::to_string(batch)).c_str());
+    measure_peak(("after batch " + std::to_string(batch)).c_str());
     const Timing& ours = result->ours;
     const std::optional<Timing>& theirs = result->theirs;
     const double gflop = flops->per_image * double(batch) / 1e9;
     auto fraction = [&](const Timing& t) {
-      return round_to(gflop / (t.p50_ms / 1000.0) / peak.best(), 3);
+      return round_to(gflop / (t.p50_ms / 1000.0) / best_peak(), 3);
     };
-    const bool has_peak = peak.best() > 0;
+    const bool has_peak = best_peak() > 0;
     Json j;
     j["bench"] = "engine";
     j["model"] = o.model_name;
     j["batch"] = batch;
     j["threads"] = threads;
+    j["device"] = o.device;
+    j["pytorch_device"] = o.pytorch_device;
+    j["pytorch_mode"] = o.pytorch_device == "cuda" ? "eager+cudnn.benchmark" : "torchscript-frozen";
     j["sliceserve_ms"] = round_to(ours.p50_ms, 3);
     j["pytorch_ms"] = theirs ? Json(round_to(theirs->p50_ms, 3)) : Json(nullptr);
     j["iters"] = ours.iters;
@@ -1000,15 +1070,26 @@ int run(const Options& o) {
     j.update(side_fields("sliceserve", ours, batch, gflop));
     j.update(side_fields("pytorch", theirs, batch, gflop));
     j["gflop"] = round_to(gflop, 3);
-    j["fma_peak_gflops"] = has_peak ? Json(round_to(peak.best(), 1)) : Json(nullptr);
-    j["fma_peak_gflops_min"] = has_peak ? Json(round_to(peak.worst(), 1)) : Json(nullptr);
+    j["fma_peak_gflops"] = has_peak ? Json(round_to(best_peak(), 1)) : Json(nullptr);
+    j["fma_peak_gflops_min"] = has_peak ? Json(round_to(worst_peak(), 1)) : Json(nullptr);
     j["fma_peak_fraction"] = has_peak ? Json(fraction(ours)) : Json(nullptr);
     j["pytorch_fma_peak_fraction"] = has_peak && theirs ? Json(fraction(*theirs)) : Json(nullptr);
     j["max_abs_diff"] = result->max_abs_diff ? Json(*result->max_abs_diff) : Json(nullptr);
+    if (result->theirs && result->theirs_device_only) {
+      // PyTorch with its input already on the GPU and no copy back: the model alone.
+      j["pytorch_device_only_ms"] = round_to(result->theirs_device_only->p50_ms, 3);
+      j["pytorch_device_only_images_per_s"] =
+          round_to(double(batch) * 1000.0 / result->theirs_device_only->mean_ms, 2);
+    }
+    if (result->theirs) {
+      j["speedup_vs_pytorch"] = round_to(result->theirs->p50_ms / ours.p50_ms, 3);
+    }
     std::printf("%s\n", j.dump().c_str());
     std::fflush(stdout);
+    // On a GPU both sides may use TF32 in cuDNN: 1e-2 of the largest output, else 1e-3.
+    const double tolerance = o.on_gpu() || o.pytorch_device == "cuda" ? 1e-2 : 1e-3;
     if (result->max_abs_diff && result->ref_absmax &&
-        *result->max_abs_diff > 1e-3 * std::max(1.0, *result->ref_absmax)) {
+        *result->max_abs_diff > tolerance * std::max(1.0, *result->ref_absmax)) {
       std::fprintf(stderr,
                    "engine_bench: batch %" PRId64
                    ": the outputs differ by %g (|max| %g): the two sides do not compute the "

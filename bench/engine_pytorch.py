@@ -23,7 +23,16 @@ when that file exists. With --onnx the first line is the model's FLOP count from
   {"side":"onnx","gflop_per_image":8.18,"conv":53,"gemm":1}
 
 The model is built the way scripts/export_models.py builds the ONNX file (torch.manual_seed(0),
-torchvision.models.NAME(weights=None), eval), so both sides compute the same function.
+torchvision.models.NAME(weights=None), eval), so both sides compute the same function; with
+--builder gpu_models the way scripts/gpu_models.py builds its files (build_model: torchvision's or
+its own definitions, BatchNorm statistics randomised).
+
+--device cuda (engine_bench --device cuda:N): PyTorch eager mode on the GPU, no TorchScript,
+torch.backends.cudnn.benchmark = True (the warm-up runs let cuDNN pick its algorithms). A timed
+run is what the engine's run() does: the host input copied to the GPU, the model, the output
+copied back, between two torch.cuda.synchronize() calls; "device_only_samples_ms" are the same
+number of runs of the model alone on an input already on the GPU (synchronized after each). Exit
+status 4 when torch.cuda.is_available() is false.
 Progress goes to stderr. Run it with Debian's /usr/bin/python3 and PYTHONNOUSERSITE=1; by hand:
 
   echo "run 1 20" | PYTHONNOUSERSITE=1 /usr/bin/python3 bench/engine_pytorch.py \\
@@ -61,6 +70,11 @@ def parse_args(argv):
     p.add_argument("--onnx", default="", help="count FLOPs from this ONNX file first")
     p.add_argument("--profile", action="store_true",
                    help="print torch.profiler's per-op table for each batch on stderr")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu: frozen TorchScript; cuda: eager mode with cuDNN on the GPU")
+    p.add_argument("--builder", default="torchvision", choices=["torchvision", "gpu_models"],
+                   help="how the model is built (scripts/models' torchvision models, or "
+                        "scripts/gpu_models.py's build_model)")
     return p.parse_args(argv)
 
 
@@ -123,11 +137,26 @@ def cpu_sample():
     return busy, busy + (idle + iowait) * tick, t.user + t.system
 
 
+def build_model(args, torch, torchvision):
+    if args.builder == "gpu_models":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                        "scripts"))
+        import gpu_models
+        model, source = gpu_models.build_model(args.model, torch)
+        log(f"{args.model} from scripts/gpu_models.py ({source})")
+        return model
+    torch.manual_seed(WEIGHT_SEED)
+    return getattr(torchvision.models, args.model)(weights=None).eval()
+
+
 class Runner:
     def __init__(self, args, torch, torchvision, np):
         self.args, self.torch, self.np = args, torch, np
-        torch.manual_seed(WEIGHT_SEED)
-        self.model = getattr(torchvision.models, args.model)(weights=None).eval()
+        self.cuda = args.device == "cuda"
+        self.model = build_model(args, torch, torchvision)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            self.model = self.model.cuda()
         self.data = np.load(args.input)
         if self.data.dtype != np.float32 or self.data.ndim < 1:
             raise ValueError(f"{args.input}: want float32 [max_batch, ...], got "
@@ -140,6 +169,14 @@ class Runner:
             raise ValueError(f"batch {batch} is larger than the input's {self.data.shape[0]}")
         x = torch.from_numpy(self.np.ascontiguousarray(self.data[:batch]))
         started = time.perf_counter()
+        if self.cuda:
+            # Eager: nothing to trace; the warm-up runs are where cuDNN benchmarks its algorithms.
+            with torch.no_grad():
+                for _ in range(max(1, self.args.warmup)):
+                    self.model(x.cuda()).cpu()
+            torch.cuda.synchronize()
+            self.modules[batch] = (self.model, x)
+            return time.perf_counter() - started
         with torch.no_grad():
             frozen = torch.jit.freeze(torch.jit.trace(self.model, x).eval())
             prepare_s = time.perf_counter() - started
@@ -162,13 +199,33 @@ class Runner:
         samples = []
         time.sleep(0.05)  # the other side's OpenMP threads stop spinning
         with torch.no_grad():
-            y = frozen(x)
+            if self.cuda:
+                y = frozen(x.cuda()).cpu()
+                torch.cuda.synchronize()
+            else:
+                y = frozen(x)
             before = cpu_sample()
             for _ in range(iters):
-                t0 = time.perf_counter_ns()
-                y = frozen(x)
+                if self.cuda:
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter_ns()
+                    y = frozen(x.cuda()).cpu()
+                    torch.cuda.synchronize()
+                else:
+                    t0 = time.perf_counter_ns()
+                    y = frozen(x)
                 samples.append((time.perf_counter_ns() - t0) / 1e6)
             after = cpu_sample()
+            if self.cuda:
+                x_dev = x.cuda()
+                device_only = []
+                torch.cuda.synchronize()
+                for _ in range(iters):
+                    t0 = time.perf_counter_ns()
+                    frozen(x_dev)
+                    torch.cuda.synchronize()
+                    device_only.append((time.perf_counter_ns() - t0) / 1e6)
+                line["device_only_samples_ms"] = device_only
         line["samples_ms"] = samples
         line["other_cpu_s"] = max(0.0, (after[0] - before[0]) - (after[2] - before[2]))
         line["machine_cpu_s"] = after[1] - before[1]
@@ -192,10 +249,16 @@ def main(argv):
     try:
         import numpy as np
         import torch
-        import torchvision
+        torchvision = None
+        if args.builder == "torchvision":
+            import torchvision
     except ImportError as e:
         log(f"{e}; run scripts/install-deps (Debian's python3-torch, python3-torchvision)")
         return 3
+    if args.device == "cuda" and not torch.cuda.is_available():
+        log(f"torch {torch.__version__}: torch.cuda.is_available() is false (no GPU, or a "
+            "cpu-only build)")
+        return 4
 
     if args.onnx:
         try:
@@ -207,7 +270,10 @@ def main(argv):
                    "gemm": counts["Gemm"]})
 
     torch.set_num_threads(args.threads)
-    log(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+    gpu = (f", {torch.cuda.get_device_name(0)}, cuDNN {torch.backends.cudnn.version()}, "
+           f"TF32 in cuDNN {torch.backends.cudnn.allow_tf32}" if args.device == "cuda" else "")
+    log(f"torch {torch.__version__}, torchvision "
+        f"{torchvision.__version__ if torchvision else '-'}, {args.device}{gpu}, "
         f"{torch.get_num_threads()} threads on cpus {args.cpus or 'any'}, OMP_PLACES "
         f"{os.environ.get('OMP_PLACES', '-')}, mkldnn {torch.backends.mkldnn.is_available()}")
     try:
@@ -231,7 +297,8 @@ def main(argv):
             log(str(e))
             return 2
         if "prepare_s" in line:
-            log(f"batch {line['batch']}: trace+freeze {line['prepare_s']:.1f} s")
+            what = "warm-up (cudnn.benchmark)" if args.device == "cuda" else "trace+freeze"
+            log(f"batch {line['batch']}: {what} {line['prepare_s']:.1f} s")
         reply(line)
     return 0
 

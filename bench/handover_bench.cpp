@@ -99,6 +99,15 @@ void usage(FILE* out) {
       "                    (with --mode both: F-shadow and F-instant)\n"
       "  --bin-dir DIR     where sliceserved and sliceserve-worker are (default: next to this\n"
       "                    program)\n"
+      "  --backends B      cpu (default: shadow on cpu:process, instant on cpu:affinity, the\n"
+      "                    synthetic model) or gpu (shadow on mps, instant on greenctx; needs\n"
+      "                    --onnx; default resizes 8 shadow, 100 instant)\n"
+      "  --onnx PATH       serve this ONNX model (kind onnx) instead of the synthetic one; each\n"
+      "                    answer is checked against the first answer to the same input\n"
+      "  --max-batch N     the model's max_batch (default 4)\n"
+      "  --slots-per-lane N  (default 256; 16 with --onnx: a 224x224 image slot is ~600 KB)\n"
+      "  --device N        gpu: the CUDA ordinal (default 0)\n"
+      "  --mps-control C   gpu: [backend.mps] control, start (default) or attach\n"
       "  --help            this text\n");
 }
 
@@ -122,6 +131,7 @@ bool parse_number(std::string_view s, T* out) {
 
 Result<Options> parse_options(int argc, char** argv) {
   Options o;
+  bool slots_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     std::string_view value;
@@ -194,10 +204,50 @@ Result<Options> parse_options(int argc, char** argv) {
     } else if (arg == "--bin-dir") {
       ASSIGN_OR_RETURN(std::string_view v, need());
       o.bin_dir = std::string(v);
+    } else if (arg == "--backends") {
+      ASSIGN_OR_RETURN(std::string_view v, need());
+      if (v == "cpu") {
+        o.backends = BackendSet::kCpu;
+      } else if (v == "gpu") {
+        o.backends = BackendSet::kGpu;
+      } else {
+        return bad(v);
+      }
+    } else if (arg == "--onnx") {
+      ASSIGN_OR_RETURN(std::string_view v, need());
+      std::error_code ec;
+      const std::filesystem::path path = std::filesystem::absolute(std::string(v), ec);
+      if (ec || !std::filesystem::is_regular_file(path)) {
+        return Status(ErrorCode::kNotFound, "--onnx: no file '" + std::string(v) + "'");
+      }
+      o.onnx_path = path.string();
+    } else if (arg == "--max-batch") {
+      ASSIGN_OR_RETURN(std::string_view v, need());
+      if (!parse_number(v, &o.max_batch) || o.max_batch < 1 || o.max_batch > 256) return bad(v);
+    } else if (arg == "--slots-per-lane") {
+      ASSIGN_OR_RETURN(std::string_view v, need());
+      if (!parse_number(v, &o.slots_per_lane) || o.slots_per_lane < 1 ||
+          o.slots_per_lane > 1024) {
+        return bad(v);
+      }
+      slots_given = true;
+    } else if (arg == "--device") {
+      ASSIGN_OR_RETURN(std::string_view v, need());
+      if (!parse_number(v, &o.device) || o.device < 0 || o.device > 1023) return bad(v);
+    } else if (arg == "--mps-control") {
+      ASSIGN_OR_RETURN(std::string_view v, need());
+      if (v != "start" && v != "attach") return bad(v);
+      o.mps_control = std::string(v);
     } else {
       return Status(ErrorCode::kInvalidArgument, "unknown option '" + std::string(arg) + "'");
     }
   }
+  if (o.backends == BackendSet::kGpu && !o.onnx()) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "--backends gpu needs --onnx MODEL: the synthetic kind runs on the cpu "
+                  "backend only");
+  }
+  if (o.onnx() && !slots_given) o.slots_per_lane = 16;
   if (o.bin_dir.empty()) o.bin_dir = self_dir();
   if (o.client_cpu == -2) o.client_cpu = default_client_cpu();
   if (o.out_dir.empty()) {
@@ -210,7 +260,9 @@ Result<Options> parse_options(int argc, char** argv) {
 // Runs one mode: daemon up, warm-up, the resizes, drain, daemon down.
 Result<RunData> run_mode(const Options& o, Mode mode) {
   const char* name = mode_name(mode);
-  const int resizes = o.resizes > 0 ? o.resizes : (mode == Mode::kShadow ? 25 : 200);
+  const bool gpu = o.backends == BackendSet::kGpu;
+  const int resizes =
+      o.resizes > 0 ? o.resizes : (mode == Mode::kShadow ? (gpu ? 8 : 25) : (gpu ? 100 : 200));
   const std::string log_path = o.out_dir + "/handover-" + name + ".daemon.log";
   std::fprintf(stderr, "handover[%s]: starting sliceserved (log %s)\n", name, log_path.c_str());
   ASSIGN_OR_RETURN(std::unique_ptr<Daemon> daemon, Daemon::start(o, mode, log_path));
@@ -222,9 +274,12 @@ Result<RunData> run_mode(const Options& o, Mode mode) {
 
   // From here on this thread and every thread it starts run on the client cpu.
   CpuPin pin(o.client_cpu);
-  ASSIGN_OR_RETURN(std::unique_ptr<Load> load, Load::connect(daemon->instance(), o.clients));
+  ASSIGN_OR_RETURN(std::unique_ptr<Load> load,
+                   Load::connect(daemon->instance(), o.clients, o.onnx()));
   RunData run;
   run.mode = mode;
+  run.backend = backend_name(o, mode);
+  run.model = o.onnx() ? std::filesystem::path(o.onnx_path).stem().string() : "synthetic";
   run.rate = o.rate;
   run.weights_mb = o.weights_mb;
   std::optional<StatusPoller> poller(std::in_place, *daemon);

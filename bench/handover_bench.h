@@ -1,6 +1,8 @@
 #pragma once
 // handover_bench: a constant request rate at one model while it is resized many times, once with
-// shadow resizes (cpu mode=process) and once with instant ones (cpu mode=affinity). The real
+// shadow resizes (cpu mode=process) and once with instant ones (cpu mode=affinity); with
+// --backends gpu and an ONNX model (--onnx), shadow resizes on `mps` and instant ones on
+// `greenctx` (the synthetic kind runs on the cpu backend only). The real
 // sliceserved and sliceserve-worker run as child processes; the bench is their client and
 // operator (admin socket), and reads the workers' timing from the model's segment.
 //
@@ -16,6 +18,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +35,10 @@ inline constexpr uint64_t kMs = 1'000'000;
 
 enum class Mode { kShadow, kInstant };
 const char* mode_name(Mode mode);  // "shadow" | "instant"
+
+// Which backends the modes run on: cpu (shadow cpu:process, instant cpu:affinity, the synthetic
+// model) or gpu (shadow mps, instant greenctx, an ONNX model).
+enum class BackendSet { kCpu, kGpu };
 
 struct Options {
   std::vector<Mode> modes{Mode::kShadow, Mode::kInstant};
@@ -51,7 +58,17 @@ struct Options {
   std::string out_dir;        // default: build/bench next to the build tree
   std::string dump_requests;  // a CSV of every request, for diagnosis
   std::string bin_dir;        // default: the folder of this executable
+  BackendSet backends = BackendSet::kCpu;
+  std::string onnx_path;  // kind = "onnx" from this file (absolute); empty: synthetic
+  int max_batch = 4;
+  int slots_per_lane = 256;  // onnx: 16 by default (an image slot is ~600 KB of shared memory)
+  int device = 0;            // gpu: the CUDA ordinal of [backend.mps] / [backend.greenctx]
+  std::string mps_control = "start";  // gpu: [backend.mps] control (start | attach | off)
+
+  bool onnx() const { return !onnx_path.empty(); }
 };
+// The backend name a mode's model gets in the config ("cpu:process", "mps", ...).
+const char* backend_name(const Options& options, Mode mode);
 
 uint64_t now_ns();  // CLOCK_MONOTONIC, the clock the workers stamp with
 std::string self_dir();
@@ -64,17 +81,29 @@ class Daemon {
   // output in `log_path`, and waits until the model's worker serves.
   static Result<std::unique_ptr<Daemon>> start(const Options& options, Mode mode,
                                                const std::string& log_path);
+  // The same for any config (goodput_bench): `config` names `instance` and serves `models`;
+  // sliceserved and sliceserve-worker are in `bin_dir`. Waits until every model's worker
+  // serves, at most `timeout_ms`; `fail_on_worker_error`: a model's last_error ends the wait
+  // (a GPU worker that cannot load is restarted for ever).
+  static Result<std::unique_ptr<Daemon>> launch(const std::string& config,
+                                                const std::string& instance,
+                                                std::vector<std::string> models,
+                                                const std::string& bin_dir,
+                                                const std::string& log_path,
+                                                bool fail_on_worker_error,
+                                                uint64_t timeout_ms = 60'000);
   ~Daemon();  // kills a daemon that was not stopped, removes the temporary folder
 
   const std::string& instance() const { return instance_; }
-  shm::Segment& segment() { return *segment_; }
+  shm::Segment& segment() { return segments_.front(); }  // the first model's
   pid_t pid() const { return pid_; }
   // SIGTERM, then waits (up to `timeout_ms`) for an exit status of 0.
   Status stop(int timeout_ms = 15000);
 
   Result<nlohmann::json> call(const nlohmann::json& request, int timeout_ms = 5000) const;
-  // The status entry of the model.
+  // The status entry of the model (default: the first one).
   Result<nlohmann::json> model_status(int timeout_ms = 5000) const;
+  Result<nlohmann::json> model_status(const std::string& model, int timeout_ms) const;
 
  private:
   Daemon() = default;
@@ -82,7 +111,8 @@ class Daemon {
   std::string dir_;
   std::string log_path_;
   pid_t pid_ = -1;
-  std::optional<shm::Segment> segment_;
+  std::vector<std::string> models_;
+  std::vector<shm::Segment> segments_;  // attached in models_' order
 };
 
 // Keeps the latest status of the model fresh on its own thread, one admin call every 2 ms, so
@@ -135,8 +165,12 @@ struct Request {
 
 class Load {
  public:
-  // Connects `clients` clients to the daemon's model.
-  static Result<std::unique_ptr<Load>> connect(const std::string& instance, int clients);
+  // Connects `clients` clients to the daemon's model. `onnx`: the model's one FP32 input is
+  // filled from the request's variant (kVariants seeded patterns) and each answer is checked
+  // against the first answer to the same variant (1e-2 of its largest |element|: another worker
+  // or slice may pick other cuDNN algorithms); otherwise the synthetic y = 2x + 1, exactly.
+  static Result<std::unique_ptr<Load>> connect(const std::string& instance, int clients,
+                                               bool onnx = false);
   ~Load();
 
   void start(double rate);  // the sender thread, open loop from now on
@@ -160,6 +194,17 @@ class Load {
   Load() = default;
   void send_loop(double rate);
   void on_done(size_t index, Result<client::InferResult> result);
+  // The onnx check of one answer; "" when it is right.
+  std::string check_onnx(size_t index, std::span<const float> y);
+
+  static constexpr size_t kVariants = 4;
+  bool onnx_ = false;
+  std::string input_name_ = "x";
+  std::vector<int64_t> input_shape_{kTensorElements};
+  size_t output_elements_ = kTensorElements;
+  std::vector<std::vector<float>> variants_;  // onnx: the inputs
+  std::mutex reference_mu_;
+  std::vector<std::vector<float>> references_;  // onnx: the first answer per variant
 
   std::vector<std::unique_ptr<client::Client>> clients_;
   std::vector<std::unique_ptr<Request[]>> chunks_;  // kMaxChunks slots, filled by the sender
@@ -197,6 +242,8 @@ struct ResizeEvent {
 
 struct RunData {
   Mode mode = Mode::kShadow;
+  std::string backend;  // the config's backend name
+  std::string model;    // "synthetic" or the ONNX file's stem
   double rate = 0;
   uint64_t load_start_ns = 0;
   uint64_t resize_phase_ns = 0;  // first resize command

@@ -37,24 +37,44 @@ std::string config_text(const Options& o, Mode mode, const std::string& instance
     << "worker_ready_timeout_ms = 60000\n"
     << "shutdown_grace_ms = 3000\n\n"
     << "[policy]\n"
-    << "enabled = false\n\n"
-    << "[[model]]\n"
+    << "enabled = false\n";
+  if (o.backends == BackendSet::kGpu) {
+    // The greenctx pool holds the two slices the bench alternates between (and 100): min_slice
+    // and min_step are its spacing. A shadow mps worker loads the ONNX model anew.
+    c << "min_slice = " << o.slice_low << "\n"
+      << "min_step = " << (o.slice_high - o.slice_low) << "\n"
+      << "resize_timeout_ms = 60000\n\n"
+      << "[backend.mps]\n"
+      << "control = \"" << o.mps_control << "\"\n"
+      << "fallback = \"error\"\n"
+      << "device = " << o.device << "\n\n"
+      << "[backend.greenctx]\n"
+      << "device = " << o.device << "\n"
+      << "mps = false\n";
+  }
+  c << "\n[[model]]\n"
     << "name = \"" << kModel << "\"\n"
-    << "kind = \"synthetic\"\n"
-    << "backend = \"" << (mode == Mode::kShadow ? "cpu:process" : "cpu:affinity") << "\"\n"
+    << "kind = \"" << (o.onnx() ? "onnx" : "synthetic") << "\"\n"
+    << "backend = \"" << backend_name(o, mode) << "\"\n"
     << "policy = false\n"
     << "slice = " << o.slice_low << "\n"
-    << "max_batch = 4\n"
+    << "max_batch = " << o.max_batch << "\n"
     // A partial batch does not wait for company: every pause in completions while requests
     // wait is then the server's, not the batcher's.
     << "max_queue_delay_us = 0\n"
-    << "flops_per_item = " << o.flops_per_item << "\n"
-    << "weights_mb = " << o.weights_mb << "\n"
-    << "load_delay_ms = " << o.load_delay_ms << "\n"
     << "lanes = " << std::max(4, o.clients + 2) << "\n"
-    << "slots_per_lane = 256\n"
-    << "inputs = [ { name = \"x\", dtype = \"FP32\", shape = [" << kTensorElements << "] } ]\n"
-    << "outputs = [ { name = \"y\", dtype = \"FP32\", shape = [" << kTensorElements << "] } ]\n";
+    << "slots_per_lane = " << o.slots_per_lane << "\n";
+  if (o.onnx()) {
+    // The tensors come from the file.
+    c << "path = \"" << o.onnx_path << "\"\n";
+  } else {
+    c << "flops_per_item = " << o.flops_per_item << "\n"
+      << "weights_mb = " << o.weights_mb << "\n"
+      << "load_delay_ms = " << o.load_delay_ms << "\n"
+      << "inputs = [ { name = \"x\", dtype = \"FP32\", shape = [" << kTensorElements << "] } ]\n"
+      << "outputs = [ { name = \"y\", dtype = \"FP32\", shape = [" << kTensorElements
+      << "] } ]\n";
+  }
   return c.str();
 }
 
@@ -74,6 +94,11 @@ Status errno_status(const std::string& what) {
 }  // namespace
 
 const char* mode_name(Mode mode) { return mode == Mode::kShadow ? "shadow" : "instant"; }
+
+const char* backend_name(const Options& options, Mode mode) {
+  if (options.backends == BackendSet::kGpu) return mode == Mode::kShadow ? "mps" : "greenctx";
+  return mode == Mode::kShadow ? "cpu:process" : "cpu:affinity";
+}
 
 uint64_t now_ns() {
   timespec ts{};
@@ -159,14 +184,26 @@ std::optional<uint64_t> extra_bytes(pid_t pid, const std::vector<std::string>& o
 
 Result<std::unique_ptr<Daemon>> Daemon::start(const Options& options, Mode mode,
                                               const std::string& log_path) {
+  const std::string instance = "hb" + std::to_string(getpid()) + "-" + mode_name(mode);
+  return launch(config_text(options, mode, instance), instance, {kModel}, options.bin_dir,
+                log_path, options.backends == BackendSet::kGpu);
+}
+
+Result<std::unique_ptr<Daemon>> Daemon::launch(const std::string& config,
+                                               const std::string& instance,
+                                               std::vector<std::string> models,
+                                               const std::string& bin_dir,
+                                               const std::string& log_path,
+                                               bool fail_on_worker_error, uint64_t timeout_ms) {
   auto d = std::unique_ptr<Daemon>(new Daemon());
-  d->instance_ = "hb" + std::to_string(getpid()) + "-" + mode_name(mode);
+  d->instance_ = instance;
   d->log_path_ = log_path;
-  const std::string daemon_bin = options.bin_dir + "/sliceserved";
+  d->models_ = std::move(models);
+  const std::string daemon_bin = bin_dir + "/sliceserved";
   if (access(daemon_bin.c_str(), X_OK) != 0) {
     return Status(ErrorCode::kNotFound, daemon_bin + " is not executable (build sliceserved)");
   }
-  const std::string worker_bin = options.bin_dir + "/sliceserve-worker";
+  const std::string worker_bin = bin_dir + "/sliceserve-worker";
   if (access(worker_bin.c_str(), X_OK) != 0) {
     return Status(ErrorCode::kNotFound,
                   worker_bin + " is not executable (build sliceserve-worker)");
@@ -175,10 +212,10 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const Options& options, Mode mode,
   char dir_template[] = "/tmp/sliceserve-handover-XXXXXX";
   if (mkdtemp(dir_template) == nullptr) return errno_status("mkdtemp()");
   d->dir_ = dir_template;
-  const std::string config_path = d->dir_ + "/handover.toml";
+  const std::string config_path = d->dir_ + "/sliceserve.toml";
   {
     std::ofstream out(config_path);
-    out << config_text(options, mode, d->instance_);
+    out << config;
     if (!out) return Status(ErrorCode::kInternal, "cannot write " + config_path);
   }
 
@@ -205,10 +242,11 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const Options& options, Mode mode,
   close(log_fd);
   d->pid_ = pid;
 
-  // Ready: the admin socket answers, and the model's worker epoch is SERVING.
-  const uint64_t deadline = now_ns() + 60'000 * kMs;
+  // Ready: the admin socket answers, and every model's worker epoch is SERVING.
+  const uint64_t deadline = now_ns() + timeout_ms * kMs;
   std::string last_problem = "no answer yet";
-  for (;;) {
+  for (size_t next = 0; next < d->models_.size();) {
+    const std::string& model = d->models_[next];
     int wstatus = 0;
     if (waitpid(pid, &wstatus, WNOHANG) == pid) {
       d->pid_ = -1;
@@ -216,39 +254,50 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const Options& options, Mode mode,
                                               log_path + "):\n" + log_tail(log_path));
     }
     if (now_ns() > deadline) {
-      return Status(ErrorCode::kTimeout, "sliceserved not serving after 60 s (" + last_problem +
-                                             "); its log (" + log_path + "):\n" +
-                                             log_tail(log_path));
+      return Status(ErrorCode::kTimeout,
+                    "sliceserved not serving after " + std::to_string(timeout_ms / 1000) +
+                        " s (" + last_problem + "); its log (" + log_path + "):\n" +
+                        log_tail(log_path));
     }
     sleep_ms(20);
-    if (!d->segment_) {
-      Result<std::string> name = shm::segment_name(d->instance_, kModel);
+    if (d->segments_.size() == next) {
+      Result<std::string> name = shm::segment_name(d->instance_, model);
       if (!name.is_ok()) return name.status();
       Result<shm::Segment> seg = shm::Segment::attach(*name);
       if (!seg.is_ok()) {
-        last_problem = seg.status().to_string();
+        last_problem = model + ": " + seg.status().to_string();
         continue;
       }
-      d->segment_.emplace(std::move(seg).value());
+      d->segments_.push_back(std::move(seg).value());
     }
-    Result<nlohmann::json> m = d->model_status(1000);
+    Result<nlohmann::json> m = d->model_status(model, 1000);
     if (!m.is_ok()) {
       last_problem = m.status().to_string();
       continue;
     }
+    // A GPU worker that cannot load (no device, no cuDNN) is restarted with backoff for ever;
+    // its first error is the answer.
+    if (fail_on_worker_error && m->contains("last_error") && (*m)["last_error"].is_string() &&
+        !(*m)["last_error"].get<std::string>().empty()) {
+      return Status(ErrorCode::kUnavailable,
+                    "model " + model + ": the worker failed: " +
+                        (*m)["last_error"].get<std::string>() + "; sliceserved's log (" +
+                        log_path + "):\n" + log_tail(log_path, 1200));
+    }
     const uint64_t epoch = m->value("epoch", uint64_t{0});
-    const shm::WorkerStats& st = d->segment_->stats_block(epoch);
+    const shm::WorkerStats& st = d->segments_[next].stats_block(epoch);
     if (epoch != 0 && st.epoch.load() == epoch &&
         st.state.load() == uint32_t(shm::WorkerState::kServing)) {
-      break;
+      ++next;
+      continue;
     }
-    last_problem = "worker epoch " + std::to_string(epoch) + " not serving yet";
+    last_problem = model + ": worker epoch " + std::to_string(epoch) + " not serving yet";
   }
   return d;
 }
 
 Daemon::~Daemon() {
-  segment_.reset();
+  segments_.clear();
   if (pid_ > 0) {
     kill(pid_, SIGKILL);
     int wstatus = 0;
@@ -262,7 +311,7 @@ Daemon::~Daemon() {
 
 Status Daemon::stop(int timeout_ms) {
   if (pid_ <= 0) return Status(ErrorCode::kInternal, "sliceserved is not running");
-  segment_.reset();
+  segments_.clear();
   if (kill(pid_, SIGTERM) != 0) return errno_status("kill(SIGTERM)");
   const uint64_t deadline = now_ns() + uint64_t(timeout_ms) * kMs;
   int wstatus = 0;
@@ -293,15 +342,19 @@ Result<nlohmann::json> Daemon::call(const nlohmann::json& request, int timeout_m
 }
 
 Result<nlohmann::json> Daemon::model_status(int timeout_ms) const {
+  return model_status(models_.empty() ? std::string(kModel) : models_.front(), timeout_ms);
+}
+
+Result<nlohmann::json> Daemon::model_status(const std::string& model, int timeout_ms) const {
   Result<nlohmann::json> reply = call({{"cmd", "status"}}, timeout_ms);
   if (!reply.is_ok()) return reply.status();
   if (!reply->value("ok", false) || !reply->contains("models")) {
     return Status(ErrorCode::kInternal, "status: " + reply->dump());
   }
   for (const auto& m : (*reply)["models"]) {
-    if (m.value("model", "") == kModel) return m;
+    if (m.value("model", "") == model) return m;
   }
-  return Status(ErrorCode::kUnknownModel, "status lists no model '" + std::string(kModel) + "'");
+  return Status(ErrorCode::kUnknownModel, "status lists no model '" + model + "'");
 }
 
 StatusPoller::StatusPoller(const Daemon& daemon) : daemon_(daemon) {

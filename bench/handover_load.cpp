@@ -6,8 +6,10 @@
 #include <time.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <span>
 
 #include "handover_bench.h"
@@ -26,8 +28,10 @@ void sleep_until(uint64_t t_ns) {
 
 }  // namespace
 
-Result<std::unique_ptr<Load>> Load::connect(const std::string& instance, int clients) {
+Result<std::unique_ptr<Load>> Load::connect(const std::string& instance, int clients,
+                                            bool onnx) {
   auto load = std::unique_ptr<Load>(new Load());
+  load->onnx_ = onnx;
   client::ConnectOptions options;
   options.instance = instance;
   options.default_timeout = kRequestTimeout;
@@ -35,6 +39,27 @@ Result<std::unique_ptr<Load>> Load::connect(const std::string& instance, int cli
     Result<client::Client> c = client::Client::connect(kModel, options);
     if (!c.is_ok()) return c.status().with_context("client " + std::to_string(i));
     load->clients_.push_back(std::make_unique<client::Client>(std::move(c).value()));
+  }
+  if (onnx) {
+    const shm::ModelSpec& spec = load->clients_.front()->spec();
+    const auto inputs = spec.input_specs();
+    const auto outputs = spec.output_specs();
+    if (inputs.size() != 1 || outputs.size() != 1 || inputs[0].dtype != shm::DataType::kFp32 ||
+        outputs[0].dtype != shm::DataType::kFp32) {
+      return Status(ErrorCode::kInvalidArgument,
+                    "the ONNX model must have one FP32 input and one FP32 output");
+    }
+    load->input_name_ = std::string(inputs[0].name_view());
+    load->input_shape_.assign(inputs[0].shape().begin(), inputs[0].shape().end());
+    load->output_elements_ = outputs[0].byte_size() / sizeof(float);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (size_t v = 0; v < kVariants; ++v) {
+      std::vector<float> x(inputs[0].byte_size() / sizeof(float));
+      for (float& e : x) e = normal(rng);
+      load->variants_.push_back(std::move(x));
+    }
+    load->references_.resize(kVariants);
   }
   load->chunks_.resize(kMaxChunks);
   return load;
@@ -62,7 +87,7 @@ void Load::send_loop(double rate) {
   prctl(PR_SET_TIMERSLACK, 1UL);
   const double period_ns = 1e9 / rate;
   std::array<float, kTensorElements> x{};
-  client::Tensor tensor{"x", shm::DataType::kFp32, {kTensorElements}, {}};
+  client::Tensor tensor{input_name_, shm::DataType::kFp32, input_shape_, {}};
   for (size_t i = 0; !stop_.load(std::memory_order_relaxed); ++i) {
     // Open loop: request i is due at start + i x period whatever happened to the earlier ones.
     const uint64_t due = started_ns_ + uint64_t(double(i) * period_ns);
@@ -71,8 +96,12 @@ void Load::send_loop(double rate) {
       // Published to the completion threads by the client's submission (its lock and ring).
       chunks_[i >> kChunkBits] = std::make_unique<Request[]>(kChunkMask + 1);
     }
-    for (int k = 0; k < kTensorElements; ++k) x[size_t(k)] = input_value(i, k);
-    tensor.data = std::as_bytes(std::span(x));
+    if (onnx_) {
+      tensor.data = std::as_bytes(std::span(variants_[i % kVariants]));
+    } else {
+      for (int k = 0; k < kTensorElements; ++k) x[size_t(k)] = input_value(i, k);
+      tensor.data = std::as_bytes(std::span(x));
+    }
     Request& r = chunks_[i >> kChunkBits][i & kChunkMask];
     r.send_ns = now_ns();
     sent_.store(i + 1, std::memory_order_release);
@@ -99,7 +128,10 @@ void Load::on_done(size_t index, Result<client::InferResult> result) {
   } else {
     std::span<const float> y =
         result->outputs.empty() ? std::span<const float>() : result->outputs[0].as<float>();
-    if (y.size() != size_t(kTensorElements)) {
+    if (onnx_) {
+      error = check_onnx(index, y);
+      if (!error.empty()) outcome = Outcome::kWrongOutput;
+    } else if (y.size() != size_t(kTensorElements)) {
       outcome = Outcome::kWrongOutput;
       error = "output has " + std::to_string(y.size()) + " FP32 elements";
     } else {
@@ -121,6 +153,32 @@ void Load::on_done(size_t index, Result<client::InferResult> result) {
   r.done_ns.store(t, std::memory_order_relaxed);
   r.outcome.store(uint8_t(outcome), std::memory_order_release);
   answered_.fetch_add(1, std::memory_order_acq_rel);
+}
+
+std::string Load::check_onnx(size_t index, std::span<const float> y) {
+  if (y.size() != output_elements_) {
+    return "request " + std::to_string(index) + ": output has " + std::to_string(y.size()) +
+           " FP32 elements, not " + std::to_string(output_elements_);
+  }
+  for (float v : y) {
+    if (!std::isfinite(v)) return "request " + std::to_string(index) + ": non-finite output";
+  }
+  std::lock_guard lock(reference_mu_);
+  std::vector<float>& ref = references_[index % kVariants];
+  if (ref.empty()) {
+    ref.assign(y.begin(), y.end());
+    return "";
+  }
+  double absmax = 1, diff = 0;
+  for (size_t k = 0; k < y.size(); ++k) {
+    absmax = std::max(absmax, double(std::fabs(ref[k])));
+    diff = std::max(diff, double(std::fabs(y[k] - ref[k])));
+  }
+  if (diff > 1e-2 * absmax) {
+    return "request " + std::to_string(index) + ": output differs from the first answer to the " +
+           "same input by " + std::to_string(diff) + " (|max| " + std::to_string(absmax) + ")";
+  }
+  return "";
 }
 
 bool Load::drain(int timeout_ms) {

@@ -415,6 +415,8 @@ std::string json_line(const RunData& run, const Metrics& m) {
   nlohmann::ordered_json j;
   j["bench"] = "handover";
   j["mode"] = mode_name(run.mode);
+  j["backend"] = run.backend;
+  j["model"] = run.model;
   j["resizes"] = m.resizes_ok;
   j["requests"] = m.requests;
   j["lost"] = m.lost;
@@ -424,6 +426,11 @@ std::string json_line(const RunData& run, const Metrics& m) {
   j["throughput_dip_pct"] = round1(m.throughput_dip_pct);
   j["extra_rss_mb"] = round1(run.extra_rss_mb);
   j["target_rate"] = run.rate;
+  j["swap_gap_p50_us"] = round1(m.swap_gap.p50_us);
+  j["resize_effect_p50_us"] = round1(m.resize_effect_p50_us);
+  // Without the wait for the next request to arrive, and command -> slice in force.
+  j["resize_effect_busy_p99_us"] = round1(m.effect_busy_p99_us);
+  j["apply_p99_us"] = round1(m.apply_p99_us);
   return j.dump();
 }
 

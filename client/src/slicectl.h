@@ -61,7 +61,9 @@ struct TensorFiles {
 struct RunModelOptions {
   std::string model_path;
   TensorFiles files;
-  unsigned threads = 0;  // compute threads, 0: every cpu this process may use
+  unsigned threads = 0;  // compute threads, 0: every cpu this process may use (cuda: 1)
+  std::string device = "cpu";  // the engine's device: cpu, cuda, cuda:<ordinal>
+  unsigned runs = 1;           // runs of the same inputs; the outputs are the last run's
 };
 int run_model(const RunModelOptions& options);
 

@@ -5,7 +5,8 @@
 //   slicectl resize MODEL SLICE [--no-wait]
 //   slicectl policy MODEL on|off
 //   slicectl backend MODEL NAME [--no-wait]
-//   slicectl run-model FILE.onnx --input IN.npy --output OUT.npy [--threads N]   (no daemon)
+//   slicectl run-model FILE.onnx --input IN.npy --output OUT.npy [--threads N] [--device cuda:N]
+//                      [--runs N]   (no daemon)
 //   slicectl infer MODEL --input IN.npy --output OUT.npy [--timeout-ms T]
 //
 // The global options (--instance, --config) go before or after the subcommand.
@@ -139,8 +140,16 @@ int main(int argc, char** argv) {
   add_tensor_files(run_model_cmd, run_model.files);
   run_model_cmd
       ->add_option("--threads", run_model.threads,
-                   "Compute threads (default: every cpu this process may use)")
+                   "Compute threads (default: every cpu this process may use; cuda: 1)")
       ->check(CLI::Range(1u, 4096u));
+  run_model_cmd->add_option("--device", run_model.device,
+                            "The engine's device: cpu (default), cuda, cuda:N (builds with the "
+                            "cuda wing)");
+  run_model_cmd
+      ->add_option("--runs", run_model.runs,
+                   "Run the inputs N times (default 1): the summary gives the first and the "
+                   "fastest run; the outputs are the last run's")
+      ->check(CLI::Range(1u, 100000u));
   slicectl::InferOptions infer;
   auto* infer_cmd = app.add_subcommand(
       "infer", "Send .npy inputs to a served model; a leading N beyond its shape is N requests");
