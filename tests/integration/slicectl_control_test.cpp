@@ -82,7 +82,7 @@ TEST_F(SlicectlControlTest, RefusalsAreClearAndChangeNothing) {
     EXPECT_EQ(r.rc, 1) << args;
     EXPECT_NE(r.err.find("slicectl: "), std::string::npos) << args << ": " << r.err;
   }
-  EXPECT_NE(run("backend alpha mps").err.find("not available in this build"), std::string::npos);
+  EXPECT_NE(run("backend alpha cumask").err.find("not available in this build"), std::string::npos);
   EXPECT_EQ(run("resize alpha 0").rc, 105) << "CLI11 rejects it before any request";
   nlohmann::json after = alpha();
   EXPECT_EQ(after["epoch"], before["epoch"]);
