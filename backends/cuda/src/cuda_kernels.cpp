@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "sliceserve/shm/element_conversions.h"
 #include "sliceserve/shm/tensor_spec.h"
@@ -379,8 +380,12 @@ Result<CudaLaunch<k::ChannelEpilogueParams>> epilogue_launch(std::span<const Pos
                                                              CUdeviceptr bias,
                                                              std::span<const CUdeviceptr> sums,
                                                              const CudaTensor& y) {
-  PlanOp op;  // for the messages: the executor adds the op's label
-  op.label = "epilogue";
+  // For the messages (the executor adds the op's label), built once: this runs per launch.
+  static const PlanOp op = [] {
+    PlanOp epilogue;
+    epilogue.label = "epilogue";
+    return epilogue;
+  }();
   RETURN_IF_ERROR(check_fp32(op, "Y", y));
   if (bias != 0 && y.dims.size() < 2) return invalid(op, "a bias needs a rank >= 2 result");
   k::ChannelEpilogueParams p{};
@@ -872,9 +877,10 @@ Status CudaKernels::launch(CUstream stream, const Result<CudaLaunch<Params>>& la
   // The driver copies the argument when the launch is recorded (captured, too).
   Params params = launch->params;
   void* args[] = {&params};
-  const char* name = cuda_kernel_name(launch->kernel);
-  return launch_kernel(api_, functions_[size_t(launch->kernel)], launch->blocks, stream, args)
-      .with_context(std::string("CUDA kernel ") + name);
+  const Status launched =
+      launch_kernel(api_, functions_[size_t(launch->kernel)], launch->blocks, stream, args);
+  if (launched.is_ok()) return launched;
+  return launched.with_context(std::string("CUDA kernel ") + cuda_kernel_name(launch->kernel));
 }
 
 Status CudaKernels::unary(CUstream stream, const PlanOp& op, const CudaTensor& x,

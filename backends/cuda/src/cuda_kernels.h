@@ -25,7 +25,6 @@
 #include <cstdint>
 #include <memory>
 #include <span>
-#include <vector>
 
 #include "cuda_driver_api.h"
 #include "kernels/elementwise.cuh"
@@ -161,6 +160,9 @@ class CudaKernels {
  public:
   // Loads the embedded fatbin into the calling thread's current context and resolves every
   // kernel. Errors name the kernel (or the fatbin and its architectures) and the driver's text.
+  // A module belongs to its context: streams of another context (a green context's) may need
+  // their own CudaKernels, unverified on a device so far (cuLibraryLoadData would load once
+  // for every context).
   static Result<std::unique_ptr<CudaKernels>> load(const CudaDriverApi& api);
   ~CudaKernels();
   CudaKernels(const CudaKernels&) = delete;
