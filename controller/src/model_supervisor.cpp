@@ -2,12 +2,15 @@
 
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 
 #include "sliceserve/backends/weight_store.h"
+#include "sliceserve/controller/admin_socket.h"
 #include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/segment_control.h"
 
@@ -204,11 +207,34 @@ void ModelSupervisor::publish_model_fields() {
   shm::store_text(s.backend, backend_display(config_, backend(), mps_));
 }
 
-Result<WorkerProcess> ModelSupervisor::spawn_worker(const ModelConfig& target,
-                                                    uint64_t epoch) const {
+std::string ModelSupervisor::weights_broker(Backend backend) {
+  if (!is_gpu_backend(backend)) return "";
+  if (!weight_broker_) {
+    const std::string dir = instance_runtime_dir(config_.server.instance);
+    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      spdlog::error("model {}: mkdir {}: {}: workers keep their own weights", model_.name, dir,
+                    std::strerror(errno));
+      return "";
+    }
+    auto broker = shm::FdBroker::start(dir + "/" + model_.name + ".weights.sock");
+    if (!broker.is_ok()) {
+      spdlog::error("model {}: weight broker: {}: workers keep their own weights", model_.name,
+                    broker.status().to_string());
+      return "";
+    }
+    weight_broker_ = std::move(broker).value();
+  }
+  return weight_broker_->path();
+}
+
+Result<WorkerProcess> ModelSupervisor::spawn_worker(const ModelConfig& target, uint64_t epoch) {
   ASSIGN_OR_RETURN(std::vector<std::string> env, worker_environment(config_, target, mps_));
-  return WorkerProcess::spawn(
-      worker_binary_, worker_arguments(config_, target, segment_.name(), epoch, placement_), env);
+  std::vector<std::string> args =
+      worker_arguments(config_, target, segment_.name(), epoch, placement_);
+  if (const std::string broker = weights_broker(config_.backend_of(target)); !broker.empty()) {
+    args.insert(args.end(), {"--weights-broker", broker});
+  }
+  return WorkerProcess::spawn(worker_binary_, args, env);
 }
 
 void ModelSupervisor::start_worker(uint64_t now_ns) {

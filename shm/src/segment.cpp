@@ -360,6 +360,10 @@ std::byte* Segment::slot_data(uint32_t index) const {
   return base_ + geometry().slot_data_offset + uint64_t(index) * geometry().slot_data_bytes;
 }
 
+std::span<std::byte> Segment::slot_data_area() const {
+  return {base_ + geometry().slot_data_offset, uint64_t(slot_count()) * geometry().slot_data_bytes};
+}
+
 WorkerStats& Segment::stats_block(uint64_t epoch) const {
   return reinterpret_cast<WorkerStats*>(base_ + geometry().stats_offset)[epoch % kStatsBlocks];
 }

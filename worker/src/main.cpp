@@ -19,6 +19,8 @@
 #include "sliceserve/backends/cpu/cpu_slice.h"
 #ifdef SLICESERVE_HAVE_CUDA
 #include "sliceserve/backends/cuda/cuda_device_slice.h"
+#include "sliceserve/backends/cuda/cuda_driver.h"
+#include "sliceserve/backends/cuda/cuda_weight_store.h"
 #include "sliceserve/backends/cuda/green_context_slice.h"
 #include "sliceserve/backends/cuda/mps_control.h"
 #endif
@@ -41,7 +43,8 @@ struct Args {
   uint64_t epoch = 0;
   std::string backend = "cpu";
   std::string cpu_mode = "process";
-  int device = 0;  // mps, greenctx: CUDA device ordinal
+  int device = 0;              // mps, greenctx: CUDA device ordinal
+  std::string weights_broker;  // mps, greenctx: the model's fd broker (empty: private weights)
   double slice = 100;
   unsigned cores = 0;
   unsigned first_core = 0;
@@ -78,6 +81,23 @@ sliceserve::Result<std::unique_ptr<sliceserve::backends::Slice>> create_slice(co
 #endif
   return Status(ErrorCode::kUnavailable,
                 "backend '" + args.backend + "' is not available in this build");
+}
+
+// Host memory for the cpu backend; on a GPU backend device memory the model's fd broker shares
+// between its workers (a private copy, reported, without a broker or where sharing fails).
+sliceserve::Result<std::unique_ptr<sliceserve::backends::WeightStore>> open_weight_store(
+    const Args& args) {
+  using namespace sliceserve;
+  if (args.backend == "cpu") return backends::open_host_weight_store(args.segment);
+#ifdef SLICESERVE_HAVE_CUDA
+  ASSIGN_OR_RETURN(const backends::CudaDriver* driver, backends::load_cuda_driver());
+  return backends::open_cuda_weight_store(
+      *driver, args.device, args.weights_broker,
+      [](const std::string& line) { spdlog::warn("{}", line); });
+#else
+  return Status(ErrorCode::kUnavailable,
+                "backend '" + args.backend + "' is not available in this build");
+#endif
 }
 
 int serve(const Args& args) {
@@ -123,13 +143,16 @@ int serve(const Args& args) {
     spdlog::info("--slice-pool ignored: this slice changes its share by shadow resize");
   }
   // Weights are shared with the model's other workers (a shadow maps the live worker's copy).
-  auto weights = backends::open_host_weight_store(args.segment);
+  auto weights = open_weight_store(args);
   if (!weights.is_ok()) return fail(weights.status(), "weights");
   worker::ModelOptions model_options = args.model;
   model_options.stop = &g_stop;
   model_options.max_batch = args.max_batch;
   model_options.threads = (*slice)->concurrency();
-  if (on_gpu) model_options.device = "cuda:" + std::to_string(args.device);
+  if (on_gpu) {
+    model_options.device = "cuda:" + std::to_string(args.device);
+    model_options.io_memory = segment->slot_data_area();  // pinned: items go by DMA
+  }
   const uint64_t load_start = shm::monotonic_ns();
   auto model = worker::create_model(model_options, segment->spec(), weights->get());
   if (!model.is_ok()) {
@@ -197,6 +220,9 @@ int main(int argc, char** argv) {
   app.add_option("--backend", args.backend, "Backend: cpu | mps | greenctx");
   app.add_option("--device", args.device, "mps, greenctx: CUDA device ordinal")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--weights-broker", args.weights_broker,
+                 "mps, greenctx: the model's weight fd broker socket (sliceserved's; none: the "
+                 "worker keeps a private copy of the weights)");
   app.add_option("--cpu-mode", args.cpu_mode, "cpu backend mode")
       ->check(CLI::IsMember({"process", "affinity"}));
   app.add_option("--slice", args.slice, "Share of the device, percent")

@@ -178,7 +178,11 @@ TEST_F(GpuDaemonTest, AGreenctxWorkerWithoutADeviceFailsClearlyAndTheDaemonStays
   EXPECT_TRUE(contains(shown, "worker failed: ")) << shown;
   EXPECT_TRUE(contains(shown, "no CUDA device")) << shown;
   EXPECT_TRUE(contains(shown, "greenctx")) << shown;
+  // The model's weight broker serves its workers from the first spawn, and goes at shutdown.
+  const std::string broker = controller::instance_runtime_dir(instance_) + "/m.weights.sock";
+  EXPECT_TRUE(std::filesystem::is_socket(broker)) << broker;
   EXPECT_EQ(daemon.stop(), 0) << read_file(log_);
+  EXPECT_FALSE(std::filesystem::exists(broker)) << broker;
 }
 
 TEST_F(GpuDaemonTest, GreenctxRefusesAnInheritedMpsPercentageBelow100) {

@@ -5,7 +5,10 @@
 //  - resizes: in place through the mailbox when the backend can (cpu:affinity, greenctx),
 //    otherwise by a shadow worker that loads at the new slice and takes the ring over
 //    (cpu:process, mps, and every backend switch). A failed shadow leaves the live worker serving;
-//  - sweeps dead clients' lanes and publishes the model's rates for slicectl status.
+//  - sweeps dead clients' lanes and publishes the model's rates for slicectl status;
+//  - on a GPU backend, keeps the model's device weights alive: its fd broker holds the VMM fds
+//    the first worker published, for every later worker (shadow, restart) to map, for as long as
+//    the model is served.
 // Not thread-safe: the daemon calls it from its one loop thread.
 
 #include <cstdint>
@@ -20,6 +23,7 @@
 #include "sliceserve/controller/policy.h"
 #include "sliceserve/controller/stats_window.h"
 #include "sliceserve/controller/worker_process.h"
+#include "sliceserve/shm/fd_broker.h"
 #include "sliceserve/shm/segment.h"
 
 namespace sliceserve::controller {
@@ -132,7 +136,10 @@ class ModelSupervisor {
   ModelSupervisor(const Config& config, const ModelConfig& model, std::string worker_binary,
                   const Placement& placement, const MpsState& mps, shm::Segment segment);
   // Spawns a worker of `target` at `epoch` with its arguments and environment.
-  Result<WorkerProcess> spawn_worker(const ModelConfig& target, uint64_t epoch) const;
+  Result<WorkerProcess> spawn_worker(const ModelConfig& target, uint64_t epoch);
+  // The weight broker's socket for a worker on `backend` (started on first use), or empty for
+  // the cpu backend or when it cannot start (the worker then keeps, and reports, its own copy).
+  std::string weights_broker(Backend backend);
   void start_worker(uint64_t now_ns);
   // kBusy while a resize runs, kUnavailable without a serving worker.
   Status check_can_resize() const;
@@ -157,6 +164,7 @@ class ModelSupervisor {
   Placement placement_;
   const MpsState& mps_;
   shm::Segment segment_;
+  std::unique_ptr<shm::FdBroker> weight_broker_;
   State state_ = State::kBackoff;
   std::optional<WorkerProcess> worker_;
   std::optional<Shadow> shadow_;

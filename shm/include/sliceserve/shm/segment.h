@@ -4,6 +4,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,6 +60,8 @@ class Segment {
   std::atomic<uint64_t>* lane_ring(uint32_t index) const;
   SlotHeader& slot(uint32_t index) const;
   std::byte* slot_data(uint32_t index) const;
+  // Every slot's data area, one contiguous block: what a device executor pins for DMA.
+  std::span<std::byte> slot_data_area() const;
   WorkerStats& stats_block(uint64_t epoch) const;  // block epoch % kStatsBlocks
   Mailbox& mailbox() const;
 
