@@ -73,9 +73,9 @@ namespace sliceserve::backends {
   X(cuMemUnmap) \
   X(cuMemSetAccess) \
   /* modules, launches, graphs */ \
-  X(cuModuleLoadData) \
-  X(cuModuleUnload) \
-  X(cuModuleGetFunction) \
+  X(cuLibraryLoadData) \
+  X(cuLibraryUnload) \
+  X(cuLibraryGetKernel) \
   X(cuLaunchKernel) \
   X(cuStreamBeginCapture) \
   X(cuStreamEndCapture) \

@@ -828,14 +828,13 @@ Result<CudaLaunch<k::FillParams>> fill_launch(const PlanOp& op, const CudaTensor
 
 namespace {
 
-Status get_function(const CudaDriverApi& api, CUmodule module, const char* name,
-                    CUfunction* function) {
-  SS_CU_CHECK(api, api.cuModuleGetFunction(function, module, name));
+Status get_kernel(const CudaDriverApi& api, CUlibrary library, const char* name, CUkernel* kernel) {
+  SS_CU_CHECK(api, api.cuLibraryGetKernel(kernel, library, name));
   return Status::ok();
 }
 
-Status load_module(const CudaDriverApi& api, const void* image, CUmodule* module) {
-  SS_CU_CHECK(api, api.cuModuleLoadData(module, image));
+Status load_library(const CudaDriverApi& api, const void* image, CUlibrary* library) {
+  SS_CU_CHECK(api, api.cuLibraryLoadData(library, image, nullptr, nullptr, 0, nullptr, nullptr, 0));
   return Status::ok();
 }
 
@@ -849,23 +848,27 @@ Status launch_kernel(const CudaDriverApi& api, CUfunction function, unsigned blo
 }  // namespace
 
 Result<std::unique_ptr<CudaKernels>> CudaKernels::load(const CudaDriverApi& api) {
-  CUmodule module = nullptr;
-  RETURN_IF_ERROR(load_module(api, cuda_kernels_fatbin().data(), &module)
+  CUlibrary library = nullptr;
+  RETURN_IF_ERROR(load_library(api, cuda_kernels_fatbin().data(), &library)
                       .with_context(std::string("the CUDA kernels' fatbin (SASS for sm_") +
                                     cuda_kernels_archs() + ")"));
-  // Owned from here: a failure below unloads the module.
-  std::unique_ptr<CudaKernels> loaded(new CudaKernels(api, module));
+  // Owned from here: a failure below unloads the library.
+  std::unique_ptr<CudaKernels> loaded(new CudaKernels(api, library));
   for (size_t i = 0; i < kCudaKernelCount; ++i) {
     const char* name = cuda_kernel_name(CudaKernel(i));
-    RETURN_IF_ERROR(get_function(api, module, name, &loaded->functions_[i])
-                        .with_context(std::string("CUDA kernel ") + name));
+    CUkernel kernel = nullptr;
+    RETURN_IF_ERROR(
+        get_kernel(api, library, name, &kernel).with_context(std::string("CUDA kernel ") + name));
+    // A CUkernel launches through cuLaunchKernel as a CUfunction, in the context of the stream
+    // it is launched on: one load serves the primary context and every green context.
+    loaded->functions_[i] = reinterpret_cast<CUfunction>(kernel);
   }
   return loaded;
 }
 
 CudaKernels::~CudaKernels() {
-  // A destructor cannot report; the driver frees the module with its context in any case.
-  if (module_ != nullptr) (void)api_.cuModuleUnload(module_);
+  // A destructor cannot report; the driver frees the library at exit in any case.
+  if (library_ != nullptr) (void)api_.cuLibraryUnload(library_);
 }
 
 template <typename Params>

@@ -2,7 +2,8 @@
 // Private to the cuda wing: the CUDA executor's own kernels, everything that is not a cuDNN
 // convolution or a cuBLAS GEMM. Their bodies are in backends/cuda/kernels/*.cuh; nvcc builds
 // sliceserve_kernels.cu into a fatbin (SLICESERVE_CUDA_ARCHS) that the library embeds, and
-// CudaKernels::load() loads it with cuModuleLoadData into the current context.
+// CudaKernels::load() loads it once with cuLibraryLoadData: context-independent kernels that run
+// in the context of the stream they are launched on (the primary context's or a green context's).
 //
 // Each launch method takes the plan's parameters as the executor has them (the PlanOp, and each
 // operand's device address, dtype and dims), checks them (kInvalidArgument naming the op's label:
@@ -158,11 +159,9 @@ Result<CudaLaunch<kernels::FillParams>> fill_launch(const PlanOp& op, const Cuda
 
 class CudaKernels {
  public:
-  // Loads the embedded fatbin into the calling thread's current context and resolves every
-  // kernel. Errors name the kernel (or the fatbin and its architectures) and the driver's text.
-  // A module belongs to its context: streams of another context (a green context's) may need
-  // their own CudaKernels, unverified on a device so far (cuLibraryLoadData would load once
-  // for every context).
+  // Loads the embedded fatbin as a library (cuLibraryLoadData) and resolves every kernel
+  // (cuLibraryGetKernel). Errors name the kernel (or the fatbin and its architectures) and the
+  // driver's text.
   static Result<std::unique_ptr<CudaKernels>> load(const CudaDriverApi& api);
   ~CudaKernels();
   CudaKernels(const CudaKernels&) = delete;
@@ -198,7 +197,7 @@ class CudaKernels {
   Status fill(CUstream stream, const PlanOp& op, const CudaTensor& y) const;
 
  private:
-  CudaKernels(const CudaDriverApi& api, CUmodule module) : api_(api), module_(module) {}
+  CudaKernels(const CudaDriverApi& api, CUlibrary library) : api_(api), library_(library) {}
 
   // Launches `launch.kernel` with its params as the one by-value argument; nothing when
   // launch.blocks is 0.
@@ -206,7 +205,7 @@ class CudaKernels {
   Status launch(CUstream stream, const Result<CudaLaunch<Params>>& launch) const;
 
   const CudaDriverApi& api_;
-  CUmodule module_ = nullptr;
+  CUlibrary library_ = nullptr;
   std::array<CUfunction, kCudaKernelCount> functions_{};
 };
 

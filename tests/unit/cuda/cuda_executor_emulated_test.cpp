@@ -143,17 +143,18 @@ CUresult fake_host_register(void* p, size_t bytes, unsigned) {
   return CUDA_SUCCESS;
 }
 CUresult fake_host_unregister(void*) { return CUDA_SUCCESS; }
-CUresult fake_module_load(CUmodule* module, const void*) {
-  *module = reinterpret_cast<CUmodule>(0x200);
+CUresult fake_library_load(CUlibrary* library, const void*, CUjit_option*, void**, unsigned,
+                           CUlibraryOption*, void**, unsigned) {
+  *library = reinterpret_cast<CUlibrary>(0x200);
   return CUDA_SUCCESS;
 }
-CUresult fake_module_unload(CUmodule) { return CUDA_SUCCESS; }
-CUresult fake_get_function(CUfunction* f, CUmodule, const char* name) {
+CUresult fake_library_unload(CUlibrary) { return CUDA_SUCCESS; }
+CUresult fake_get_kernel(CUkernel* k, CUlibrary, const char* name) {
   for (size_t i = 0; i < kCudaKernelCount; ++i) {
     const auto kernel = static_cast<CudaKernel>(i);
     if (std::strcmp(cuda_kernel_name(kernel), name) == 0) {
-      *f = reinterpret_cast<CUfunction>(0x300 + i);
-      device().functions[*f] = kernel;
+      *k = reinterpret_cast<CUkernel>(0x300 + i);
+      device().functions[reinterpret_cast<CUfunction>(*k)] = kernel;
       return CUDA_SUCCESS;
     }
   }
@@ -220,9 +221,9 @@ CudaDriverApi fake_driver() {
   api.cuMemcpyDtoHAsync = &fake_d2h;
   api.cuMemHostRegister = &fake_host_register;
   api.cuMemHostUnregister = &fake_host_unregister;
-  api.cuModuleLoadData = &fake_module_load;
-  api.cuModuleUnload = &fake_module_unload;
-  api.cuModuleGetFunction = &fake_get_function;
+  api.cuLibraryLoadData = &fake_library_load;
+  api.cuLibraryUnload = &fake_library_unload;
+  api.cuLibraryGetKernel = &fake_get_kernel;
   api.cuLaunchKernel = &fake_launch;
   api.cuStreamBeginCapture = &fake_begin_capture;
   api.cuStreamEndCapture = &fake_end_capture;

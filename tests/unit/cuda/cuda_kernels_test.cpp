@@ -779,11 +779,11 @@ struct FakeLaunch {
 
 // The fake driver's record; static because the driver table holds plain function pointers.
 struct FakeDriver {
-  std::vector<std::string> resolved;  // cuModuleGetFunction's names, in order
+  std::vector<std::string> resolved;  // cuLibraryGetKernel's names, in order
   const void* image = nullptr;
-  std::vector<CUmodule> unloaded;
+  std::vector<CUlibrary> unloaded;
   std::vector<FakeLaunch> launches;
-  std::string fail_function;  // this kernel's cuModuleGetFunction fails
+  std::string fail_function;  // this kernel's cuLibraryGetKernel fails
   bool fail_load = false;
   bool fail_launch = false;
 };
@@ -793,7 +793,7 @@ FakeDriver& fake() {
   return driver;
 }
 
-CUmodule fake_module() { return reinterpret_cast<CUmodule>(uintptr_t(0x5150)); }
+CUlibrary fake_library() { return reinterpret_cast<CUlibrary>(uintptr_t(0x5150)); }
 
 size_t params_size(const std::string& kernel) {
   static const std::map<std::string, size_t> sizes = {
@@ -836,21 +836,21 @@ CudaDriverApi fake_api() {
     *text = "the fake driver's description";
     return CUDA_SUCCESS;
   };
-  api.cuModuleLoadData = [](CUmodule* module, const void* image) -> CUresult {
+  api.cuLibraryLoadData = [](CUlibrary* library, const void* image, CUjit_option*, void**, unsigned,
+                             CUlibraryOption*, void**, unsigned) -> CUresult {
     fake().image = image;
     if (fake().fail_load) return CUDA_ERROR_NO_BINARY_FOR_GPU;
-    *module = fake_module();
+    *library = fake_library();
     return CUDA_SUCCESS;
   };
-  api.cuModuleUnload = [](CUmodule module) -> CUresult {
-    fake().unloaded.push_back(module);
+  api.cuLibraryUnload = [](CUlibrary library) -> CUresult {
+    fake().unloaded.push_back(library);
     return CUDA_SUCCESS;
   };
-  api.cuModuleGetFunction = [](CUfunction* function, CUmodule module,
-                               const char* name) -> CUresult {
-    if (module != fake_module() || name == fake().fail_function) return CUDA_ERROR_NOT_FOUND;
+  api.cuLibraryGetKernel = [](CUkernel* kernel, CUlibrary library, const char* name) -> CUresult {
+    if (library != fake_library() || name == fake().fail_function) return CUDA_ERROR_NOT_FOUND;
     fake().resolved.emplace_back(name);
-    *function = reinterpret_cast<CUfunction>(uintptr_t(fake().resolved.size()));  // index + 1
+    *kernel = reinterpret_cast<CUkernel>(uintptr_t(fake().resolved.size()));  // index + 1
     return CUDA_SUCCESS;
   };
   api.cuLaunchKernel = [](CUfunction function, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
@@ -908,18 +908,18 @@ TEST_F(CudaKernelsLauncherTest, LoadResolvesEveryKernelAndTheDestructorUnloads) 
     EXPECT_EQ(fake().resolved, expected);
     EXPECT_TRUE(fake().unloaded.empty());
   }
-  EXPECT_EQ(fake().unloaded, std::vector<CUmodule>{fake_module()});
+  EXPECT_EQ(fake().unloaded, std::vector<CUlibrary>{fake_library()});
 }
 
-TEST_F(CudaKernelsLauncherTest, AMissingKernelIsReportedByNameAndTheModuleUnloaded) {
+TEST_F(CudaKernelsLauncherTest, AMissingKernelIsReportedByNameAndTheLibraryUnloaded) {
   fake().fail_function = "ss_pad";
   auto loaded = CudaKernels::load(api_);
   ASSERT_FALSE(loaded.is_ok());
   const std::string message = loaded.status().message();
-  EXPECT_EQ(message.rfind("CUDA kernel ss_pad: cuModuleGetFunction(", 0), 0u) << message;
+  EXPECT_EQ(message.rfind("CUDA kernel ss_pad: cuLibraryGetKernel(", 0), 0u) << message;
   EXPECT_NE(message.find("CUDA_ERROR_NOT_FOUND: the fake driver's description"), std::string::npos)
       << message;
-  EXPECT_EQ(fake().unloaded, std::vector<CUmodule>{fake_module()});
+  EXPECT_EQ(fake().unloaded, std::vector<CUlibrary>{fake_library()});
 }
 
 TEST_F(CudaKernelsLauncherTest, AFatbinTheDeviceCannotRunNamesItsArchitectures) {
