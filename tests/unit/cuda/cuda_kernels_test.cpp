@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "sliceserve/shm/tensor_spec.h"
+#include "support/cuda_host_kernels.h"
 #include "support/cuda_kernel_tensors.h"
 
 namespace sliceserve::backends {
@@ -34,57 +35,12 @@ using testing::random_fp32;
 using testing::rng;
 using testing::run_reference;
 
-// ---- host emulation: what each kernel does with its params ---------------------------------
-
-void run_on_host(const CudaLaunch<k::UnaryParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::unary_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::ChannelEpilogueParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::channel_epilogue_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::BinaryParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::binary_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::LrnParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::lrn_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::CastParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::cast_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::FillParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::fill_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::StridedCopyParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::strided_copy_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::PadParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::pad_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::GatherParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) k::gather_element(l.params, i);
-}
-void run_on_host(const CudaLaunch<k::Pool2dParams>& l) {
-  for (int64_t i = 0; i < l.params.count; ++i) {
-    if (l.kernel == CudaKernel::ss_max_pool) {
-      k::max_pool_element(l.params, i);
-    } else {
-      k::average_pool_element(l.params, i);
-    }
-  }
-}
-// The block-per-row kernels combine the same accesses in another order; on the host both
-// shapes are the serial row.
-void run_on_host(const CudaLaunch<k::ReduceMeanParams>& l) {
-  for (int64_t r = 0; r < l.params.rows; ++r) k::reduce_mean_row(l.params, r);
-}
-void run_on_host(const CudaLaunch<k::SoftmaxParams>& l) {
-  for (int64_t r = 0; r < l.params.rows; ++r) k::softmax_row(l.params, r);
-}
+// ---- host emulation: each kernel's body over its params (support/cuda_host_kernels.h) -----
 
 template <typename Params>
 void emulate(const Result<CudaLaunch<Params>>& launch) {
   ASSERT_TRUE(launch.is_ok()) << launch.status().to_string();
-  run_on_host(*launch);
+  testing::host_kernel(launch->kernel, &launch->params)();
 }
 
 // ---- (a) element-wise ----------------------------------------------------------------------
