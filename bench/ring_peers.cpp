@@ -19,37 +19,15 @@
 #include <string>
 
 #include "ring_bench.h"
+#include "sliceserve/shm/unique_fd.h"
 
 namespace sliceserve::bench {
 namespace {
 
 namespace bip = boost::interprocess;
+using shm::UniqueFd;
 
 constexpr int64_t kReapTimeoutNs = 5'000'000'000;
-
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other) reset(other.release());
-    return *this;
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd() { reset(); }
-
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 // Writes all of `bytes` (MSG_NOSIGNAL: a dead peer is an error, not a SIGPIPE).
 Status send_all(int fd, const std::byte* data, size_t bytes) {

@@ -39,8 +39,7 @@ namespace {
 
 constexpr uint64_t kRegionMagic = 0x53'53'57'45'49'47'48'31ULL;  // "SSWEIGH1"
 constexpr uint32_t kRegionVersion = 1;
-constexpr size_t kHeaderBytes = 4096;  // the weights start page-aligned
-constexpr size_t kMaxKey = 64;
+constexpr size_t kHeaderBytes = 4096;                    // the weights start page-aligned
 constexpr uint64_t kReadyTimeoutNs = 30'000'000'000ULL;  // a slow fill of a large model
 constexpr uint64_t kNoIdentityGrace = 2'000'000'000ULL;  // creator between O_EXCL and its header
 constexpr size_t kMaxRegionBytes = size_t{1} << 40;
@@ -80,20 +79,6 @@ struct Mapping {
   size_t size = 0;
 };
 
-Status validate_key(std::string_view key) {
-  bool ok = !key.empty() && key.size() <= kMaxKey && key != "." && key != "..";
-  for (char c : key) {
-    ok = ok && ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                c == '_' || c == '-' || c == '.');
-  }
-  if (!ok) {
-    return Status(ErrorCode::kInvalidArgument, "weight region key \"" + std::string(key) +
-                                                   "\" must match [A-Za-z0-9_.-]{1," +
-                                                   std::to_string(kMaxKey) + "}");
-  }
-  return Status::ok();
-}
-
 Status validate_segment_name(std::string_view name) {
   if (name.size() < 2 || name.size() > 160 || name[0] != '/' ||
       name.find('/', 1) != std::string_view::npos) {
@@ -131,7 +116,7 @@ class HostWeightStore final : public WeightStore {
   Result<WeightRegion> get_or_create(
       std::string_view key, size_t bytes,
       const std::function<Status(std::span<std::byte>)>& fill) override {
-    RETURN_IF_ERROR(validate_key(key));
+    RETURN_IF_ERROR(validate_weight_key(key));
     if (bytes == 0 || bytes > kMaxRegionBytes) {
       return Status(ErrorCode::kInvalidArgument, "weight region size must be in 1.." +
                                                      std::to_string(kMaxRegionBytes) +
@@ -313,6 +298,21 @@ class HostWeightStore final : public WeightStore {
 };
 
 }  // namespace
+
+Status validate_weight_key(std::string_view key) {
+  constexpr size_t kMaxKey = 64;
+  bool ok = !key.empty() && key.size() <= kMaxKey && key != "." && key != "..";
+  for (char c : key) {
+    ok = ok && ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                c == '_' || c == '-' || c == '.');
+  }
+  if (!ok) {
+    return Status(ErrorCode::kInvalidArgument, "weight region key \"" + std::string(key) +
+                                                   "\" must match [A-Za-z0-9_.-]{1," +
+                                                   std::to_string(kMaxKey) + "}");
+  }
+  return Status::ok();
+}
 
 Result<std::unique_ptr<WeightStore>> open_host_weight_store(std::string_view segment_name) {
   RETURN_IF_ERROR(validate_segment_name(segment_name));

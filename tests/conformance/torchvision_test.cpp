@@ -17,6 +17,7 @@
 #include "sliceserve/backends/cpu/cpu_slice.h"
 #include "sliceserve/client/npy.h"
 #include "sliceserve/worker/engine/engine.h"
+#include "support/torchvision_models.h"
 
 namespace sliceserve::worker::engine {
 namespace {
@@ -34,26 +35,12 @@ double relative_error(std::span<const float> a, std::span<const float> b) {
   return scale == 0 ? err : err / scale;
 }
 
-std::vector<std::filesystem::path> reduced_models() {
-  std::vector<std::filesystem::path> files;
-  const std::filesystem::path dir = std::filesystem::path(SLICESERVE_SOURCE_DIR) / "models";
-  if (!std::filesystem::is_directory(dir)) return files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    const std::string stem = entry.path().stem().string();
-    if (entry.path().extension() == ".onnx" && (stem.ends_with("-32") || stem.ends_with("-64"))) {
-      files.push_back(entry.path());
-    }
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
 std::span<const float> floats(const std::vector<std::byte>& bytes) {
   return {reinterpret_cast<const float*>(bytes.data()), bytes.size() / sizeof(float)};
 }
 
 TEST(TorchvisionConformance, OutputsMatchPyTorch) {
-  const auto files = reduced_models();
+  const auto files = testing::reduced_models();
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   auto slice = backends::create_cpu_slice({.percent = 100});
   ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();

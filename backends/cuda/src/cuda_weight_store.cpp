@@ -20,23 +20,7 @@ namespace sliceserve::backends {
 namespace {
 
 constexpr const char* kMetaFormat = "sliceserve-cuda-vmm/1";
-constexpr size_t kMaxKey = 64;
 constexpr size_t kMaxRegionBytes = size_t{1} << 40;
-
-// The same rule as the host store's region names, so a model's keys work on either.
-Status validate_key(std::string_view key) {
-  bool ok = !key.empty() && key.size() <= kMaxKey;
-  for (char c : key) {
-    ok = ok && ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                c == '_' || c == '-' || c == '.');
-  }
-  if (!ok) {
-    return Status(ErrorCode::kInvalidArgument, "weight region key \"" + std::string(key) +
-                                                   "\" must match [A-Za-z0-9_.-]{1," +
-                                                   std::to_string(kMaxKey) + "}");
-  }
-  return Status::ok();
-}
 
 std::string entry_meta(int device, size_t bytes) {
   return std::string(kMetaFormat) + " device=" + std::to_string(device) +
@@ -146,7 +130,7 @@ class CudaWeightStore final : public WeightStore {
   Result<WeightRegion> get_or_create(
       std::string_view key, size_t bytes,
       const std::function<Status(std::span<std::byte>)>& fill) override {
-    RETURN_IF_ERROR(validate_key(key));
+    RETURN_IF_ERROR(validate_weight_key(key));
     if (bytes == 0 || bytes > kMaxRegionBytes) {
       return Status(ErrorCode::kInvalidArgument, "weight region size must be in 1.." +
                                                      std::to_string(kMaxRegionBytes) +

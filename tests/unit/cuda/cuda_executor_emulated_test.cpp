@@ -32,6 +32,7 @@
 #include "sliceserve/worker/engine/onnx_loader.h"
 #include "sliceserve/worker/engine/shape_inference.h"
 #include "support/cuda_host_kernels.h"
+#include "support/torchvision_models.h"
 
 namespace sliceserve::backends {
 namespace {
@@ -612,18 +613,6 @@ void expect_close(const std::vector<std::vector<float>>& got,
   }
 }
 
-std::vector<std::filesystem::path> reduced_models() {
-  std::vector<std::filesystem::path> files;
-  const std::filesystem::path dir = std::filesystem::path(SLICESERVE_SOURCE_DIR) / "models";
-  if (!std::filesystem::exists(dir)) return files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    const std::string stem = entry.path().stem().string();
-    if (entry.path().extension() == ".onnx" && stem.ends_with("-32")) files.push_back(entry.path());
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
 class CudaExecutorEmulatedTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -645,7 +634,7 @@ class CudaExecutorEmulatedTest : public ::testing::Test {
 };
 
 TEST_F(CudaExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutor) {
-  const auto files = reduced_models();
+  const auto files = testing::reduced_models({"32"});
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   for (const auto& file : files) {
     SCOPED_TRACE(file.filename().string());
@@ -763,7 +752,7 @@ TEST_F(CudaExecutorEmulatedTest, GemmWithBroadcastBiasAndBatchedMatMulMatchTheCp
 }
 
 TEST_F(CudaExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevice) {
-  const auto files = reduced_models();
+  const auto files = testing::reduced_models({"32"});
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   auto model = plans_of(files.front(), 3);
   ASSERT_NE(model, nullptr);
@@ -809,7 +798,7 @@ TEST_F(CudaExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevi
 }
 
 TEST_F(CudaExecutorEmulatedTest, EachQueueOfASlicesPoolGetsItsOwnGraphInItsContext) {
-  const auto files = reduced_models();
+  const auto files = testing::reduced_models({"32"});
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   auto model = plans_of(files.front(), 1);
   ASSERT_NE(model, nullptr);
@@ -837,7 +826,7 @@ TEST_F(CudaExecutorEmulatedTest, EachQueueOfASlicesPoolGetsItsOwnGraphInItsConte
 }
 
 TEST_F(CudaExecutorEmulatedTest, WhenCaptureIsRefusedTheStepsRunEagerlyWithTheSameAnswers) {
-  const auto files = reduced_models();
+  const auto files = testing::reduced_models({"32"});
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   auto model = plans_of(files.front(), 1);
   ASSERT_NE(model, nullptr);
@@ -855,7 +844,7 @@ TEST_F(CudaExecutorEmulatedTest, WhenCaptureIsRefusedTheStepsRunEagerlyWithTheSa
 }
 
 TEST_F(CudaExecutorEmulatedTest, WeightsGoToADeviceStoreAndAMappedRegionIsNotPrivate) {
-  const auto files = reduced_models();
+  const auto files = testing::reduced_models({"32"});
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   auto model = plans_of(files.front(), 1);
   ASSERT_NE(model, nullptr);

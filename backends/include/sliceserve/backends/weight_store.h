@@ -44,6 +44,10 @@ class WeightStore {
   virtual bool holds_device_memory() const { return false; }
 };
 
+// A region key every store accepts: [A-Za-z0-9_.-]{1,64}, not "." or ".." (host stores name
+// files after it). kInvalidArgument otherwise.
+Status validate_weight_key(std::string_view key);
+
 // Host memory store for the model whose segment is `segment_name` ("/sliceserve.<i>.<m>"):
 // regions are "<segment_name>.w.<key>", mode 0600.
 Result<std::unique_ptr<WeightStore>> open_host_weight_store(std::string_view segment_name);
