@@ -157,6 +157,40 @@ TEST_F(RunModelTest, RunsABatchAndWritesTheOutput) {
   EXPECT_NE(r.err.find("1 thread\n"), std::string::npos) << r.err;
 }
 
+TEST_F(RunModelTest, RepeatedRunsReportTheFirstAndTheFastest) {
+  const std::string in = input("x.npy", 2);
+  CliRun r = slicectl("run-model " + model_ + " --input " + in + " --output " + path("y.npy") +
+                      " --threads 1 --runs 3");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  expect_output(path("y.npy"), 2);
+  EXPECT_NE(r.err.find(" ms, first run "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(", fastest of 3 "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(" ms, cpu, 1 thread\n"), std::string::npos) << r.err;
+}
+
+TEST_F(RunModelTest, ACudaDeviceRunsThereOrSaysWhyNot) {
+  const std::string in = input("x.npy", 2);
+  CliRun r = slicectl("run-model " + model_ + " --input " + in + " --output " + path("y.npy") +
+                      " --device cuda:0");
+  if (r.rc == 0) {
+    // A machine with a GPU (and cuDNN/cuBLAS) and a build with the cuda wing.
+    expect_output(path("y.npy"), 2);
+    EXPECT_NE(r.err.find(", cuda:0, 1 thread\n"), std::string::npos) << r.err;
+    return;
+  }
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("model '" + model_ + "' on cuda:0: "), std::string::npos) << r.err;
+  const bool said_why = r.err.find("no CUDA device") != std::string::npos ||
+                        r.err.find("not available in this build") != std::string::npos ||
+                        r.err.find("built without the CUDA toolkit") != std::string::npos;
+  EXPECT_TRUE(said_why) << r.err;
+
+  CliRun bad = slicectl("run-model " + model_ + " --input " + in + " --output " +
+                        path("y.npy") + " --device tpu:0");
+  EXPECT_EQ(bad.rc, 1) << bad.err;
+  EXPECT_NE(bad.err.find("unknown device 'tpu:0'"), std::string::npos) << bad.err;
+}
+
 TEST_F(RunModelTest, OneItemByNameOnEveryCpu) {
   const std::string in = input("one.npy", 1, 11);
   CliRun r = slicectl("run-model " + model_ + " --input-name x=" + in +
