@@ -13,6 +13,7 @@
 #include "sliceserve/shm/client_lane.h"
 #include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/segment.h"
+#include "tcp_transport.h"
 
 namespace sliceserve::client {
 namespace {
@@ -38,17 +39,24 @@ uint64_t deadline_after(std::chrono::milliseconds timeout) {
 }
 
 // The caller's tensors, validated and put in the model's declaration order.
-using Ordered = std::array<const Tensor*, shm::kMaxTensors>;
+template <typename T>
+using OrderedOf = std::array<const T*, shm::kMaxTensors>;
+using Ordered = OrderedOf<Tensor>;
 
+size_t byte_count(const Tensor& t) { return t.data.size(); }
+size_t byte_count(const TensorInfo& t) { return t.bytes; }
+
+// For Tensor (infer) and TensorInfo (prepare): the same checks and messages either way.
+template <typename T>
 Status validate_inputs(const std::string& model, const shm::ModelSpec& spec,
-                       std::span<const Tensor> inputs, Ordered& ordered) {
+                       std::span<const T> inputs, OrderedOf<T>& ordered) {
   ordered.fill(nullptr);
   if (inputs.size() > shm::kMaxTensors) {
     return Status(ErrorCode::kTensorTooLarge,
                   "request carries " + std::to_string(inputs.size()) + " tensors, at most " +
                       std::to_string(shm::kMaxTensors) + " are allowed");
   }
-  for (const Tensor& t : inputs) {
+  for (const T& t : inputs) {
     const int index = spec.find_input(t.name);
     if (index < 0) {
       std::string declared;
@@ -77,9 +85,9 @@ Status validate_inputs(const std::string& model, const shm::ModelSpec& spec,
                     "input '" + t.name + "' has shape " + shm::shape_to_string(t.shape) +
                         ", model '" + model + "' declares " + shm::shape_to_string(declared));
     }
-    if (t.data.size() != want.byte_size()) {
+    if (byte_count(t) != want.byte_size()) {
       return Status(ErrorCode::kTensorTooLarge,
-                    "input '" + t.name + "' carries " + std::to_string(t.data.size()) +
+                    "input '" + t.name + "' carries " + std::to_string(byte_count(t)) +
                         " bytes, its shape " + shm::shape_to_string(declared) + " and dtype need " +
                         std::to_string(want.byte_size()));
     }
@@ -116,7 +124,8 @@ struct Client::State {
     shm::SlotTicket ticket;
     uint64_t deadline_ns = 0;
     uint64_t request_id = 0;
-    Callback done;
+    Callback done;           // infer_async: the result copied out of the slot
+    SlotCallback slot_done;  // submit: the slot itself, or else
   };
 
   State(shm::Segment seg, std::string model_name, const ConnectOptions& options)
@@ -139,6 +148,8 @@ struct Client::State {
 
   Result<InferResult> infer(std::span<const Tensor> inputs, uint64_t deadline);
   void infer_async(std::span<const Tensor> inputs, Callback done, uint64_t deadline);
+  Result<PreparedRequest> prepare(std::span<const TensorInfo> inputs, uint64_t deadline);
+  void submit(PreparedRequest& request, SlotCallback done, uint64_t deadline);
   void shutdown();
 
   // Lane bookkeeping: every call below needs `mu` held (the lane is not thread-safe).
@@ -151,10 +162,16 @@ struct Client::State {
   // once it is DONE. Returns true if it turned DONE meanwhile (the caller may still read it).
   bool abandon_locked(const shm::SlotTicket& ticket);
   void reap_orphans_locked();
+  // Hands a submitted request to the completion thread; unlocks.
+  void enqueue_locked(std::unique_lock<std::mutex>& lock, Pending request);
   void ensure_completer_locked();
 
   // Slot contents, touched only by the slot's holder (WRITING, or DONE before release).
   void write_request(const shm::SlotTicket& ticket, const Ordered& ordered);
+  // The slot's request header for the model's inputs; their bytes are the caller's to write.
+  void write_request_header(const shm::SlotTicket& ticket);
+  // The worker's verdict on a DONE slot: ok, or its error with its text.
+  Status worker_status(const shm::SlotTicket& ticket) const;
   Result<InferResult> read_result(const shm::SlotTicket& ticket, uint64_t request_id) const;
   // Releases a DONE slot whose result was read.
   void release(const shm::SlotTicket& ticket);
@@ -270,38 +287,47 @@ void Client::State::release(const shm::SlotTicket& ticket) {
 
 // ---- slot contents ----
 
-void Client::State::write_request(const shm::SlotTicket& ticket, const Ordered& ordered) {
+void Client::State::write_request_header(const shm::SlotTicket& ticket) {
   const shm::ModelSpec& s = spec();
   shm::SlotHeader& header = segment.slot(ticket.slot);
-  std::byte* data = segment.slot_data(ticket.slot);
   header.n_inputs = s.n_inputs;
   header.status_code = 0;
   header.batch_size = 0;
   header.error[0] = '\0';
   for (uint32_t i = 0; i < s.n_inputs; ++i) {
     const shm::TensorSpec& want = s.inputs[i];
-    const Tensor& t = *ordered[i];
-    std::memcpy(data + segment.input_offset(i), t.data.data(), t.data.size());
     shm::RequestTensor& rt = header.inputs[i];
     rt = shm::RequestTensor{};
-    rt.dtype = want.dtype;  // validated equal to t.dtype
-    rt.ndims = want.ndims;  // the per-item shape, also when t.shape had a batch dimension of 1
+    rt.dtype = want.dtype;  // validated equal to the caller's
+    rt.ndims = want.ndims;  // the per-item shape, also when the caller's had a batch dimension of 1
     std::copy_n(want.dims, want.ndims, rt.dims);
-    rt.bytes = t.data.size();
+    rt.bytes = want.byte_size();  // validated equal to the caller's
   }
+}
+
+void Client::State::write_request(const shm::SlotTicket& ticket, const Ordered& ordered) {
+  write_request_header(ticket);
+  std::byte* data = segment.slot_data(ticket.slot);
+  for (uint32_t i = 0; i < spec().n_inputs; ++i) {
+    const Tensor& t = *ordered[i];
+    std::memcpy(data + segment.input_offset(i), t.data.data(), t.data.size());
+  }
+}
+
+Status Client::State::worker_status(const shm::SlotTicket& ticket) const {
+  const shm::SlotHeader& header = segment.slot(ticket.slot);
+  if (header.status_code == 0) return Status::ok();
+  const int32_t code = header.status_code;
+  const bool known = code > 0 && code <= int32_t(ErrorCode::kInternal);
+  std::string text(header.error, strnlen(header.error, sizeof header.error));
+  if (text.empty()) text = "the worker failed the request";
+  return Status(known ? ErrorCode(code) : ErrorCode::kModelError, "model '" + model + "': " + text);
 }
 
 Result<InferResult> Client::State::read_result(const shm::SlotTicket& ticket,
                                                uint64_t request_id) const {
+  RETURN_IF_ERROR(worker_status(ticket));
   const shm::SlotHeader& header = segment.slot(ticket.slot);
-  if (header.status_code != 0) {
-    const int32_t code = header.status_code;
-    const bool known = code > 0 && code <= int32_t(ErrorCode::kInternal);
-    std::string text(header.error, strnlen(header.error, sizeof header.error));
-    if (text.empty()) text = "the worker failed the request";
-    return Status(known ? ErrorCode(code) : ErrorCode::kModelError,
-                  "model '" + model + "': " + text);
-  }
   InferResult result;
   result.request_id = request_id;
   result.batch_size = header.batch_size;
@@ -410,7 +436,49 @@ void Client::State::infer_async(std::span<const Tensor> inputs, Callback done, u
     lock.unlock();
     return done(std::move(submitted));
   }
-  pending.push_back({*ticket, deadline, request_id, std::move(done)});
+  enqueue_locked(lock, Pending{*ticket, deadline, request_id, std::move(done), {}});
+}
+
+// ---- zero-copy path: the caller fills the slot, the completion thread hands it back ----
+
+Result<PreparedRequest> Client::State::prepare(std::span<const TensorInfo> inputs,
+                                               uint64_t deadline) {
+  OrderedOf<TensorInfo> ordered;
+  RETURN_IF_ERROR(validate_inputs(model, spec(), inputs, ordered));
+  shm::SlotTicket ticket;
+  {
+    std::unique_lock lock(mu);
+    Result<shm::SlotTicket> taken = take_slot_locked(lock, deadline);
+    if (!taken.is_ok() && taken.status().code() == ErrorCode::kTimeout) {
+      return Status(ErrorCode::kBusy, taken.status().message());
+    }
+    ASSIGN_OR_RETURN(ticket, std::move(taken));
+  }
+  write_request_header(ticket);
+  uint8_t model_index[shm::kMaxTensors] = {};
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    model_index[i] = uint8_t(spec().find_input(inputs[i].name));  // validated to exist
+  }
+  return PreparedRequest(this, {ticket.slot, ticket.generation},
+                         std::span<const uint8_t>(model_index, inputs.size()));
+}
+
+void Client::State::submit(PreparedRequest& request, SlotCallback done, uint64_t deadline) {
+  const shm::SlotTicket ticket{request.slot_.slot, request.slot_.generation};
+  request.state_ = nullptr;  // the slot is the queue's now, or FREE again on failure
+  const uint64_t request_id = g_next_request_id.fetch_add(1, std::memory_order_relaxed);
+  std::unique_lock lock(mu);
+  Status submitted = submit_locked(lock, ticket, request_id, deadline);
+  if (!submitted.is_ok()) {
+    lock.unlock();
+    return done(std::move(submitted));
+  }
+  enqueue_locked(lock, Pending{ticket, deadline, request_id, {}, std::move(done)});
+}
+
+void Client::State::enqueue_locked(std::unique_lock<std::mutex>& lock, Pending request) {
+  const uint64_t deadline = request.deadline_ns;
+  pending.push_back(std::move(request));
   ensure_completer_locked();
   // The completion thread sleeps on the lane's bell until its next deadline: ring it when this
   // request's deadline comes earlier (a spurious wake for this client's other waiters, no more).
@@ -429,7 +497,7 @@ void Client::State::ensure_completer_locked() {
 void Client::State::run_completer() {
   struct Finished {
     Pending request;
-    Status failure;  // ok: read the slot
+    Status failure;  // ok: the slot is DONE, read it (or hand it over)
   };
   std::vector<Finished> finished;
   std::unique_lock lock(mu);
@@ -480,25 +548,42 @@ void Client::State::run_completer() {
     if (!orphans.empty()) reap_orphans_locked();
     if (!finished.empty()) {
       lock.unlock();
-      // Read without the lock (the DONE slots are ours), release under it, then call back.
+      // Read without the lock (the DONE slots are ours), release under it, then call back. A
+      // zero-copy request that succeeded keeps its slot: its SlotResult releases it.
       std::vector<Result<InferResult>> results;
+      std::vector<bool> keep(finished.size(), false);
       results.reserve(finished.size());
-      for (Finished& f : finished) {
-        if (f.failure.is_ok()) {
-          results.push_back(read_result(f.request.ticket, f.request.request_id));
+      for (size_t i = 0; i < finished.size(); ++i) {
+        Finished& f = finished[i];
+        if (!f.failure.is_ok()) {
+          results.push_back(f.failure);
+        } else if (f.request.slot_done) {
+          Status verdict = worker_status(f.request.ticket);
+          keep[i] = verdict.is_ok();
+          results.push_back(std::move(verdict));
         } else {
-          results.push_back(std::move(f.failure));
+          results.push_back(read_result(f.request.ticket, f.request.request_id));
         }
       }
       lock.lock();
-      for (Finished& f : finished) {
-        if (f.failure.is_ok()) {
-          SS_CHECK(lane->release(f.request.ticket), "a DONE slot of this client moved under it");
+      for (size_t i = 0; i < finished.size(); ++i) {
+        if (finished[i].failure.is_ok() && !keep[i]) {
+          SS_CHECK(lane->release(finished[i].request.ticket),
+                   "a DONE slot of this client moved under it");
         }
       }
       lock.unlock();
       slot_freed.notify_all();
-      for (size_t i = 0; i < finished.size(); ++i) finished[i].request.done(std::move(results[i]));
+      for (size_t i = 0; i < finished.size(); ++i) {
+        Pending& p = finished[i].request;
+        if (!p.slot_done) {
+          p.done(std::move(results[i]));
+        } else if (keep[i]) {
+          p.slot_done(SlotResult(this, {p.ticket.slot, p.ticket.generation}, p.request_id));
+        } else {
+          p.slot_done(results[i].status());
+        }
+      }
       finished.clear();
       lock.lock();
       continue;
@@ -524,9 +609,74 @@ void Client::State::shutdown() {
   lane.reset();
 }
 
+// ---- PreparedRequest, SlotResult ----
+
+PreparedRequest::PreparedRequest(Client::State* state, SlotHandle slot,
+                                 std::span<const uint8_t> model_index)
+    : state_(state), slot_(slot), n_inputs_(model_index.size()) {
+  std::copy(model_index.begin(), model_index.end(), model_index_);
+}
+
+PreparedRequest::PreparedRequest(PreparedRequest&& other) noexcept
+    : state_(std::exchange(other.state_, nullptr)), slot_(other.slot_), n_inputs_(other.n_inputs_) {
+  std::copy_n(other.model_index_, shm::kMaxTensors, model_index_);
+}
+
+PreparedRequest::~PreparedRequest() {
+  if (state_ == nullptr) return;
+  {
+    std::lock_guard lock(state_->mu);
+    state_->lane->cancel({slot_.slot, slot_.generation});  // WRITING -> FREE
+  }
+  state_->slot_freed.notify_all();
+}
+
+std::span<std::byte> PreparedRequest::input(size_t i) const {
+  SS_CHECK(state_ != nullptr && i < n_inputs_, "input of a submitted or moved-from request");
+  const uint8_t index = model_index_[i];
+  return {state_->segment.slot_data(slot_.slot) + state_->segment.input_offset(index),
+          state_->spec().inputs[index].byte_size()};
+}
+
+SlotResult::SlotResult(Client::State* state, SlotHandle slot, uint64_t request_id)
+    : state_(state), slot_(slot), request_id_(request_id) {}
+
+SlotResult::SlotResult(SlotResult&& other) noexcept
+    : state_(std::exchange(other.state_, nullptr)),
+      slot_(other.slot_),
+      request_id_(other.request_id_) {}
+
+SlotResult::~SlotResult() {
+  if (state_ != nullptr) state_->release({slot_.slot, slot_.generation});
+}
+
+std::span<const std::byte> SlotResult::output(size_t i) const {
+  SS_CHECK(state_ != nullptr && i < state_->spec().n_outputs, "output of a moved-from result");
+  return {state_->segment.slot_data(slot_.slot) + state_->segment.output_offset(uint32_t(i)),
+          state_->spec().outputs[i].byte_size()};
+}
+
+const shm::ModelSpec& SlotResult::spec() const {
+  SS_CHECK(state_ != nullptr, "use of a moved-from SlotResult");
+  return state_->spec();
+}
+
+uint32_t SlotResult::batch_size() const { return state_->segment.slot(slot_.slot).batch_size; }
+
+uint64_t SlotResult::queue_ns() const {
+  const shm::SlotHeader& h = state_->segment.slot(slot_.slot);
+  return h.claim_ns > h.enqueue_ns ? h.claim_ns - h.enqueue_ns : 0;
+}
+
+uint64_t SlotResult::compute_ns() const {
+  const shm::SlotHeader& h = state_->segment.slot(slot_.slot);
+  return h.done_ns > h.claim_ns ? h.done_ns - h.claim_ns : 0;
+}
+
 // ---- Client ----
 
 Client::Client(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Client::Client(std::unique_ptr<TcpState> tcp) : tcp_(std::move(tcp)) {}
 Client::Client(Client&& other) noexcept = default;
 Client& Client::operator=(Client&& other) noexcept = default;
 Client::~Client() = default;
@@ -551,36 +701,50 @@ Result<Client> Client::connect(std::string_view model, const ConnectOptions& opt
   return Client(std::move(state));
 }
 
+Result<Client> Client::connect_tcp(std::string_view model, std::string_view host, uint16_t port,
+                                   const ConnectOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<TcpState> tcp, TcpState::connect(model, host, port, options));
+  return Client(std::move(tcp));
+}
+
 const shm::ModelSpec& Client::spec() const {
+  if (tcp_) return tcp_->spec();
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->spec();
 }
 
 const std::string& Client::model() const {
+  if (tcp_) return tcp_->model();
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->model;
 }
 
 const std::string& Client::instance() const {
+  if (tcp_) return tcp_->address();
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->instance;
 }
 
 uint32_t Client::max_in_flight() const {
+  if (tcp_) return tcp_->max_in_flight();
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->lane->slots();
 }
 
 Result<InferResult> Client::infer(std::span<const Tensor> inputs,
                                   std::optional<std::chrono::milliseconds> timeout) {
+  if (tcp_) return tcp_->infer(inputs, timeout.value_or(tcp_->default_timeout()));
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->infer(inputs, deadline_after(timeout.value_or(state_->default_timeout)));
 }
 
 void Client::infer_async(std::span<const Tensor> inputs, Callback done,
                          std::optional<std::chrono::milliseconds> timeout) {
-  SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   SS_CHECK(done != nullptr, "infer_async needs a callback");
+  if (tcp_) {
+    return tcp_->infer_async(inputs, std::move(done), timeout.value_or(tcp_->default_timeout()));
+  }
+  SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   state_->infer_async(inputs, std::move(done),
                       deadline_after(timeout.value_or(state_->default_timeout)));
 }
@@ -593,6 +757,24 @@ std::future<Result<InferResult>> Client::infer_async(
       std::span<const Tensor>(inputs),
       [promise](Result<InferResult> result) { promise->set_value(std::move(result)); }, timeout);
   return future;
+}
+
+Result<PreparedRequest> Client::prepare(std::span<const TensorInfo> inputs,
+                                        std::chrono::milliseconds wait) {
+  if (tcp_) {
+    return Status(ErrorCode::kUnavailable, "zero-copy requests need the shared-memory transport");
+  }
+  SS_CHECK(state_ != nullptr, "use of a moved-from Client");
+  return state_->prepare(inputs, deadline_after(wait));
+}
+
+void Client::submit(PreparedRequest request, SlotCallback done,
+                    std::optional<std::chrono::milliseconds> timeout) {
+  SS_CHECK(done != nullptr, "submit needs a callback");
+  SS_CHECK(state_ != nullptr && request.state_ == state_.get(),
+           "a prepared request goes to the Client that prepared it");
+  state_->submit(request, std::move(done),
+                 deadline_after(timeout.value_or(state_->default_timeout)));
 }
 
 }  // namespace sliceserve::client

@@ -57,16 +57,20 @@ constexpr std::string_view kServerKeys[] = {"instance",
                                             "log_level",
                                             "tcp",
                                             "http",
+                                            "token",
                                             "worker_binary",
                                             "restart_backoff_min_ms",
                                             "restart_backoff_max_ms",
                                             "worker_ready_timeout_ms",
                                             "shutdown_grace_ms"};
-constexpr std::string_view kBackendKeys[] = {"cpu", "mps", "greenctx"};
+constexpr std::string_view kBackendKeys[] = {"cpu", "mps", "greenctx", "cumask"};
 constexpr std::string_view kCpuKeys[] = {"mode", "cores"};
 constexpr std::string_view kMpsKeys[] = {"control",  "pipe_dir",          "log_dir",
                                          "fallback", "thread_percentage", "device"};
 constexpr std::string_view kGreenctxKeys[] = {"device", "mps"};
+constexpr std::string_view kCumaskKeys[] = {"device", "policy", "shader_engines", "wgp"};
+constexpr std::string_view kCumaskPolicies[] = {"spread", "pack"};
+constexpr int64_t kMaxShaderEngines = 64;  // backends::kMaxShaderEngines (cu_mask.h)
 constexpr std::string_view kModelKeys[] = {"name",
                                            "kind",
                                            "path",
@@ -99,11 +103,26 @@ constexpr int64_t kMaxDeviceMemMb = int64_t{1} << 24;  // 16 TiB
 
 #ifdef SLICESERVE_HAVE_CUDA
 constexpr bool kHaveCuda = true;
-constexpr std::string_view kAvailableBackends = "cpu:process, cpu:affinity, mps, greenctx";
 #else
 constexpr bool kHaveCuda = false;
-constexpr std::string_view kAvailableBackends = "cpu:process, cpu:affinity";
 #endif
+#ifdef SLICESERVE_HAVE_HIP
+constexpr bool kHaveHip = true;
+#else
+constexpr bool kHaveHip = false;
+#endif
+constexpr std::string_view kAvailableBackends =
+    kHaveCuda ? (kHaveHip ? "cpu:process, cpu:affinity, mps, greenctx, cumask"
+                          : "cpu:process, cpu:affinity, mps, greenctx")
+              : (kHaveHip ? "cpu:process, cpu:affinity, cumask" : "cpu:process, cpu:affinity");
+
+// A [backend.*] table or [server] backend this build has: cpu always, mps and greenctx with the
+// cuda wing, cumask with the hip wing.
+bool backend_built(std::string_view name) {
+  if (name == "cpu") return true;
+  if (name == "mps" || name == "greenctx") return kHaveCuda;
+  return name == "cumask" && kHaveHip;
+}
 
 bool contains(std::span<const std::string_view> set, std::string_view item) {
   return std::find(set.begin(), set.end(), item) != set.end();
@@ -488,7 +507,7 @@ class ConfigParser {
       }
     }
     if (auto backend = read_choice(*table, kPrefix, "backend", kBackends)) {
-      if (*backend == "cpu" || (kHaveCuda && (*backend == "mps" || *backend == "greenctx"))) {
+      if (backend_built(*backend)) {
         server.backend = *backend;
       } else {
         report_value(*table, kPrefix, "backend",
@@ -502,13 +521,23 @@ class ConfigParser {
     for (auto [key, out] : {std::pair{std::string_view("tcp"), &server.tcp},
                             std::pair{std::string_view("http"), &server.http}}) {
       if (auto address = read_string(*table, kPrefix, key)) {
-        if (is_valid_host_port(*address)) {
+        // An empty address turns the front-end off.
+        if (address->empty() || is_valid_host_port(*address)) {
           *out = *address;
         } else {
-          report_value(
-              *table, kPrefix, key,
-              fmt::format("must be host:port with a port in 1..65535; got '{}'", *address));
+          report_value(*table, kPrefix, key,
+                       fmt::format("must be host:port with a port in 1..65535, or empty; got '{}'",
+                                   *address));
         }
+      }
+    }
+    if (auto token = read_string(*table, kPrefix, "token")) {
+      if (!token->empty() && (token->size() < kMinTokenBytes || has_control_chars(*token))) {
+        report_value(*table, kPrefix, "token",
+                     fmt::format("must be at least {} characters without control characters",
+                                 kMinTokenBytes));
+      } else {
+        server.token = *token;
       }
     }
     if (auto binary = read_string(*table, kPrefix, "worker_binary")) {
@@ -541,13 +570,14 @@ class ConfigParser {
     const toml::table* backend = read_table(root, "", "backend");
     if (!backend) return;
     for (const auto& [key, value] : *backend) {
-      const bool known = key.str() == "cpu" || (kHaveCuda && contains(kBackendKeys, key.str()));
-      if (known) continue;
+      if (contains(kBackendKeys, key.str()) && backend_built(key.str())) continue;
       const toml::source_position pos =
           key.source().begin.line != 0 ? position(key.source()) : position(value);
       report(pos, join_key("backend", key.str()),
-             kHaveCuda ? "unknown key (the backends are cpu, mps and greenctx)"
-                       : "unknown key (only [backend.cpu] exists in this build)");
+             kHaveCuda ? (kHaveHip ? "unknown key (the backends are cpu, mps, greenctx and cumask)"
+                                   : "unknown key (the backends are cpu, mps and greenctx)")
+                       : (kHaveHip ? "unknown key (the backends are cpu and cumask)"
+                                   : "unknown key (only [backend.cpu] exists in this build)"));
     }
     if (const toml::table* table = read_table(*backend, "backend", "cpu")) {
       constexpr std::string_view kPrefix = "backend.cpu";
@@ -556,6 +586,11 @@ class ConfigParser {
         config.cpu.mode = *mode == "affinity" ? CpuMode::kAffinity : CpuMode::kProcess;
       }
       read_u32(*table, kPrefix, "cores", 0, kMaxCores, config.cpu.cores);
+    }
+    if (kHaveHip) {
+      if (const toml::table* table = read_table(*backend, "backend", "cumask")) {
+        parse_cumask(*table, config.cumask);
+      }
     }
     if (!kHaveCuda) return;
     if (const toml::table* table = read_table(*backend, "backend", "mps")) {
@@ -567,6 +602,19 @@ class ConfigParser {
       read_u32(*table, kPrefix, "device", 0, kMaxDeviceOrdinal, config.greenctx.device);
       if (auto mps = read_bool(*table, kPrefix, "mps")) config.greenctx.mps = *mps;
     }
+  }
+
+  void parse_cumask(const toml::table& table, CumaskBackendConfig& cumask) {
+    constexpr std::string_view kPrefix = "backend.cumask";
+    check_keys(table, kPrefix, kCumaskKeys);
+    read_u32(table, kPrefix, "device", 0, kMaxDeviceOrdinal, cumask.device);
+    if (auto policy = read_choice(table, kPrefix, "policy", kCumaskPolicies)) {
+      cumask.policy = *policy == "pack" ? CumaskPolicy::kPack : CumaskPolicy::kSpread;
+    }
+    // 0 is "from the device"; whether the count divides the device's CUs is known only there,
+    // so the worker checks it (kInvalidArgument at load, naming the device and its CUs).
+    read_u32(table, kPrefix, "shader_engines", 0, kMaxShaderEngines, cumask.shader_engines);
+    if (auto wgp = read_bool(table, kPrefix, "wgp")) cumask.wgp = *wgp;
   }
 
   void parse_mps(const toml::table& table, MpsBackendConfig& mps) {
@@ -980,6 +1028,7 @@ Backend Config::backend_of(const ModelConfig& model) const {
   if (model.backend) return *model.backend;
   if (server.backend == "mps") return Backend::kMps;
   if (server.backend == "greenctx") return Backend::kGreenctx;
+  if (server.backend == "cumask") return Backend::kCumask;
   return cpu.mode == CpuMode::kAffinity ? Backend::kCpuAffinity : Backend::kCpuProcess;
 }
 
@@ -1003,6 +1052,8 @@ std::string backend_name(Backend backend) {
       return "mps";
     case Backend::kGreenctx:
       return "greenctx";
+    case Backend::kCumask:
+      return "cumask";
   }
   return "unknown";
 }
@@ -1012,6 +1063,7 @@ Result<Backend> parse_backend_name(std::string_view name) {
   if (name == "cpu:affinity") return Backend::kCpuAffinity;
   if (kHaveCuda && name == "mps") return Backend::kMps;
   if (kHaveCuda && name == "greenctx") return Backend::kGreenctx;
+  if (kHaveHip && name == "cumask") return Backend::kCumask;
   if (name == "mps" || name == "greenctx" || name == "cumask") {
     return Status(ErrorCode::kUnavailable,
                   fmt::format("backend '{}' is not available in this build (available: {})", name,
@@ -1030,16 +1082,19 @@ std::string_view backend_family(Backend backend) {
       return "mps";
     case Backend::kGreenctx:
       return "greenctx";
+    case Backend::kCumask:
+      return "cumask";
   }
   return "unknown";
 }
 
 bool resizes_in_place(Backend backend) {
-  return backend == Backend::kCpuAffinity || backend == Backend::kGreenctx;
+  return backend == Backend::kCpuAffinity || backend == Backend::kGreenctx ||
+         backend == Backend::kCumask;
 }
 
 bool is_gpu_backend(Backend backend) {
-  return backend == Backend::kMps || backend == Backend::kGreenctx;
+  return backend == Backend::kMps || backend == Backend::kGreenctx || backend == Backend::kCumask;
 }
 
 Status check_kind_on_backend(const ModelConfig& model, Backend backend) {
@@ -1071,6 +1126,10 @@ Status check_greenctx_environment(const Config& config, const char* active_threa
                             "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={} from sliceserved's environment "
                             "({})",
                             greenctx->name, active_thread_percentage, combined.message()));
+}
+
+std::string_view cumask_policy_name(CumaskPolicy policy) {
+  return policy == CumaskPolicy::kPack ? "pack" : "spread";
 }
 
 std::string_view cpu_mode_name(CpuMode mode) {

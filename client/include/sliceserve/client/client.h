@@ -10,6 +10,10 @@
 //   auto result = client->infer(std::span(&x, 1));
 //   std::span<const float> logits = result->outputs[0].as<float>();
 //
+// Over TCP (sliceserved's front-end, docs/protocol.md) the calling code stays the same:
+//
+//   auto client = sliceserve::client::Client::connect_tcp("resnet50", "10.0.0.5", 8700, options);
+//
 // A Client owns one client lane of the model's segment (lanes x slots_per_lane in flight for
 // the whole model, slots_per_lane per Client). All member functions are thread-safe; the lane
 // itself is serialised by a mutex that is held only around slot bookkeeping, never while
@@ -71,6 +75,24 @@ struct ConnectOptions {
   // Spinning saves a futex wake-up (a few microseconds) per request; set 0 when there are more
   // waiting threads than cores.
   std::chrono::microseconds spin{20};
+  // TCP only: the server's token (docs/protocol.md, "Hello"); empty: $SLICESERVE_TOKEN.
+  std::string token;
+};
+
+// An input declared before its bytes exist: the zero-copy path below.
+struct TensorInfo {
+  std::string name;
+  shm::DataType dtype = shm::DataType::kInvalid;
+  std::vector<int64_t> shape;
+  uint64_t bytes = 0;
+};
+
+class PreparedRequest;
+class SlotResult;
+// Which slot a PreparedRequest or SlotResult holds (an shm::SlotTicket, without its header).
+struct SlotHandle {
+  uint32_t slot = 0;
+  uint32_t generation = 0;
 };
 
 class Client {
@@ -78,6 +100,12 @@ class Client {
   // kUnknownModel if the instance serves no model of that name (the message lists the served
   // ones); kServerGone if its controller stopped; kBusy if every client lane is taken.
   static Result<Client> connect(std::string_view model, const ConnectOptions& options = {});
+  // The same API over sliceserved's TCP front-end: connects, says hello (options.token) and reads
+  // the model's tensors. kServerGone if nothing listens; the server's errors as it sent them
+  // (kUnknownModel, kInvalidArgument "unauthenticated: ...", kIncompatible). options.instance is
+  // unused: the address names the daemon.
+  static Result<Client> connect_tcp(std::string_view model, std::string_view host, uint16_t port,
+                                    const ConnectOptions& options = {});
 
   Client(Client&& other) noexcept;
   Client& operator=(Client&& other) noexcept;
@@ -113,11 +141,74 @@ class Client {
   void infer_async(std::span<const Tensor> inputs, Callback done,
                    std::optional<std::chrono::milliseconds> timeout = {});
 
-  struct State;  // implementation, defined in client.cpp
+  // Zero-copy requests (shm transport only; kUnavailable over TCP): validates the inputs as
+  // infer() does and takes a slot, waiting for one at most `wait` (0: not at all, kBusy at once).
+  Result<PreparedRequest> prepare(std::span<const TensorInfo> inputs,
+                                  std::chrono::milliseconds wait);
+  // Submits a prepared request; `done` runs exactly once, on the completion thread (or on the
+  // calling thread when submission fails), with the slot still held by the SlotResult.
+  using SlotCallback = std::function<void(Result<SlotResult>)>;
+  void submit(PreparedRequest request, SlotCallback done,
+              std::optional<std::chrono::milliseconds> timeout = {});
+
+  struct State;     // the shm transport, defined in client.cpp
+  struct TcpState;  // the TCP transport, defined in tcp_transport.cpp
 
  private:
   explicit Client(std::unique_ptr<State> state);
+  explicit Client(std::unique_ptr<TcpState> tcp);
   std::unique_ptr<State> state_;
+  std::unique_ptr<TcpState> tcp_;  // set instead of state_ for a TCP client
+};
+
+// A request whose slot is taken and whose input bytes are written straight into shared memory
+// by the caller (a socket read, a decoder) before Client::submit(). Destroying it unsubmitted
+// gives the slot back. It must not outlive its Client.
+class PreparedRequest {
+ public:
+  PreparedRequest(PreparedRequest&& other) noexcept;
+  PreparedRequest& operator=(PreparedRequest&&) = delete;
+  PreparedRequest(const PreparedRequest&) = delete;
+  ~PreparedRequest();
+
+  // The slot's bytes of the i-th input as given to prepare() (that order, not the model's).
+  std::span<std::byte> input(size_t i) const;
+  size_t input_count() const { return n_inputs_; }
+
+ private:
+  friend class Client;
+  friend struct Client::State;
+  PreparedRequest(Client::State* state, SlotHandle slot, std::span<const uint8_t> model_index);
+  Client::State* state_;
+  SlotHandle slot_;
+  uint8_t model_index_[shm::kMaxTensors] = {};
+  size_t n_inputs_ = 0;
+};
+
+// A completed request still in its slot: the outputs are views of shared memory, valid until this
+// is destroyed, which frees the slot. It must not outlive its Client.
+class SlotResult {
+ public:
+  SlotResult(SlotResult&& other) noexcept;
+  SlotResult& operator=(SlotResult&&) = delete;
+  SlotResult(const SlotResult&) = delete;
+  ~SlotResult();
+
+  // The model's outputs in declaration order (spec().outputs).
+  std::span<const std::byte> output(size_t i) const;
+  const shm::ModelSpec& spec() const;
+  uint64_t request_id() const { return request_id_; }
+  uint32_t batch_size() const;
+  uint64_t queue_ns() const;
+  uint64_t compute_ns() const;
+
+ private:
+  friend class Client;
+  friend struct Client::State;
+  SlotResult(Client::State* state, SlotHandle slot, uint64_t request_id);
+  Client::State* state_;
+  SlotHandle slot_;
+  uint64_t request_id_;
 };
 
 }  // namespace sliceserve::client

@@ -19,8 +19,8 @@ namespace sliceserve::controller {
 enum class CpuMode { kProcess, kAffinity };
 
 // A model's backend, as `backend = "..."` and `slicectl backend` name it: "cpu:process",
-// "cpu:affinity", "mps", "greenctx".
-enum class Backend { kCpuProcess, kCpuAffinity, kMps, kGreenctx };
+// "cpu:affinity", "mps", "greenctx", "cumask".
+enum class Backend { kCpuProcess, kCpuAffinity, kMps, kGreenctx, kCumask };
 
 // [backend.mps] control: who runs the MPS control daemon.
 enum class MpsControlMode {
@@ -67,19 +67,25 @@ struct ModelConfig {
 };
 
 struct ServerConfig {
-  std::string instance = "default";       // namespaces the segments: /sliceserve.<instance>.<model>
-  std::string backend = "cpu";            // "cpu" | "mps" | "greenctx" (the last two with the
-                                          // cuda wing only)
-  uint32_t policy_interval_ms = 500;      // > 0
-  std::string log_level = "info";         // trace|debug|info|warn|error|off
-  std::string tcp = "127.0.0.1:8700";     // reserved for the TCP front-end (not served yet)
-  std::string http = "127.0.0.1:8000";    // reserved for the HTTP front-end (not served yet)
-  std::string worker_binary;              // empty: sliceserve-worker next to sliceserved
-  uint32_t restart_backoff_min_ms = 200;  // first restart delay after a worker death
+  std::string instance = "default";     // namespaces the segments: /sliceserve.<instance>.<model>
+  std::string backend = "cpu";          // "cpu" | "mps" | "greenctx" (with the cuda wing) |
+                                        // "cumask" (with the hip wing)
+  uint32_t policy_interval_ms = 500;    // > 0
+  std::string log_level = "info";       // trace|debug|info|warn|error|off
+  std::string tcp = "127.0.0.1:8700";   // the TCP front-end (docs/protocol.md); empty: off
+  std::string http = "127.0.0.1:8000";  // reserved for the HTTP front-end (not served yet)
+  // The front-ends' shared secret; empty: $SLICESERVE_TOKEN, read at start. Required when a
+  // front-end listens beyond loopback.
+  std::string token;
+  std::string worker_binary;                 // empty: sliceserve-worker next to sliceserved
+  uint32_t restart_backoff_min_ms = 200;     // first restart delay after a worker death
   uint32_t restart_backoff_max_ms = 10000;   // doubling stops here
   uint32_t worker_ready_timeout_ms = 30000;  // a worker that is not READY by then is killed
   uint32_t shutdown_grace_ms = 3000;         // SIGTERM -> SIGKILL delay for workers at stop
 };
+
+// [server] token: at least this long, so that it cannot be guessed over a network.
+inline constexpr size_t kMinTokenBytes = 16;
 
 struct CpuBackendConfig {
   CpuMode mode = CpuMode::kProcess;
@@ -102,6 +108,19 @@ struct GreenctxBackendConfig {
   bool mps = false;     // workers are MPS clients at 100%, so several processes run at once
 };
 
+// [backend.cumask] policy: where a slice's CUs sit (docs/amd.md shows the bit layouts).
+enum class CumaskPolicy {
+  kSpread,  // the lowest CUs, balanced over the shader engines
+  kPack,    // one shader engine filled before the next
+};
+
+struct CumaskBackendConfig {
+  uint32_t device = 0;  // HIP device ordinal (after HIP_VISIBLE_DEVICES)
+  CumaskPolicy policy = CumaskPolicy::kSpread;
+  uint32_t shader_engines = 0;  // 0: from the device's architecture (HIP does not report it)
+  std::optional<bool> wgp;      // CU pairs (gfx10+); unset: from the architecture
+};
+
 // [policy]: the SLO controller. Its tuning knobs are PolicyConfig (policy.h).
 struct PolicySection {
   bool enabled = true;  // false: slices and batches stay as configured
@@ -117,6 +136,7 @@ struct Config {
   CpuBackendConfig cpu;
   MpsBackendConfig mps;
   GreenctxBackendConfig greenctx;
+  CumaskBackendConfig cumask;
   PolicySection policy;
   std::vector<ModelConfig> models;  // at least one
 
@@ -130,15 +150,17 @@ struct Config {
   bool needs_mps_control() const;
 };
 
-// "cpu:process", "cpu:affinity", "mps", "greenctx": the names `slicectl backend` and the model
-// key use.
+// "cpu:process", "cpu:affinity", "mps", "greenctx", "cumask": the names `slicectl backend` and
+// the model key use.
 std::string backend_name(Backend backend);
 // Parses a backend name ("cpu" is cpu:process); kUnavailable for backends this build does not
-// have (mps and greenctx without the cuda wing, cumask), kInvalidArgument for unknown names.
+// have (mps and greenctx without the cuda wing, cumask without the hip wing), kInvalidArgument
+// for unknown names.
 Result<Backend> parse_backend_name(std::string_view name);
-// The worker's --backend: "cpu", "mps" or "greenctx".
+// The worker's --backend: "cpu", "mps", "greenctx" or "cumask".
 std::string_view backend_family(Backend backend);
-// cpu:affinity and greenctx switch slices inside the live worker; the others by shadow worker.
+// cpu:affinity, greenctx and cumask switch slices inside the live worker; the others by shadow
+// worker.
 bool resizes_in_place(Backend backend);
 bool is_gpu_backend(Backend backend);
 // Whether the model's kind can run on the backend: kInvalidArgument "model kind 'synthetic'
@@ -156,5 +178,7 @@ Result<Config> load_config(const std::string& path);
 Result<Config> parse_config(std::string_view text, const std::string& source_name);
 
 std::string_view cpu_mode_name(CpuMode mode);
+// "spread" / "pack", as [backend.cumask] policy and the worker's --cu-policy spell them.
+std::string_view cumask_policy_name(CumaskPolicy policy);
 
 }  // namespace sliceserve::controller
