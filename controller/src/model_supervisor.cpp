@@ -116,6 +116,13 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
     case Backend::kGreenctx:
       args.insert(args.end(), {"--device", std::to_string(config.greenctx.device)});
       break;
+    case Backend::kCumask:
+      args.insert(args.end(),
+                  {"--device", std::to_string(config.cumask.device), "--cu-policy",
+                   std::string(cumask_policy_name(config.cumask.policy)), "--shader-engines",
+                   std::to_string(config.cumask.shader_engines), "--wgp",
+                   config.cumask.wgp ? (*config.cumask.wgp ? "true" : "false") : "auto"});
+      break;
   }
   if (resizes_in_place(backend)) {
     std::string pool;
@@ -208,7 +215,8 @@ void ModelSupervisor::publish_model_fields() {
 }
 
 std::string ModelSupervisor::weights_broker(Backend backend) {
-  if (!is_gpu_backend(backend)) return "";
+  // The broker shares CUDA weights; cumask has no device weight store yet.
+  if (!is_gpu_backend(backend) || backend == Backend::kCumask) return "";
   if (!weight_broker_) {
     const std::string dir = instance_runtime_dir(config_.server.instance);
     if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {

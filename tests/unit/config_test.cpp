@@ -23,6 +23,14 @@ constexpr bool kHaveCudaWing = true;
 #else
 constexpr bool kHaveCudaWing = false;
 #endif
+#ifdef SLICESERVE_HAVE_HIP
+constexpr bool kHaveHipWing = true;
+#else
+constexpr bool kHaveHipWing = false;
+#endif
+// A backend this build lacks, for the "not available" errors; empty when every wing is built.
+constexpr std::string_view kUnavailableBackend =
+    !kHaveHipWing ? "cumask" : (!kHaveCudaWing ? "mps" : "");
 
 // One valid model; tests append or replace pieces of it.
 constexpr std::string_view kModelA = R"([[model]]
@@ -490,7 +498,8 @@ TEST_F(ConfigTest, DemoConfigLoads) {
 }
 
 // Every config/invalid/*.toml starts with "# error: <text the message must contain>"; a second
-// line "# needs: cuda" marks a rule of the cuda backends, checked only where the wing is built.
+// line "# needs: cuda" marks a rule of the cuda backends, checked only where the wing is built,
+// and "# needs: no hip" one that holds only where the hip wing is missing.
 TEST_F(ConfigTest, InvalidExampleConfigsAreRejectedWithTheirDocumentedError) {
   const fs::path folder = fs::path(SLICESERVE_SOURCE_DIR) / "config" / "invalid";
   int checked = 0;
@@ -503,6 +512,7 @@ TEST_F(ConfigTest, InvalidExampleConfigsAreRejectedWithTheirDocumentedError) {
     std::string second_line;
     std::getline(in, second_line);
     if (second_line == "# needs: cuda" && !kHaveCudaWing) continue;
+    if (second_line == "# needs: no hip" && kHaveHipWing) continue;
     constexpr std::string_view kTag = "# error: ";
     ASSERT_EQ(first_line.rfind(kTag, 0), 0u) << "first line must be '# error: ...'";
     const std::string expected = entry.path().string() + ":" + first_line.substr(kTag.size());
@@ -541,13 +551,13 @@ std::string model_with(std::string_view from, std::string_view to) {
 }
 
 std::vector<ErrorCase> error_cases() {
-  return {
+  std::vector<ErrorCase> cases = {
       // unknown keys, everywhere
       {"UnknownTopLevelTable", with_model("", "[metrics] #!\nport = 1\n"), "metrics",
        "unknown key"},
       {"UnknownServerKey", with_model("", "[server]\ncolour = 1 #!\n"), "server.colour",
        "unknown key"},
-      {"UnknownBackendTable", with_model("", "[backend.cumask] #!\nx = 1\n"), "backend.cumask",
+      {"UnknownBackendTable", with_model("", "[backend.tpu] #!\nx = 1\n"), "backend.tpu",
        "unknown key"},
       {"UnknownCpuKey", with_model("", "[backend.cpu]\nthreads = 2 #!\n"), "backend.cpu.threads",
        "unknown key"},
@@ -569,8 +579,6 @@ std::vector<ErrorCase> error_cases() {
       // [server]
       {"BadInstanceName", with_model("", "[server]\ninstance = \"my demo\" #!\n"),
        "server.instance", "must match [A-Za-z0-9_-]{1,48}"},
-      {"UnavailableBackend", with_model("", "[server]\nbackend = \"cumask\" #!\n"),
-       "server.backend", "backend 'cumask' is not available in this build"},
       {"UnknownBackend", with_model("", "[server]\nbackend = \"tpu\" #!\n"), "server.backend",
        "must be one of cpu, mps, greenctx, cumask"},
       {"ZeroPolicyInterval", with_model("", "[server]\npolicy_interval_ms = 0 #!\n"),
@@ -680,6 +688,14 @@ std::vector<ErrorCase> error_cases() {
                   "shape = [4294967296, 4294967296, 4294967296] } ]\noutputs"),
        "model[0]", "more than 2^64 bytes", 1},
   };
+  if (!kUnavailableBackend.empty()) {
+    const std::string name(kUnavailableBackend);
+    cases.push_back({"UnavailableBackend",
+                     with_model("", "[server]\nbackend = \"" + name + "\" #!\n"), "server.backend",
+                     kHaveHipWing ? "backend 'mps' is not available in this build"
+                                  : "backend 'cumask' is not available in this build"});
+  }
+  return cases;
 }
 
 class ConfigErrorTest : public ConfigTest, public ::testing::WithParamInterface<ErrorCase> {};
@@ -766,8 +782,11 @@ TEST(ConfigReconfigurationTest, BadPolicyAndBackendValuesNameTheirKey) {
     t.replace(t.find(from), from.size(), to);
     return t;
   };
-  expect_bad(replace("backend = \"cpu:affinity\"", "backend = \"cumask\""), "model[0].backend",
-             "not available in this build");
+  if (!kUnavailableBackend.empty()) {
+    expect_bad(replace("backend = \"cpu:affinity\"",
+                       "backend = \"" + std::string(kUnavailableBackend) + "\""),
+               "model[0].backend", "not available in this build");
+  }
   expect_bad(replace("backend = \"cpu:affinity\"", "backend = \"gpu\""), "model[0].backend",
              "unknown backend");
   expect_bad(replace("policy = false", "policy = 1"), "model[0].policy", "true or false");
@@ -781,8 +800,12 @@ TEST(ConfigReconfigurationTest, BackendNamesParse) {
   EXPECT_EQ(parse_backend_name("cpu").value(), Backend::kCpuProcess);
   EXPECT_EQ(parse_backend_name("cpu:process").value(), Backend::kCpuProcess);
   EXPECT_EQ(parse_backend_name("cpu:affinity").value(), Backend::kCpuAffinity);
-  EXPECT_EQ(parse_backend_name("cumask").status().code(), ErrorCode::kUnavailable);
   EXPECT_EQ(parse_backend_name("").status().code(), ErrorCode::kInvalidArgument);
+#ifdef SLICESERVE_HAVE_HIP
+  EXPECT_EQ(parse_backend_name("cumask").value(), Backend::kCumask);
+#else
+  EXPECT_EQ(parse_backend_name("cumask").status().code(), ErrorCode::kUnavailable);
+#endif
 #ifdef SLICESERVE_HAVE_CUDA
   EXPECT_EQ(parse_backend_name("mps").value(), Backend::kMps);
   EXPECT_EQ(parse_backend_name("greenctx").value(), Backend::kGreenctx);

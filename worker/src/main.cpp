@@ -24,6 +24,9 @@
 #include "sliceserve/backends/cuda/green_context_slice.h"
 #include "sliceserve/backends/cuda/mps_control.h"
 #endif
+#ifdef SLICESERVE_HAVE_HIP
+#include "sliceserve/backends/hip/cu_mask_slice.h"
+#endif
 #include "sliceserve/backends/weight_store.h"
 #include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/segment.h"
@@ -43,7 +46,10 @@ struct Args {
   uint64_t epoch = 0;
   std::string backend = "cpu";
   std::string cpu_mode = "process";
-  int device = 0;              // mps, greenctx: CUDA device ordinal
+  int device = 0;  // mps, greenctx: CUDA device ordinal; cumask: HIP device ordinal
+  std::string cu_policy = "spread";  // cumask: spread | pack
+  unsigned shader_engines = 0;       // cumask: 0 = from the device's architecture
+  std::string wgp = "auto";    // cumask: CU pairs: auto (from the architecture) | true | false
   std::string weights_broker;  // mps, greenctx: the model's fd broker (empty: private weights)
   double slice = 100;
   unsigned cores = 0;
@@ -66,6 +72,15 @@ sliceserve::Result<std::unique_ptr<sliceserve::backends::Slice>> create_slice(co
                                        .machine_cores = args.cores,
                                        .first_core = args.first_core});
   }
+#ifdef SLICESERVE_HAVE_HIP
+  if (args.backend == "cumask") {
+    ASSIGN_OR_RETURN(backends::CuMaskPolicy policy, backends::parse_cu_mask_policy(args.cu_policy));
+    backends::CuLayoutConfig layout{.shader_engines = args.shader_engines, .wgp = std::nullopt};
+    if (args.wgp != "auto") layout.wgp = args.wgp == "true";
+    return backends::create_cu_mask_slice(
+        {.device = args.device, .percent = args.slice, .policy = policy, .layout = layout});
+  }
+#endif
 #ifdef SLICESERVE_HAVE_CUDA
   // The MPS percentage this process was started with (the controller's or an operator's).
   ASSIGN_OR_RETURN(
@@ -89,6 +104,8 @@ sliceserve::Result<std::unique_ptr<sliceserve::backends::WeightStore>> open_weig
     const Args& args) {
   using namespace sliceserve;
   if (args.backend == "cpu") return backends::open_host_weight_store(args.segment);
+  // No HIP weight store yet (it comes with the HIP executor): nothing to share.
+  if (args.backend == "cumask") return std::unique_ptr<backends::WeightStore>();
 #ifdef SLICESERVE_HAVE_CUDA
   ASSIGN_OR_RETURN(const backends::CudaDriver* driver, backends::load_cuda_driver());
   return backends::open_cuda_weight_store(
@@ -150,7 +167,8 @@ int serve(const Args& args) {
   model_options.max_batch = args.max_batch;
   model_options.threads = (*slice)->concurrency();
   if (on_gpu) {
-    model_options.device = "cuda:" + std::to_string(args.device);
+    model_options.device =
+        (args.backend == "cumask" ? "hip:" : "cuda:") + std::to_string(args.device);
     model_options.io_memory = segment->slot_data_area();  // pinned: items go by DMA
   }
   const uint64_t load_start = shm::monotonic_ns();
@@ -217,9 +235,16 @@ int main(int argc, char** argv) {
   app.add_option("--epoch", args.epoch, "Ownership epoch of this worker")
       ->required()
       ->check(CLI::PositiveNumber);
-  app.add_option("--backend", args.backend, "Backend: cpu | mps | greenctx");
-  app.add_option("--device", args.device, "mps, greenctx: CUDA device ordinal")
+  app.add_option("--backend", args.backend, "Backend: cpu | mps | greenctx | cumask");
+  app.add_option("--device", args.device,
+                 "mps, greenctx: CUDA device ordinal; cumask: HIP device ordinal")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--cu-policy", args.cu_policy, "cumask: where the CUs sit: spread | pack")
+      ->check(CLI::IsMember({"spread", "pack"}));
+  app.add_option("--shader-engines", args.shader_engines,
+                 "cumask: shader engines of the device (0: from its architecture)");
+  app.add_option("--wgp", args.wgp, "cumask: CUs in pairs (gfx10+): auto | true | false")
+      ->check(CLI::IsMember({"auto", "true", "false"}));
   app.add_option("--weights-broker", args.weights_broker,
                  "mps, greenctx: the model's weight fd broker socket (sliceserved's; none: the "
                  "worker keeps a private copy of the weights)");
@@ -243,7 +268,7 @@ int main(int argc, char** argv) {
                  "synthetic: simulated extra model load time");
   app.add_option("--slice-pool", args.slice_pool,
                  "Shares (percent) to prepare for instant resize, e.g. 5,10,...,100 (cpu "
-                 "mode=affinity, greenctx; ignored by slices that resize by shadow)")
+                 "mode=affinity, greenctx, cumask; ignored by slices that resize by shadow)")
       ->delimiter(',')
       ->check(CLI::Range(0.001, 100.0));
   app.add_option("--log-level", args.log_level, "trace|debug|info|warn|error|off");

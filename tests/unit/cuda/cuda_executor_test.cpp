@@ -44,7 +44,8 @@ TEST(CudaExecutorTest, DeviceNamesAreCheckedBeforeAnythingIsLoaded) {
   }
   auto unknown = worker::engine::Engine::load_graph({}, {.device = "tpu"});
   ASSERT_FALSE(unknown.is_ok());
-  EXPECT_EQ(unknown.status().message(), "unknown device 'tpu' (cpu, cuda, cuda:<ordinal>)");
+  EXPECT_EQ(unknown.status().message(),
+            "unknown device 'tpu' (cpu, cuda, cuda:<ordinal>, hip:<ordinal>)");
 }
 
 }  // namespace

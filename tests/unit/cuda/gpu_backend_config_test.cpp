@@ -142,10 +142,12 @@ TEST(GpuBackendConfigTest, EachNewRuleNamesItsKey) {
                "backend.greenctx.mps", "must be true or false");
   expect_error("[backend.greenctx]\nsms = 8\n" + std::string(kSynthetic), "backend.greenctx.sms",
                "unknown key");
+#ifndef SLICESERVE_HAVE_HIP
   expect_error("[backend.cumask]\n" + std::string(kSynthetic), "backend.cumask",
                "unknown key (the backends are cpu, mps and greenctx)");
   expect_error("[server]\nbackend = \"cumask\"\n" + std::string(kSynthetic), "server.backend",
                "backend 'cumask' is not available in this build");
+#endif
   // The synthetic and null kinds burn or skip host compute: not on a GPU slice.
   expect_error(std::string(kSynthetic) + "backend = \"mps\"\n", "model[0].kind",
                "model kind 'synthetic' runs on the cpu backend only, not on mps");
