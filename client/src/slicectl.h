@@ -28,10 +28,12 @@ struct BenchOptions {
   uint32_t timeout_ms = 10000;
   bool poisson = false;  // rate mode: exponential inter-arrival times
   bool json = false;
-  bool progress = false;            // one line per second on stderr
-  uint32_t clients = 0;             // client lanes to use, 0: automatic
-  std::optional<uint32_t> spin_us;  // sync spin before sleeping, default: automatic
-  uint64_t seed = 1;                // input data
+  bool progress = false;                   // one line per second on stderr
+  uint32_t clients = 0;                    // client lanes to use, 0: automatic
+  std::optional<uint32_t> spin_us;         // sync spin before sleeping, default: automatic
+  uint64_t seed = 1;                       // input data
+  std::string transport = "shm";           // "shm" | "tcp"
+  std::string address = "127.0.0.1:8700";  // tcp: sliceserved's [server] tcp
 };
 int run_bench(const std::string& instance, const BenchOptions& options);
 
@@ -61,7 +63,7 @@ struct TensorFiles {
 struct RunModelOptions {
   std::string model_path;
   TensorFiles files;
-  unsigned threads = 0;  // compute threads, 0: every cpu this process may use (cuda: 1)
+  unsigned threads = 0;        // compute threads, 0: every cpu this process may use (cuda: 1)
   std::string device = "cpu";  // the engine's device: cpu, cuda, cuda:<ordinal>
   unsigned runs = 1;           // runs of the same inputs; the outputs are the last run's
 };

@@ -254,12 +254,26 @@ class ProgressPrinter {
 
 // ---- load ----
 
+// One client over the chosen transport: a lane of the model's segment, or a TCP connection.
+Result<Client> connect_one(const BenchOptions& o, const client::ConnectOptions& options) {
+  if (o.transport != "tcp") return Client::connect(o.model, options);
+  const size_t colon = o.address.rfind(':');
+  std::string host = o.address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  const int port = colon == std::string::npos ? 0 : std::atoi(o.address.c_str() + colon + 1);
+  if (port <= 0 || port > 65535) {
+    return Status(ErrorCode::kInvalidArgument, "--address must be host:port, not " + o.address);
+  }
+  return Client::connect_tcp(o.model, host, uint16_t(port), options);
+}
+
 // Connects `n` clients (at least one); fails if the first cannot connect, or if `need_all`.
-Result<std::vector<Client>> connect_clients(const std::string& model, uint32_t n, bool need_all,
+Result<std::vector<Client>> connect_clients(const BenchOptions& o, uint32_t n, bool need_all,
                                             const client::ConnectOptions& options) {
+  const std::string& model = o.model;
   std::vector<Client> clients;
   for (uint32_t i = 0; i < n; ++i) {
-    auto c = Client::connect(model, options);
+    auto c = connect_one(o, options);
     if (!c.is_ok()) {
       if (clients.empty()) return c.status();
       if (need_all) {
@@ -339,7 +353,7 @@ int run_bench(const std::string& instance, const BenchOptions& o) {
   // Spinning pays off with one request in flight; with more, it steals the worker's cores.
   connect.spin = std::chrono::microseconds(o.spin_us.value_or(concurrency == 1 ? 20 : 0));
 
-  auto first = Client::connect(o.model, connect);
+  auto first = connect_one(o, connect);
   if (!first.is_ok()) {
     fmt::print(stderr, "slicectl: {}\n", first.status().message());
     return kExitFailure;
@@ -353,7 +367,7 @@ int run_bench(const std::string& instance, const BenchOptions& o) {
   std::vector<Client> clients;
   clients.push_back(std::move(first).value());
   if (wanted > 1) {
-    auto more = connect_clients(o.model, wanted - 1, !rate_mode && o.clients == 0, connect);
+    auto more = connect_clients(o, wanted - 1, !rate_mode && o.clients == 0, connect);
     if (!more.is_ok() && !rate_mode) {
       fmt::print(stderr, "slicectl: {}\n", more.status().message());
       return kExitFailure;

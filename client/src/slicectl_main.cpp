@@ -96,6 +96,13 @@ int main(int argc, char** argv) {
                         "Microseconds a waiting request spins before sleeping (default: 20 "
                         "with one request in flight, else 0)");
   bench_cmd->add_option("--seed", bench.seed, "Seed of the random input data");
+  bench_cmd
+      ->add_option("--transport", bench.transport,
+                   "shm (same host, default) or tcp (the daemon's TCP front-end; token from "
+                   "$SLICESERVE_TOKEN)")
+      ->check(CLI::IsMember({"shm", "tcp"}));
+  bench_cmd->add_option("--address", bench.address,
+                        "With --transport tcp: host:port (default 127.0.0.1:8700)");
 
   slicectl::ControlOptions control;
   bool no_wait = false;

@@ -58,6 +58,8 @@ constexpr std::string_view kServerKeys[] = {"instance",
                                             "tcp",
                                             "http",
                                             "token",
+                                            "tcp_max_connections",
+                                            "tcp_idle_timeout_ms",
                                             "worker_binary",
                                             "restart_backoff_min_ms",
                                             "restart_backoff_max_ms",
@@ -540,6 +542,8 @@ class ConfigParser {
         server.token = *token;
       }
     }
+    read_u32(*table, kPrefix, "tcp_max_connections", 1, 65535, server.tcp_max_connections);
+    read_u32(*table, kPrefix, "tcp_idle_timeout_ms", 1, kMaxU32, server.tcp_idle_timeout_ms);
     if (auto binary = read_string(*table, kPrefix, "worker_binary")) {
       server.worker_binary = *binary;
     }

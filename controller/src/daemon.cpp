@@ -70,6 +70,23 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
     if (!supervisor.is_ok()) return supervisor.status();  // earlier segments unlink themselves
     daemon->models_.push_back(std::move(supervisor).value());
   }
+  if (!c.server.tcp.empty()) {
+    TcpServerOptions tcp;
+    tcp.address = c.server.tcp;
+    tcp.token = c.server.token;
+    if (const char* env = std::getenv("SLICESERVE_TOKEN"); tcp.token.empty() && env != nullptr) {
+      tcp.token = env;
+    }
+    tcp.instance = c.server.instance;
+    for (const ModelConfig& m : c.models) tcp.models.push_back(m.name);
+    // One I/O thread per two cores, at most two: the workers need the rest.
+    tcp.io_threads = std::clamp(cores / 2, 1u, 2u);
+    tcp.max_connections = c.server.tcp_max_connections;
+    tcp.idle_timeout_ms = c.server.tcp_idle_timeout_ms;
+    auto server = TcpServer::start(tcp);
+    if (!server.is_ok()) return server.status().with_context("[server] tcp");
+    daemon->tcp_ = std::move(server).value();
+  }
   spdlog::info("instance {}: {} models on {} cores, worker {}", c.server.instance, c.models.size(),
                cores, binary);
   return daemon;
@@ -256,6 +273,7 @@ nlohmann::json Daemon::handle_admin(const nlohmann::json& request) {
 
 void Daemon::shutdown() {
   spdlog::info("stopping {} models", models_.size());
+  tcp_.reset();  // no new requests; the ones in flight are dropped with their connections
   for (auto& m : models_) m->begin_stop();
   const uint64_t force_at =
       shm::monotonic_ns() + uint64_t(config_->server.shutdown_grace_ms) * 1'000'000;

@@ -77,6 +77,8 @@ struct ServerConfig {
   // The front-ends' shared secret; empty: $SLICESERVE_TOKEN, read at start. Required when a
   // front-end listens beyond loopback.
   std::string token;
+  uint32_t tcp_max_connections = 256;    // more are told "busy" and closed
+  uint32_t tcp_idle_timeout_ms = 30000;  // a TCP client idle this long is cut off
   std::string worker_binary;                 // empty: sliceserve-worker next to sliceserved
   uint32_t restart_backoff_min_ms = 200;     // first restart delay after a worker death
   uint32_t restart_backoff_max_ms = 10000;   // doubling stops here

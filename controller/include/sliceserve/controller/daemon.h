@@ -14,6 +14,7 @@
 #include "sliceserve/controller/model_supervisor.h"
 #include "sliceserve/controller/mps_session.h"
 #include "sliceserve/controller/policy.h"
+#include "sliceserve/controller/tcp_server.h"
 
 namespace sliceserve::controller {
 
@@ -26,8 +27,9 @@ std::vector<Placement> place_models(const Config& config, unsigned machine_cores
 class Daemon {
  public:
   // Creates every segment and the admin socket (refusing to start if either belongs to a
-  // running daemon) and, when a model needs it, starts or attaches to the MPS control daemon,
-  // but starts no worker yet. On error nothing is left behind (a control daemon started here is
+  // running daemon), starts the TCP front-end (refusing an address beyond loopback without a
+  // token) and, when a model needs it, starts or attaches to the MPS control daemon, but starts
+  // no worker yet. On error nothing is left behind (a control daemon started here is
   // quit again).
   static Result<std::unique_ptr<Daemon>> create(Config config);
 
@@ -58,6 +60,8 @@ class Daemon {
   MpsState mps_state_;  // supervisors keep a reference
   std::vector<std::unique_ptr<ModelSupervisor>> models_;
   std::unique_ptr<AdminServer> admin_;
+  // After models_: stopped first, while the segments it writes into still exist.
+  std::unique_ptr<TcpServer> tcp_;
   PolicyMemory policy_memory_;
   PolicyResult last_policy_;
   std::vector<double>

@@ -1,0 +1,651 @@
+#include "sliceserve/controller/tcp_server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <asio.hpp>
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "sliceserve/client/client.h"
+#include "sliceserve/client/wire.h"
+#include "sliceserve/controller/config.h"
+
+namespace sliceserve::controller {
+namespace {
+
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+namespace wire = client::wire;
+
+// How often a request that found its model's lane full looks for a free slot again.
+constexpr auto kSlotRetry = std::chrono::microseconds(200);
+// Discarded data (a refused request's tensors) is read in pieces of this size.
+constexpr size_t kDrainChunk = 64 * 1024;
+
+Status asio_status(std::string_view what, const asio::error_code& ec) {
+  return Status(ErrorCode::kUnavailable, std::string(what) + ": " + ec.message());
+}
+
+// Compares without an early exit, so the time taken says nothing about where a guess is wrong.
+bool same_token(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<size_t>(b.size(), 1)]);
+  }
+  return diff == 0;
+}
+
+wire::TensorDesc describe(const shm::TensorSpec& t) {
+  return {std::string(t.name_view()), t.dtype, std::vector<int64_t>(t.dims, t.dims + t.ndims),
+          t.byte_size()};
+}
+
+// One model as one I/O thread sees it: its own shm client (one lane) and the reply to a
+// model-info request.
+struct ModelEntry {
+  std::string name;
+  client::Client client;
+  wire::ModelInfo info;
+};
+
+// An I/O thread's world. Completion threads of its clients hand results in through `post`,
+// which drops them (freeing their slots on the spot) once the io_context is going away.
+struct IoThread {
+  // Before `ioc`: destroyed after it, so a SlotResult in a pending handler still finds its
+  // Client when the io_context destroys that handler.
+  std::vector<std::unique_ptr<ModelEntry>> models;
+  asio::io_context ioc{1};
+  std::mutex gate_mu;
+  bool gate_open = true;
+  std::thread thread;
+
+  ModelEntry* find(std::string_view name) {
+    for (auto& m : models) {
+      if (m->name == name) return m.get();
+    }
+    return nullptr;
+  }
+  template <typename Handler>
+  void post(Handler&& handler) {
+    std::lock_guard lock(gate_mu);
+    if (gate_open) asio::post(ioc, std::forward<Handler>(handler));
+  }
+};
+
+}  // namespace
+
+struct TcpServer::Impl {
+  TcpServerOptions options;
+  wire::Limits limits;  // max_data_bytes: the largest request any model takes
+  std::string served;   // "a, b" for unknown-model messages
+  std::vector<std::unique_ptr<IoThread>> threads;
+  std::optional<tcp::acceptor> acceptor;  // on threads[0]
+  std::atomic<uint32_t> connections{0};
+  size_t next_thread = 0;
+
+  void accept();
+  ~Impl();
+};
+
+namespace {
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(TcpServer::Impl& server, IoThread& io, tcp::socket socket)
+      : server_(server),
+        io_(io),
+        socket_(std::move(socket)),
+        idle_timer_(io.ioc),
+        retry_timer_(io.ioc) {
+    server_.connections.fetch_add(1, std::memory_order_relaxed);
+    asio::error_code ec;
+    const tcp::endpoint peer = socket_.remote_endpoint(ec);
+    peer_ = ec ? std::string("?") : peer.address().to_string() + ":" + std::to_string(peer.port());
+  }
+  ~Connection() { server_.connections.fetch_sub(1, std::memory_order_relaxed); }
+
+  void start() {
+    asio::error_code ec;
+    socket_.set_option(tcp::no_delay(true), ec);  // replies are small and latency-bound
+    if (ec) spdlog::debug("tcp {}: TCP_NODELAY: {}", peer_, ec.message());
+    last_frame_ = Clock::now();
+    arm_idle_timer();
+    read_header();
+  }
+
+  // Over the connection limit: says why, then closes.
+  void refuse(const Status& why) { fail(0, why, true); }
+
+ private:
+  struct Outgoing {
+    std::vector<std::byte> head;             // frame header and metadata
+    std::optional<client::SlotResult> slot;  // the outputs, written from shared memory
+    bool close_after = false;
+  };
+
+  // ---- reading frames ----
+
+  void read_header() {
+    if (closing_) return;
+    if (in_flight_ >= server_.options.max_in_flight) {
+      paused_ = true;  // on_done reads on once a request finished
+      return;
+    }
+    asio::async_read(
+        socket_, asio::buffer(head_),
+        [self = shared_from_this()](const asio::error_code& ec, size_t) { self->on_header(ec); });
+  }
+
+  void on_header(const asio::error_code& ec) {
+    if (ec) return lost(ec, "reading a frame header");
+    Result<wire::FrameHeader> h = wire::decode_header(head_, server_.limits);
+    if (!h.is_ok()) return fail(0, h.status(), true);
+    header_ = *h;
+    if (!hello_done_ && header_.type != wire::FrameType::kHello) {
+      return fail(header_.request_id,
+                  Status(ErrorCode::kInvalidArgument, "the first frame must be a hello"), true);
+    }
+    const bool takes_data = header_.type == wire::FrameType::kInfer;
+    if (header_.data_len != 0 && !takes_data) {
+      return fail(header_.request_id,
+                  Status(ErrorCode::kInvalidArgument, "this frame type carries no data"), true);
+    }
+    meta_.resize(header_.header_len);
+    asio::async_read(
+        socket_, asio::buffer(meta_),
+        [self = shared_from_this()](const asio::error_code& e, size_t) { self->on_meta(e); });
+  }
+
+  void on_meta(const asio::error_code& ec) {
+    if (ec) return lost(ec, "reading a frame's metadata");
+    switch (header_.type) {
+      case wire::FrameType::kHello:
+        return on_hello();
+      case wire::FrameType::kModelInfo:
+        return on_model_info();
+      case wire::FrameType::kInfer:
+        return on_infer();
+      default:
+        return fail(
+            header_.request_id,
+            Status(ErrorCode::kInvalidArgument,
+                   "frame type " + std::to_string(int(header_.type)) + " is the server's to send"),
+            true);
+    }
+  }
+
+  void frame_done() {
+    last_frame_ = Clock::now();
+    read_header();
+  }
+
+  void on_hello() {
+    Result<wire::Hello> hello = wire::decode_hello(meta_);
+    if (!hello.is_ok()) return fail(header_.request_id, hello.status(), true);
+    if (hello_done_) {
+      return fail(header_.request_id,
+                  Status(ErrorCode::kInvalidArgument, "a second hello on one connection"), true);
+    }
+    if (!server_.options.token.empty() && !same_token(hello->token, server_.options.token)) {
+      spdlog::warn("tcp {}: wrong token, connection refused", peer_);
+      return send_error(header_.request_id, wire::kErrorUnauthenticated,
+                        "the token does not match the server's", true);
+    }
+    hello_done_ = true;
+    wire::HelloOk ok;
+    ok.limits = server_.limits;
+    ok.max_in_flight = server_.options.max_in_flight;
+    ok.idle_timeout_ms = server_.options.idle_timeout_ms;
+    send(wire::frame(wire::FrameType::kHelloOk, header_.request_id, wire::encode(ok)));
+    frame_done();
+  }
+
+  void on_model_info() {
+    Result<wire::ModelInfoRequest> ask = wire::decode_model_info_request(meta_);
+    if (!ask.is_ok()) return fail(header_.request_id, ask.status(), true);
+    ModelEntry* model = io_.find(ask->model);
+    if (model == nullptr) {
+      fail(header_.request_id, unknown_model(ask->model), false);
+    } else {
+      send(wire::frame(wire::FrameType::kModelInfoOk, header_.request_id,
+                       wire::encode(model->info)));
+    }
+    frame_done();
+  }
+
+  Status unknown_model(const std::string& name) const {
+    return Status(ErrorCode::kUnknownModel,
+                  "unknown model '" + name + "' (served: " + server_.served + ")");
+  }
+
+  void on_infer() {
+    Result<wire::InferRequest> request = wire::decode_infer_request(meta_);
+    if (!request.is_ok()) return fail(header_.request_id, request.status(), true);
+    // Inconsistent lengths leave no way to find the next frame: the connection ends.
+    Status lengths = wire::check_data_len(request->inputs, header_.data_len);
+    if (!lengths.is_ok()) return fail(header_.request_id, lengths, true);
+    request_ = std::move(request).value();
+    model_ = io_.find(request_.model);
+    if (model_ == nullptr) return refuse_request(unknown_model(request_.model));
+    infos_.clear();
+    for (wire::TensorDesc& t : request_.inputs) {
+      infos_.push_back({std::move(t.name), t.dtype, std::move(t.shape), t.bytes});
+    }
+    const uint32_t timeout_ms =
+        request_.timeout_ms != 0 ? request_.timeout_ms : server_.options.default_timeout_ms;
+    timeout_ = std::chrono::milliseconds(timeout_ms);
+    slot_deadline_ = Clock::now() + timeout_;
+    take_slot();
+  }
+
+  // Without waiting: the I/O thread serves other connections while this one waits for a slot.
+  void take_slot() {
+    if (closing_) return;
+    Result<client::PreparedRequest> prepared =
+        model_->client.prepare(infos_, std::chrono::milliseconds(0));
+    if (prepared.is_ok()) {
+      waiting_for_slot_ = false;
+      prepared_.emplace(std::move(prepared).value());
+      return read_tensors();
+    }
+    if (prepared.status().code() != ErrorCode::kBusy || Clock::now() >= slot_deadline_) {
+      waiting_for_slot_ = false;
+      return refuse_request(prepared.status());
+    }
+    waiting_for_slot_ = true;
+    retry_timer_.expires_after(kSlotRetry);
+    retry_timer_.async_wait([self = shared_from_this()](const asio::error_code& ec) {
+      if (!ec) self->take_slot();
+    });
+  }
+
+  void read_tensors() {
+    // The tensors' bytes go from the socket straight into the slot.
+    const size_t n = prepared_->input_count();
+    for (size_t i = 0; i < n; ++i) {
+      const std::span<std::byte> in = prepared_->input(i);
+      in_buffers_[i] = asio::buffer(in.data(), in.size());
+    }
+    asio::async_read(
+        socket_, std::span(in_buffers_.data(), n),
+        [self = shared_from_this()](const asio::error_code& ec, size_t) { self->on_tensors(ec); });
+  }
+
+  void on_tensors(const asio::error_code& ec) {
+    if (ec) {
+      prepared_.reset();  // gives the slot back
+      return lost(ec, "reading a request's tensors");
+    }
+    ++in_flight_;
+    const uint64_t id = header_.request_id;
+    std::weak_ptr<Connection> weak = weak_from_this();
+    IoThread* io = &io_;
+    model_->client.submit(
+        std::move(*prepared_),
+        [weak, io, id](Result<client::SlotResult> result) {
+          // On the client's completion thread: back to this connection's I/O thread.
+          io->post([weak, id, r = std::move(result)]() mutable {
+            if (auto self = weak.lock()) self->on_done(id, std::move(r));
+          });
+        },
+        timeout_);
+    prepared_.reset();
+    frame_done();
+  }
+
+  // A well-formed request that cannot run: its data is read and dropped, the connection goes on.
+  void refuse_request(const Status& why) {
+    fail(header_.request_id, why, false);
+    drain_left_ = header_.data_len;
+    drain();
+  }
+
+  void drain() {
+    if (drain_left_ == 0) return frame_done();
+    scratch_.resize(std::min<size_t>(drain_left_, kDrainChunk));
+    asio::async_read(socket_, asio::buffer(scratch_),
+                     [self = shared_from_this()](const asio::error_code& ec, size_t n) {
+                       if (ec) return self->lost(ec, "reading a refused request's tensors");
+                       self->drain_left_ -= uint32_t(n);
+                       self->drain();
+                     });
+  }
+
+  // ---- replies ----
+
+  void on_done(uint64_t id, Result<client::SlotResult> result) {
+    --in_flight_;
+    if (!closing_) {
+      if (result.is_ok()) {
+        client::SlotResult slot = std::move(result).value();
+        wire::InferReply reply;
+        reply.batch_size = slot.batch_size();
+        reply.queue_ns = slot.queue_ns();
+        reply.compute_ns = slot.compute_ns();
+        uint64_t data_len = 0;
+        for (const shm::TensorSpec& t : slot.spec().output_specs()) {
+          reply.outputs.push_back(describe(t));
+          data_len += t.byte_size();
+        }
+        Outgoing out;
+        out.head =
+            wire::frame(wire::FrameType::kInferOk, id, wire::encode(reply), uint32_t(data_len));
+        out.slot.emplace(std::move(slot));
+        queue_.push_back(std::move(out));
+        write_next();
+      } else {
+        fail(id, result.status(), false);
+      }
+    }
+    if (paused_ && in_flight_ < server_.options.max_in_flight) {
+      paused_ = false;
+      read_header();
+    }
+  }
+
+  void send(std::vector<std::byte> head, bool close_after = false) {
+    Outgoing out;
+    out.head = std::move(head);
+    out.close_after = close_after;
+    queue_.push_back(std::move(out));
+    write_next();
+  }
+
+  void send_error(uint64_t id, uint16_t code, std::string message, bool fatal) {
+    if (fatal) closing_ = true;  // no more reading; the error is the last frame
+    send(wire::frame(wire::FrameType::kError, id,
+                     wire::encode(wire::ErrorReply{code, std::move(message)}), 0,
+                     fatal ? wire::kFlagFatal : 0),
+         fatal);
+  }
+
+  void fail(uint64_t id, const Status& why, bool fatal) {
+    if (fatal) spdlog::info("tcp {}: closing: {}", peer_, why.message());
+    send_error(id, wire::wire_code(why.code()), why.message(), fatal);
+  }
+
+  void write_next() {
+    if (writing_ || queue_.empty() || closed_) return;
+    writing_ = true;
+    write_started_ = Clock::now();
+    Outgoing& out = queue_.front();
+    size_t n = 0;
+    out_buffers_[n++] = asio::buffer(out.head);
+    if (out.slot) {
+      for (uint32_t i = 0; i < out.slot->spec().n_outputs; ++i) {
+        const std::span<const std::byte> o = out.slot->output(i);
+        out_buffers_[n++] = asio::buffer(o.data(), o.size());
+      }
+    }
+    asio::async_write(
+        socket_, std::span(out_buffers_.data(), n),
+        [self = shared_from_this()](const asio::error_code& ec, size_t) { self->on_written(ec); });
+  }
+
+  void on_written(const asio::error_code& ec) {
+    writing_ = false;
+    if (ec) return lost(ec, "writing a reply");
+    const bool close_after = queue_.front().close_after;
+    queue_.pop_front();  // frees the reply's slot
+    if (close_after) return close();
+    write_next();
+  }
+
+  // ---- ending ----
+
+  void lost(const asio::error_code& ec, std::string_view what) {
+    if (closed_) return;
+    if (ec != asio::error::eof && ec != asio::error::operation_aborted &&
+        ec != asio::error::connection_reset) {
+      spdlog::info("tcp {}: {}: {}", peer_, what, ec.message());
+    }
+    close();
+  }
+
+  void close() {
+    if (closed_) return;
+    closed_ = closing_ = true;
+    asio::error_code ignored;  // the socket goes whatever shutdown says
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+    idle_timer_.cancel();
+    retry_timer_.cancel();
+    queue_.clear();
+    prepared_.reset();
+  }
+
+  void arm_idle_timer() {
+    const auto idle = std::chrono::milliseconds(server_.options.idle_timeout_ms);
+    idle_timer_.expires_after(std::clamp<Clock::duration>(idle / 4, std::chrono::milliseconds(5),
+                                                          std::chrono::milliseconds(250)));
+    idle_timer_.async_wait([self = shared_from_this()](const asio::error_code& ec) {
+      if (!ec) self->check_idle();
+    });
+  }
+
+  // Cut off: a client that sends no complete frame for the idle time while nothing of it is in
+  // flight (also one dribbling a frame byte by byte), and one that reads no reply for as long.
+  void check_idle() {
+    if (closed_) return;
+    const auto now = Clock::now();
+    const auto idle = std::chrono::milliseconds(server_.options.idle_timeout_ms);
+    if (writing_ && now - write_started_ > idle) {
+      spdlog::info("tcp {}: closing: a reply stayed unread for {} ms", peer_, idle.count());
+      return close();
+    }
+    const bool busy = in_flight_ > 0 || waiting_for_slot_ || writing_ || !queue_.empty();
+    if (!busy && !closing_ && now - last_frame_ > idle) {
+      fail(0,
+           Status(ErrorCode::kTimeout,
+                  "idle for " + std::to_string(idle.count()) + " ms, the server's limit"),
+           true);
+    }
+    arm_idle_timer();
+  }
+
+  TcpServer::Impl& server_;
+  IoThread& io_;
+  tcp::socket socket_;
+  asio::steady_timer idle_timer_;
+  asio::steady_timer retry_timer_;
+  std::string peer_;
+
+  std::array<std::byte, wire::kHeaderBytes> head_{};
+  wire::FrameHeader header_;
+  std::vector<std::byte> meta_;
+  wire::InferRequest request_;
+  std::vector<client::TensorInfo> infos_;
+  ModelEntry* model_ = nullptr;
+  std::optional<client::PreparedRequest> prepared_;
+  std::chrono::milliseconds timeout_{0};
+  Clock::time_point slot_deadline_;
+  // Members, not locals: the asynchronous read and write hold only a view of them.
+  std::array<asio::mutable_buffer, shm::kMaxTensors> in_buffers_;
+  std::array<asio::const_buffer, 1 + shm::kMaxTensors> out_buffers_;
+  std::vector<std::byte> scratch_;
+  uint32_t drain_left_ = 0;
+
+  std::deque<Outgoing> queue_;
+  bool writing_ = false;
+  Clock::time_point write_started_;
+  Clock::time_point last_frame_;
+  uint32_t in_flight_ = 0;
+  bool waiting_for_slot_ = false;
+  bool paused_ = false;
+  bool hello_done_ = false;
+  bool closing_ = false;  // no more frames are read; replies already queued still go out
+  bool closed_ = false;
+};
+
+// "host:port" with the host in brackets for IPv6.
+Result<std::pair<std::string, uint16_t>> split_address(std::string_view address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string_view::npos) {
+    return Status(ErrorCode::kInvalidArgument, "'" + std::string(address) + "' is not host:port");
+  }
+  std::string host(address.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  const std::string port(address.substr(colon + 1));
+  char* end = nullptr;
+  const unsigned long value = std::strtoul(port.c_str(), &end, 10);
+  if (port.empty() || *end != '\0' || value > 65535) {
+    return Status(ErrorCode::kInvalidArgument, "'" + std::string(address) + "' has no valid port");
+  }
+  return std::pair{host, uint16_t(value)};
+}
+
+}  // namespace
+
+bool is_loopback_host(std::string_view host) {
+  if (host == "localhost") return true;
+  asio::error_code ec;
+  const asio::ip::address a = asio::ip::make_address(std::string(host), ec);
+  return !ec && a.is_loopback();
+}
+
+void TcpServer::Impl::accept() {
+  IoThread& io = *threads[next_thread];
+  next_thread = (next_thread + 1) % threads.size();
+  // The socket belongs to the I/O thread that will serve it.
+  acceptor->async_accept(io.ioc, [this, &io](const asio::error_code& ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted) return;
+    if (ec) {
+      // Out of descriptors and the like: log, go on accepting; the connection is lost.
+      spdlog::warn("tcp: accept: {}", ec.message());
+    } else {
+      const bool full = connections.load(std::memory_order_relaxed) >= options.max_connections;
+      // Starts on its own thread: everything of a connection runs there.
+      asio::post(io.ioc, [this, &io, full, s = std::move(socket)]() mutable {
+        auto c = std::make_shared<Connection>(*this, io, std::move(s));
+        if (full) {
+          c->refuse(Status(ErrorCode::kBusy, "the server has its " +
+                                                 std::to_string(options.max_connections) +
+                                                 " connections, the limit"));
+        } else {
+          c->start();
+        }
+      });
+    }
+    accept();
+  });
+}
+
+TcpServer::Impl::~Impl() {
+  for (auto& t : threads) t->ioc.stop();
+  for (auto& t : threads) {
+    if (t->thread.joinable()) t->thread.join();
+  }
+  acceptor.reset();  // no thread runs its io_context any more
+  for (auto& t : threads) {
+    std::lock_guard lock(t->gate_mu);
+    t->gate_open = false;
+  }
+  // Each IoThread destroys its io_context (and with it every connection and pending reply)
+  // before its clients.
+  threads.clear();
+}
+
+TcpServer::TcpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+TcpServer::~TcpServer() = default;
+
+uint16_t TcpServer::port() const {
+  asio::error_code ec;
+  const tcp::endpoint e = impl_->acceptor->local_endpoint(ec);
+  return ec ? 0 : e.port();
+}
+
+Result<std::unique_ptr<TcpServer>> TcpServer::start(const TcpServerOptions& options) {
+  ASSIGN_OR_RETURN(auto host_port, split_address(options.address));
+  const auto& [host, port] = host_port;
+  if (!is_loopback_host(host) && options.token.empty()) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "refusing to listen on " + options.address +
+                      " without a token: set [server] token or SLICESERVE_TOKEN (at least " +
+                      std::to_string(kMinTokenBytes) + " characters), or listen on loopback");
+  }
+  if (!options.token.empty() && options.token.size() < kMinTokenBytes) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "the token must have at least " + std::to_string(kMinTokenBytes) + " characters");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->limits.max_header_bytes = options.max_header_bytes;
+  impl->limits.max_data_bytes = 0;
+  const unsigned n_threads = std::max(1u, options.io_threads);
+  for (unsigned i = 0; i < n_threads; ++i) {
+    auto io = std::make_unique<IoThread>();
+    for (const std::string& name : options.models) {
+      client::ConnectOptions connect;
+      connect.instance = options.instance;
+      connect.spin = std::chrono::microseconds(0);  // the completion thread waits on the bell
+      Result<client::Client> c = client::Client::connect(name, connect);
+      if (!c.is_ok()) return c.status().with_context("TCP front-end");
+      auto entry = std::make_unique<ModelEntry>(
+          ModelEntry{name, std::move(c).value(), wire::ModelInfo{name, {}, {}}});
+      uint64_t input_bytes = 0;
+      for (const shm::TensorSpec& t : entry->client.spec().input_specs()) {
+        entry->info.inputs.push_back(describe(t));
+        input_bytes += t.byte_size();
+      }
+      for (const shm::TensorSpec& t : entry->client.spec().output_specs()) {
+        entry->info.outputs.push_back(describe(t));
+      }
+      impl->limits.max_data_bytes =
+          std::max<uint32_t>(impl->limits.max_data_bytes, uint32_t(input_bytes));
+      io->models.push_back(std::move(entry));
+    }
+    impl->threads.push_back(std::move(io));
+  }
+  for (size_t i = 0; i < options.models.size(); ++i) {
+    impl->served += (i ? ", " : "") + options.models[i];
+  }
+
+  asio::io_context& ioc = impl->threads[0]->ioc;
+  asio::error_code ec;
+  tcp::resolver resolver(ioc);
+  const auto found = resolver.resolve(host, std::to_string(port), ec);
+  if (ec || found.empty()) return asio_status("TCP front-end: resolving " + host, ec);
+  const tcp::endpoint endpoint = *found.begin();
+  tcp::acceptor& acceptor = impl->acceptor.emplace(ioc);
+  if (acceptor.open(endpoint.protocol(), ec); ec) {
+    return asio_status("TCP front-end: opening a socket for " + options.address, ec);
+  }
+  // A restarted daemon binds again at once, past the old connections' TIME_WAIT.
+  if (acceptor.set_option(tcp::acceptor::reuse_address(true), ec); ec) {
+    return asio_status("TCP front-end: SO_REUSEADDR", ec);
+  }
+  if (acceptor.bind(endpoint, ec); ec) {
+    return asio_status("TCP front-end: binding " + options.address, ec);
+  }
+  if (acceptor.listen(asio::socket_base::max_listen_connections, ec); ec) {
+    return asio_status("TCP front-end: listening on " + options.address, ec);
+  }
+  impl->accept();
+  for (auto& t : impl->threads) {
+    t->thread = std::thread([io = t.get()] {
+      // A handler that throws (only allocation can) must not end the thread silently.
+      for (;;) {
+        try {
+          io->ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::error("tcp: I/O thread: {}", e.what());
+        }
+      }
+    });
+  }
+  auto server = std::unique_ptr<TcpServer>(new TcpServer(std::move(impl)));
+  spdlog::info("tcp: serving {} models on {} (port {}, {} I/O threads{})", options.models.size(),
+               options.address, server->port(), n_threads,
+               options.token.empty() ? "" : ", token required");
+  return server;
+}
+
+}  // namespace sliceserve::controller
