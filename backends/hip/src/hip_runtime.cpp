@@ -50,8 +50,12 @@ Status hip_error(const HipRuntimeApi& api, hipError_t result, const char* call, 
   const char* name = api.hipGetErrorName != nullptr ? api.hipGetErrorName(result) : nullptr;
   const char* what = api.hipGetErrorString != nullptr ? api.hipGetErrorString(result) : nullptr;
   std::string error = name != nullptr ? name : "hipError_t " + std::to_string(int(result));
-  error += ": ";
-  error += what != nullptr ? what : "(the runtime has no description)";
+  // Some runtimes (ROCm 5.2) describe an error by its name: say it once.
+  if (what == nullptr) {
+    error += ": (the runtime has no description)";
+  } else if (name == nullptr || std::strcmp(what, name) != 0) {
+    error += ": " + std::string(what);
+  }
   const char* base = std::strrchr(file, '/');
   return Status(code, text + ": " + error + " at " + (base != nullptr ? base + 1 : file) + ":" +
                           std::to_string(line));
