@@ -6,12 +6,14 @@
 #include <cstring>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "sliceserve/backends/op_geometry.h"
 #include "sliceserve/shm/element_conversions.h"
 #include "sliceserve/shm/tensor_spec.h"
 
@@ -20,8 +22,6 @@ namespace {
 
 using Inputs = std::span<const TensorRef>;
 using Outputs = std::span<const MutableTensorRef>;
-using Dims = std::vector<int64_t>;
-using DimsView = std::span<const int64_t>;
 
 // Storage types of the two dtypes C++ has no distinct arithmetic type for.
 struct Fp16 {
@@ -122,28 +122,6 @@ void store_all(std::byte* base, const std::vector<Compute<T>>& values) {
 }
 
 // ---- shapes and errors ---------------------------------------------------------------------
-
-int64_t element_count(DimsView dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
-}
-
-Dims dense_strides(DimsView dims) {
-  Dims strides(dims.size());
-  int64_t stride = 1;
-  for (size_t i = dims.size(); i-- > 0;) {
-    strides[i] = stride;
-    stride *= dims[i];
-  }
-  return strides;
-}
-
-bool same_dims(DimsView a, DimsView b) {
-  return std::equal(a.begin(), a.end(), b.begin(), b.end());
-}
-
-std::string dims_string(DimsView dims) { return shm::shape_to_string(dims); }
 
 std::string_view kind_name(OpKind kind) {
   switch (kind) {
@@ -248,52 +226,6 @@ Status check_dtype(const PlanOp& op, const std::string& what, DataType actual, D
   return invalid(op, what + " is " + dtype_name(actual) + ", expected " + dtype_name(expected));
 }
 
-Status check_dims(const PlanOp& op, const std::string& what, DimsView actual, DimsView expected) {
-  if (same_dims(actual, expected)) return Status::ok();
-  return invalid(op,
-                 what + " has dims " + dims_string(actual) + ", expected " + dims_string(expected));
-}
-
-// An axis in [-rank, rank), normalised.
-Result<int64_t> normalize_axis(const PlanOp& op, int64_t axis, size_t rank) {
-  const auto r = int64_t(rank);
-  if (axis < -r || axis >= r) {
-    return invalid(
-        op, "axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
-  }
-  return axis < 0 ? axis + r : axis;
-}
-
-// Strides of `dims` read as broadcast (numpy, right-aligned) to `out`: 0 along broadcast
-// dimensions. False when `dims` does not broadcast to `out`.
-bool broadcast_strides(DimsView dims, DimsView out, Dims* strides) {
-  if (dims.size() > out.size()) return false;
-  const Dims own = dense_strides(dims);
-  strides->assign(out.size(), 0);
-  const size_t lead = out.size() - dims.size();
-  for (size_t i = 0; i < dims.size(); ++i) {
-    if (dims[i] == out[lead + i]) {
-      (*strides)[lead + i] = dims[i] == 1 ? 0 : own[i];
-    } else if (dims[i] != 1) {
-      return false;
-    }
-  }
-  return true;
-}
-
-// numpy's broadcast of two shapes; false when they do not broadcast.
-bool broadcast_dims(DimsView a, DimsView b, Dims* out) {
-  const size_t rank = std::max(a.size(), b.size());
-  out->assign(rank, 1);
-  for (size_t i = 0; i < rank; ++i) {
-    const int64_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
-    const int64_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
-    if (da != db && da != 1 && db != 1) return false;
-    (*out)[i] = da == 1 ? db : da;
-  }
-  return true;
-}
-
 // ---- strided iteration ---------------------------------------------------------------------
 
 template <size_t N>
@@ -305,24 +237,10 @@ using Offsets = std::array<int64_t, N>;
 // long as the views allow.
 template <size_t N, typename Fn>
 void for_each_run(DimsView dims, const std::array<DimsView, N>& strides, Fn&& fn) {
-  Dims merged;                    // innermost first
-  std::vector<Offsets<N>> steps;  // per merged dimension, its stride in each view
-  for (size_t i = dims.size(); i-- > 0;) {
-    if (dims[i] == 0) return;
-    if (dims[i] == 1) continue;
-    Offsets<N> step;
-    bool contiguous = !merged.empty();
-    for (size_t v = 0; v < N; ++v) {
-      step[v] = strides[v][i];
-      if (contiguous && step[v] != steps.back()[v] * merged.back()) contiguous = false;
-    }
-    if (contiguous) {
-      merged.back() *= dims[i];
-    } else {
-      merged.push_back(dims[i]);
-      steps.push_back(step);
-    }
-  }
+  if (std::find(dims.begin(), dims.end(), 0) != dims.end()) return;
+  const MergedDims<N> space = merge_contiguous<N>(dims, strides);
+  const Dims& merged = space.dims;
+  const std::vector<Offsets<N>>& steps = space.strides;
   Offsets<N> offsets{};
   if (merged.empty()) {
     fn(offsets, int64_t(1), Offsets<N>{});
@@ -508,7 +426,7 @@ Status check_post_ops(const PlanOp& op, const MutableTensorRef& out, Inputs sums
         const std::string what = "sum operand " + std::to_string(n_sums);
         RETURN_IF_ERROR(check_tensor(op, what, s.dtype, s.dims, present(s)));
         RETURN_IF_ERROR(check_dtype(op, what, s.dtype, out.dtype));
-        RETURN_IF_ERROR(check_dims(op, what, s.dims, out.dims));
+        RETURN_IF_ERROR(check_dims({op, invalid}, what, s.dims, out.dims));
       }
       ++n_sums;
     } else if (post.kind == PostOp::Kind::kUnary) {
@@ -542,11 +460,9 @@ void apply_post_ops(const PlanOp& op, std::vector<Compute<T>>& values, Inputs su
 
 // ---- Conv and pooling ----------------------------------------------------------------------
 
-// One spatial axis of a Conv or pooling window. Fewer than 3 spatial dimensions are padded with
-// trivial outer axes so that one 3-d loop nest serves 1-d, 2-d and 3-d.
-struct Axis {
-  int64_t in = 1, out = 1, kernel = 1, stride = 1, dilation = 1, pad_begin = 0, pad_end = 0;
-};
+// Fewer than 3 spatial dimensions are padded with trivial outer axes so that one 3-d loop nest
+// serves 1-d, 2-d and 3-d.
+using Axis = WindowAxis;
 using Axes = std::array<Axis, 3>;
 
 int64_t floor_div(int64_t a, int64_t b) {  // b > 0
@@ -583,30 +499,17 @@ Result<Axes> spatial_axes(const PlanOp& op, DimsView in_dims, DimsView out_dims,
   Axes axes;
   for (size_t i = 0; i < spatial; ++i) {
     Axis& a = axes[3 - spatial + i];
-    a.in = in_dims[2 + i];
-    a.out = out_dims[2 + i];
-    a.kernel = kernel[i];
-    if (!op.strides.empty()) a.stride = op.strides[i];
-    if (!op.dilations.empty()) a.dilation = op.dilations[i];
-    if (!op.pads.empty()) {
-      a.pad_begin = op.pads[i];
-      a.pad_end = op.pads[spatial + i];
-    }
-    if (a.kernel < 1 || a.stride < 1 || a.dilation < 1 || a.pad_begin < 0 || a.pad_end < 0) {
-      return invalid(op, "spatial dimension " + std::to_string(i) +
-                             " needs kernel, stride and dilation >= 1 and pads >= 0");
-    }
-    const int64_t span = a.in + a.pad_begin + a.pad_end - (a.kernel - 1) * a.dilation - 1;
-    if (span < 0) {
+    ASSIGN_OR_RETURN(
+        a, window_axis({op, invalid}, i, spatial, kernel[i], in_dims[2 + i], out_dims[2 + i]));
+    const WindowOutputs sizes = window_outputs(a);
+    if (sizes.floor < 0) {
       return invalid(op, "the window is larger than the padded input in spatial dimension " +
                              std::to_string(i));
     }
-    const int64_t floor_out = span / a.stride + 1;
-    const int64_t ceil_out = (span + a.stride - 1) / a.stride + 1;
-    if (a.out != floor_out && !(allow_ceil && a.out == ceil_out)) {
+    if (a.out != sizes.floor && !(allow_ceil && a.out == sizes.ceil)) {
       return invalid(op, "output spatial dimension " + std::to_string(i) + " is " +
-                             std::to_string(a.out) + ", expected " + std::to_string(floor_out) +
-                             (allow_ceil ? " or " + std::to_string(ceil_out) : std::string()));
+                             std::to_string(a.out) + ", expected " + std::to_string(sizes.floor) +
+                             (allow_ceil ? " or " + std::to_string(sizes.ceil) : std::string()));
     }
   }
   return axes;
@@ -635,9 +538,9 @@ Status run_conv(const PlanOp& op, Inputs in, Outputs out, Inputs sums) {
     return invalid(op, "Y " + dims_string(y.dims) + " does not fit X " + dims_string(x.dims) +
                            " and W " + dims_string(w.dims));
   }
-  if (bias) RETURN_IF_ERROR(check_dims(op, "B", bias->dims, Dims{m}));
+  if (bias) RETURN_IF_ERROR(check_dims({op, invalid}, "B", bias->dims, Dims{m}));
   const DimsView w_kernel = w.dims.subspan(2);
-  if (!op.kernel.empty()) RETURN_IF_ERROR(check_dims(op, "kernel", op.kernel, w_kernel));
+  if (!op.kernel.empty()) RETURN_IF_ERROR(check_dims({op, invalid}, "kernel", op.kernel, w_kernel));
   ASSIGN_OR_RETURN(const Axes axes, spatial_axes(op, x.dims, y.dims, w_kernel, false));
   RETURN_IF_ERROR(check_post_ops(op, y, sums));
 
@@ -702,14 +605,12 @@ Status run_pool(const PlanOp& op, Inputs in, Outputs out) {
   auto* indices = out.size() > 1 ? reinterpret_cast<int64_t*>(out[1].data) : nullptr;
   if (indices != nullptr) {
     RETURN_IF_ERROR(check_dtype(op, "Indices", out[1].dtype, DataType::kInt64));
-    RETURN_IF_ERROR(check_dims(op, "Indices", out[1].dims, y.dims));
+    RETURN_IF_ERROR(check_dims({op, invalid}, "Indices", out[1].dims, y.dims));
   }
   RETURN_IF_ERROR(check_dtype(op, "Y", y.dtype, x.dtype));
   const size_t rank = x.dims.size();
   if (rank < 3 || rank > 5) return invalid(op, "needs 1 to 3 spatial dimensions");
-  if (y.dims.size() != rank || y.dims[0] != x.dims[0] || y.dims[1] != x.dims[1]) {
-    return invalid(op, "Y " + dims_string(y.dims) + " does not fit X " + dims_string(x.dims));
-  }
+  RETURN_IF_ERROR(check_pool_output({op, invalid}, x.dims, y.dims));
   ASSIGN_OR_RETURN(const Axes axes, spatial_axes(op, x.dims, y.dims, op.kernel, true));
   const int64_t planes = x.dims[0] * x.dims[1];
   const int64_t in_plane = axes[0].in * axes[1].in * axes[2].in;
@@ -799,10 +700,7 @@ Status run_global_average_pool(const PlanOp& op, Inputs in, Outputs out) {
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "Y", y.dtype, x.dtype));
-  if (x.dims.size() < 3) return invalid(op, "needs a rank >= 3 input");
-  Dims expected(x.dims.begin(), x.dims.end());
-  std::fill(expected.begin() + 2, expected.end(), 1);
-  RETURN_IF_ERROR(check_dims(op, "Y", y.dims, expected));
+  RETURN_IF_ERROR(check_global_pool({op, invalid}, x.dims, y.dims));
   const int64_t planes = x.dims[0] * x.dims[1];
   const int64_t plane = element_count(x.dims.subspan(2));
   return visit_float(op, x.dtype, [&](auto type) -> Status {
@@ -827,14 +725,14 @@ Status run_batch_norm(const PlanOp& op, Inputs in, Outputs out) {
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "Y", y.dtype, x.dtype));
   if (x.dims.size() < 2) return invalid(op, "needs a rank >= 2 input");
-  RETURN_IF_ERROR(check_dims(op, "Y", y.dims, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, x.dims));
   const int64_t c = x.dims[1];
   // scale, bias, mean, var as doubles (each may be fp16, fp32 or fp64).
   std::array<std::vector<double>, 4> params;
   static constexpr const char* kNames[] = {"scale", "bias", "mean", "var"};
   for (size_t i = 0; i < 4; ++i) {
     const TensorRef& t = in[i + 1];
-    RETURN_IF_ERROR(check_dims(op, kNames[i], t.dims, Dims{c}));
+    RETURN_IF_ERROR(check_dims({op, invalid}, kNames[i], t.dims, Dims{c}));
     RETURN_IF_ERROR(visit_float(op, t.dtype, [&](auto type) -> Status {
       using T = typename decltype(type)::type;
       for (int64_t j = 0; j < c; ++j) params[i].push_back(double(load_value<T>(t.data, j)));
@@ -849,8 +747,8 @@ Status run_batch_norm(const PlanOp& op, Inputs in, Outputs out) {
     if (op.training) {
       // The batch's statistics normalise; the running ones are updated (outputs 1 and 2).
       for (size_t i = 1; i < 3; ++i) {
-        RETURN_IF_ERROR(
-            check_dims(op, i == 1 ? "running_mean" : "running_var", out[i].dims, Dims{c}));
+        RETURN_IF_ERROR(check_dims({op, invalid}, i == 1 ? "running_mean" : "running_var",
+                                   out[i].dims, Dims{c}));
         RETURN_IF_ERROR(check_dtype(op, "running statistics", out[i].dtype, in[i + 2].dtype));
       }
       const double count = double(outer * inner);
@@ -903,7 +801,7 @@ Status run_lrn(const PlanOp& op, Inputs in, Outputs out) {
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "Y", y.dtype, x.dtype));
   if (x.dims.size() < 2) return invalid(op, "needs a rank >= 2 input");
-  RETURN_IF_ERROR(check_dims(op, "Y", y.dims, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, x.dims));
   if (op.size < 1) return invalid(op, "size must be >= 1, got " + std::to_string(op.size));
   const int64_t n = x.dims[0], c = x.dims[1];
   const int64_t inner = element_count(x.dims.subspan(2));
@@ -939,12 +837,8 @@ Status run_softmax(const PlanOp& op, Inputs in, Outputs out) {
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "Y", y.dtype, x.dtype));
-  RETURN_IF_ERROR(check_dims(op, "Y", y.dims, x.dims));
-  if (x.dims.empty()) return invalid(op, "needs a rank >= 1 input");
-  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
-  const int64_t outer = element_count(x.dims.first(size_t(axis)));
-  const int64_t len = x.dims[size_t(axis)];
-  const int64_t inner = element_count(x.dims.subspan(size_t(axis) + 1));
+  ASSIGN_OR_RETURN(const AxisSplit split, softmax_split({op, invalid}, x.dims, y.dims));
+  const int64_t outer = split.outer, len = split.length, inner = split.inner;
   return visit_float(op, x.dtype, [&](auto type) -> Status {
     using T = typename decltype(type)::type;
     using F = Compute<T>;
@@ -977,7 +871,7 @@ Status run_unary(const PlanOp& op, Inputs in, Outputs out) {
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "Y", y.dtype, x.dtype));
-  RETURN_IF_ERROR(check_dims(op, "Y", y.dims, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, x.dims));
   if (!valid_unary(op.unary)) return invalid(op, "unknown unary function");
   const int64_t count = element_count(x.dims);
   const bool integer = x.dtype != DataType::kFp16 && x.dtype != DataType::kFp32 &&
@@ -1030,14 +924,15 @@ Status run_binary(const PlanOp& op, Inputs in, Outputs out) {
     default:
       return invalid(op, "unknown binary function");
   }
-  Dims expected;
-  if (!broadcast_dims(a.dims, b.dims, &expected)) {
+  const std::optional<Dims> broadcast = broadcast_dims(a.dims, b.dims);
+  if (!broadcast) {
     return invalid(op, dims_string(a.dims) + " and " + dims_string(b.dims) + " do not broadcast");
   }
-  RETURN_IF_ERROR(check_dims(op, "C", y.dims, expected));
-  Dims a_strides, b_strides;
-  broadcast_strides(a.dims, expected, &a_strides);
-  broadcast_strides(b.dims, expected, &b_strides);
+  const Dims& expected = *broadcast;
+  RETURN_IF_ERROR(check_dims({op, invalid}, "C", y.dims, expected));
+  // Both broadcast to `expected`, their broadcast.
+  const Dims a_strides = *broadcast_strides(a.dims, expected);
+  const Dims b_strides = *broadcast_strides(b.dims, expected);
   const Dims y_strides = dense_strides(expected);
   return visit_dtype(op, a.dtype, [&](auto type) -> Status {
     using T = typename decltype(type)::type;
@@ -1062,7 +957,7 @@ Status run_cast(const PlanOp& op, Inputs in, Outputs out) {
   RETURN_IF_ERROR(check_io(op, in, out, 1, 1, 1, 1));
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
-  RETURN_IF_ERROR(check_dims(op, "output", y.dims, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "output", y.dims, x.dims));
   const int64_t count = element_count(x.dims);
   return visit_dtype(op, x.dtype, [&](auto from_type) -> Status {
     using From = typename decltype(from_type)::type;
@@ -1114,9 +1009,9 @@ Status run_gemm(const PlanOp& op, Inputs in, Outputs out, Inputs sums) {
         op, "A " + dims_string(a.dims) + " and B " + dims_string(b.dims) + " do not multiply");
   }
   const Dims y_dims{m, n};
-  RETURN_IF_ERROR(check_dims(op, "Y", y.dims, y_dims));
-  Dims c_strides;
-  if (c && !broadcast_strides(c->dims, y_dims, &c_strides)) {
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, y_dims));
+  const std::optional<Dims> c_strides = c ? broadcast_strides(c->dims, y_dims) : std::nullopt;
+  if (c && !c_strides) {
     return invalid(op,
                    "C " + dims_string(c->dims) + " does not broadcast to " + dims_string(y_dims));
   }
@@ -1149,7 +1044,7 @@ Status run_gemm(const PlanOp& op, Inputs in, Outputs out, Inputs sums) {
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t j = 0; j < n; ++j) {
         F v = alpha * acc[size_t(i * n + j)];
-        if (c) v += beta * load_value<T>(c->data, i * c_strides[0] + j * c_strides[1]);
+        if (c) v += beta * load_value<T>(c->data, i * (*c_strides)[0] + j * (*c_strides)[1]);
         acc[size_t(i * n + j)] = v;
       }
     }
@@ -1179,18 +1074,19 @@ Status run_matmul(const PlanOp& op, Inputs in, Outputs out) {
   }
   const DimsView a_batch = DimsView(ad).first(ad.size() - 2);
   const DimsView b_batch = DimsView(bd).first(bd.size() - 2);
-  Dims batch;
-  if (!broadcast_dims(a_batch, b_batch, &batch)) {
+  const std::optional<Dims> broadcast = broadcast_dims(a_batch, b_batch);
+  if (!broadcast) {
     return invalid(op, "batch dimensions of " + dims_string(a.dims) + " and " +
                            dims_string(b.dims) + " do not broadcast");
   }
+  const Dims& batch = *broadcast;
   Dims expected = batch;
   if (a.dims.size() > 1) expected.push_back(m);
   if (b.dims.size() > 1) expected.push_back(n);
-  RETURN_IF_ERROR(check_dims(op, "Y", y.dims, expected));
-  Dims a_strides, b_strides;
-  broadcast_strides(a_batch, batch, &a_strides);
-  broadcast_strides(b_batch, batch, &b_strides);
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, expected));
+  // Both broadcast to `batch`, their broadcast.
+  Dims a_strides = *broadcast_strides(a_batch, batch);
+  Dims b_strides = *broadcast_strides(b_batch, batch);
   Dims y_strides = dense_strides(batch);
   for (int64_t& s : a_strides) s *= m * k;
   for (int64_t& s : b_strides) s *= k * n;
@@ -1250,47 +1146,9 @@ Status run_transpose(const PlanOp& op, Inputs in, Outputs out) {
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "output", y.dtype, x.dtype));
-  const size_t rank = x.dims.size();
-  Dims perm = op.perm;
-  if (perm.empty()) {  // ONNX's default: reverse the dimensions
-    for (size_t i = rank; i-- > 0;) perm.push_back(int64_t(i));
-  }
-  std::vector<bool> seen(rank, false);
-  bool valid = perm.size() == rank;
-  for (size_t i = 0; valid && i < rank; ++i) {
-    valid = perm[i] >= 0 && perm[i] < int64_t(rank) && !seen[size_t(perm[i])];
-    if (valid) seen[size_t(perm[i])] = true;
-  }
-  if (!valid)
-    return invalid(op, "perm " + dims_string(perm) + " is not a permutation of " +
-                           std::to_string(rank) + " dimensions");
-  const Dims x_strides = dense_strides(x.dims);
-  Dims expected(rank), src_strides(rank);
-  for (size_t i = 0; i < rank; ++i) {
-    expected[i] = x.dims[size_t(perm[i])];
-    src_strides[i] = x_strides[size_t(perm[i])];
-  }
-  RETURN_IF_ERROR(check_dims(op, "output", y.dims, expected));
-  copy_view(y.data, dense_strides(expected), x.data, src_strides, expected,
+  ASSIGN_OR_RETURN(const SourceView source, transpose_view({op, invalid}, x.dims, y.dims));
+  copy_view(y.data, dense_strides(y.dims), x.data, source.strides, y.dims,
             shm::data_type_size(x.dtype));
-  return Status::ok();
-}
-
-// Concat and Split share their checks: `parts` along `axis` make up `whole`.
-Status check_parts(const PlanOp& op, DimsView whole, const std::vector<DimsView>& parts,
-                   int64_t axis) {
-  int64_t total = 0;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    Dims expected(whole.begin(), whole.end());
-    expected[size_t(axis)] = parts[i].size() == whole.size() ? parts[i][size_t(axis)] : 0;
-    RETURN_IF_ERROR(check_dims(op, "part " + std::to_string(i), parts[i], expected));
-    total += expected[size_t(axis)];
-  }
-  if (total != whole[size_t(axis)]) {
-    return invalid(op, "parts add up to " + std::to_string(total) + " along axis " +
-                           std::to_string(axis) + ", expected " +
-                           std::to_string(whole[size_t(axis)]));
-  }
   return Status::ok();
 }
 
@@ -1298,20 +1156,18 @@ Status run_concat(const PlanOp& op, Inputs in, Outputs out) {
   RETURN_IF_ERROR(check_io(op, in, out, 1, std::numeric_limits<size_t>::max(), 1, 1));
   const MutableTensorRef& y = out[0];
   if (y.dims.empty()) return invalid(op, "needs rank >= 1 tensors");
-  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, y.dims.size()));
+  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis({op, invalid}, op.axis, y.dims.size()));
   std::vector<DimsView> parts;
   for (size_t i = 0; i < in.size(); ++i) {
     RETURN_IF_ERROR(check_dtype(op, "input " + std::to_string(i), in[i].dtype, y.dtype));
     parts.push_back(in[i].dims);
   }
-  RETURN_IF_ERROR(check_parts(op, y.dims, parts, axis));
+  ASSIGN_OR_RETURN(const Dims offsets, axis_blocks({op, invalid}, y.dims, parts, axis));
   const size_t esize = shm::data_type_size(y.dtype);
   const Dims y_strides = dense_strides(y.dims);
-  int64_t offset = 0;
-  for (const TensorRef& x : in) {
-    copy_view(y.data + offset * y_strides[size_t(axis)] * int64_t(esize), y_strides, x.data,
-              dense_strides(x.dims), x.dims, esize);
-    offset += x.dims[size_t(axis)];
+  for (size_t i = 0; i < in.size(); ++i) {
+    copy_view(y.data + offsets[i] * y_strides[size_t(axis)] * int64_t(esize), y_strides, in[i].data,
+              dense_strides(in[i].dims), in[i].dims, esize);
   }
   return Status::ok();
 }
@@ -1320,30 +1176,20 @@ Status run_split(const PlanOp& op, Inputs in, Outputs out) {
   RETURN_IF_ERROR(check_io(op, in, out, 1, 1, 1, std::numeric_limits<size_t>::max()));
   const TensorRef& x = in[0];
   if (x.dims.empty()) return invalid(op, "needs a rank >= 1 input");
-  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
-  if (!op.sizes.empty() && op.sizes.size() != out.size()) {
-    return invalid(op, std::to_string(op.sizes.size()) + " sizes for " +
-                           std::to_string(out.size()) + " outputs");
-  }
+  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis({op, invalid}, op.axis, x.dims.size()));
   std::vector<DimsView> parts;
   for (size_t i = 0; i < out.size(); ++i) {
     RETURN_IF_ERROR(check_dtype(op, "output " + std::to_string(i), out[i].dtype, x.dtype));
-    if (!op.sizes.empty() &&
-        (out[i].dims.size() != x.dims.size() || out[i].dims[size_t(axis)] != op.sizes[i])) {
-      return invalid(op, "output " + std::to_string(i) + " " + dims_string(out[i].dims) +
-                             " does not have size " + std::to_string(op.sizes[i]) + " along axis " +
-                             std::to_string(axis));
-    }
     parts.push_back(out[i].dims);
   }
-  RETURN_IF_ERROR(check_parts(op, x.dims, parts, axis));
+  RETURN_IF_ERROR(check_split_sizes({op, invalid}, x.dims, parts, axis));
+  ASSIGN_OR_RETURN(const Dims offsets, axis_blocks({op, invalid}, x.dims, parts, axis));
   const size_t esize = shm::data_type_size(x.dtype);
   const Dims x_strides = dense_strides(x.dims);
-  int64_t offset = 0;
-  for (const MutableTensorRef& y : out) {
-    copy_view(y.data, dense_strides(y.dims),
-              x.data + offset * x_strides[size_t(axis)] * int64_t(esize), x_strides, y.dims, esize);
-    offset += y.dims[size_t(axis)];
+  for (size_t i = 0; i < out.size(); ++i) {
+    copy_view(out[i].data, dense_strides(out[i].dims),
+              x.data + offsets[i] * x_strides[size_t(axis)] * int64_t(esize), x_strides,
+              out[i].dims, esize);
   }
   return Status::ok();
 }
@@ -1353,31 +1199,11 @@ Status run_slice(const PlanOp& op, Inputs in, Outputs out) {
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "output", y.dtype, x.dtype));
-  const size_t rank = x.dims.size();
-  if (op.starts.size() != rank || op.steps.size() != rank || y.dims.size() != rank) {
-    return invalid(op, "needs starts, steps and an output of rank " + std::to_string(rank));
-  }
-  const Dims x_strides = dense_strides(x.dims);
-  Dims src_strides(rank);
-  int64_t origin = 0;
-  const bool empty = element_count(y.dims) == 0;
-  for (size_t i = 0; i < rank; ++i) {
-    const int64_t start = op.starts[i], step = op.steps[i], count = y.dims[i];
-    const int64_t last = start + (count - 1) * step;
-    if (step == 0) return invalid(op, "step 0 in dimension " + std::to_string(i));
-    if (!empty && (start < 0 || start >= x.dims[i] || last < 0 || last >= x.dims[i])) {
-      return invalid(op, "dimension " + std::to_string(i) + ": " + std::to_string(count) +
-                             " elements from " + std::to_string(start) + " by " +
-                             std::to_string(step) + " leave [0, " + std::to_string(x.dims[i]) +
-                             ")");
-    }
-    origin += start * x_strides[i];
-    src_strides[i] = step * x_strides[i];
-  }
-  if (empty) return Status::ok();
+  ASSIGN_OR_RETURN(const SourceView source, slice_view({op, invalid}, x.dims, y.dims));
+  if (element_count(y.dims) == 0) return Status::ok();
   const size_t esize = shm::data_type_size(x.dtype);
-  copy_view(y.data, dense_strides(y.dims), x.data + origin * int64_t(esize), src_strides, y.dims,
-            esize);
+  copy_view(y.data, dense_strides(y.dims), x.data + source.origin * int64_t(esize), source.strides,
+            y.dims, esize);
   return Status::ok();
 }
 
@@ -1386,33 +1212,13 @@ Status run_pad(const PlanOp& op, Inputs in, Outputs out) {
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "output", y.dtype, x.dtype));
+  ASSIGN_OR_RETURN(const PadGeometry pad, pad_geometry({op, invalid}, x.dims, y.dims));
   const size_t rank = x.dims.size();
-  if (op.pads.size() != 2 * rank) {
-    return invalid(op, "pads has " + std::to_string(op.pads.size()) + " entries, expected " +
-                           std::to_string(2 * rank));
-  }
   const bool constant = op.pad_mode == PlanOp::PadMode::kConstant;
-  if (!constant && op.pad_mode != PlanOp::PadMode::kReflect &&
-      op.pad_mode != PlanOp::PadMode::kEdge) {
-    return invalid(op, "unknown pad mode");
-  }
-  // Per dimension: the kept part of the input [keep_begin, keep_begin + kept) lands at
-  // [at, at + kept) of the output; the rest of the output is padding.
-  Dims expected(rank), keep_begin(rank), kept(rank), at(rank);
-  for (size_t i = 0; i < rank; ++i) {
-    const int64_t begin = op.pads[i], end = op.pads[rank + i];
-    expected[i] = x.dims[i] + begin + end;
-    if (expected[i] < 0) {
-      return invalid(op, "pads crop more than dimension " + std::to_string(i) + " holds");
-    }
-    keep_begin[i] = std::max<int64_t>(0, -begin);
-    kept[i] = std::max<int64_t>(0, x.dims[i] - keep_begin[i] - std::max<int64_t>(0, -end));
-    at[i] = std::max<int64_t>(0, begin);
-    if (!constant && kept[i] == 0 && expected[i] > 0) {
-      return invalid(op, "dimension " + std::to_string(i) + " has nothing to reflect or extend");
-    }
-  }
-  RETURN_IF_ERROR(check_dims(op, "output", y.dims, expected));
+  const Dims& expected = pad.out_dims;
+  const Dims& keep_begin = pad.keep_begin;
+  const Dims& kept = pad.kept;
+  const Dims& at = pad.at;
   const size_t esize = shm::data_type_size(x.dtype);
   const auto es = int64_t(esize);
   const Dims x_strides = dense_strides(x.dims);
@@ -1473,15 +1279,8 @@ Status run_gather(const PlanOp& op, Inputs in, Outputs out) {
   const TensorRef& indices = in[1];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "output", y.dtype, x.dtype));
-  if (indices.dtype != DataType::kInt32 && indices.dtype != DataType::kInt64) {
-    return invalid(op, "indices must be INT32 or INT64, got " + dtype_name(indices.dtype));
-  }
-  if (x.dims.empty()) return invalid(op, "needs a rank >= 1 input");
-  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
-  Dims expected(x.dims.begin(), x.dims.begin() + axis);
-  expected.insert(expected.end(), indices.dims.begin(), indices.dims.end());
-  expected.insert(expected.end(), x.dims.begin() + axis + 1, x.dims.end());
-  RETURN_IF_ERROR(check_dims(op, "output", y.dims, expected));
+  ASSIGN_OR_RETURN(const int64_t axis,
+                   gather_axis({op, invalid}, x.dims, indices.dtype, indices.dims, y.dims));
   const int64_t len = x.dims[size_t(axis)];
   const int64_t n_indices = element_count(indices.dims);
   std::vector<int64_t> index(static_cast<size_t>(n_indices));
@@ -1512,24 +1311,16 @@ Status run_reduce_mean(const PlanOp& op, Inputs in, Outputs out) {
   const TensorRef& x = in[0];
   const MutableTensorRef& y = out[0];
   RETURN_IF_ERROR(check_dtype(op, "output", y.dtype, x.dtype));
+  ASSIGN_OR_RETURN(const Reduction r, reduction({op, invalid}, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "output", y.dims, r.out_dims));
+  const std::vector<bool>& reduced = r.reduced;
   const size_t rank = x.dims.size();
-  std::vector<bool> reduced(rank, op.axes.empty());  // empty axes: every axis (ONNX's default)
-  for (size_t i = 0; i < op.axes.size(); ++i) {
-    const int64_t a = op.axes[i];
-    if (a < 0 || a >= int64_t(rank) || (i > 0 && a <= op.axes[i - 1])) {
-      return invalid(op, "axes " + dims_string(op.axes) + " are not sorted, unique axes of rank " +
-                             std::to_string(rank));
-    }
-    reduced[size_t(a)] = true;
-  }
-  Dims kept_dims(rank), expected;
+  Dims kept_dims(rank);
   int64_t count = 1;
   for (size_t i = 0; i < rank; ++i) {
     kept_dims[i] = reduced[i] ? 1 : x.dims[i];
     if (reduced[i]) count *= x.dims[i];
-    if (!reduced[i] || op.keepdims) expected.push_back(kept_dims[i]);
   }
-  RETURN_IF_ERROR(check_dims(op, "output", y.dims, expected));
   Dims y_strides = dense_strides(kept_dims);
   for (size_t i = 0; i < rank; ++i) {
     if (reduced[i]) y_strides[i] = 0;

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "sliceserve/backends/op_geometry.h"
 #include "sliceserve/shm/element_conversions.h"
 #include "sliceserve/shm/tensor_spec.h"
 
@@ -14,33 +16,9 @@ namespace sliceserve::backends {
 namespace {
 
 namespace k = kernels;
-using Dims = std::vector<int64_t>;
-using DimsView = std::span<const int64_t>;
 
 Status invalid(const PlanOp& op, const std::string& what) {
   return Status(ErrorCode::kInvalidArgument, op.label + ": CUDA kernel: " + what);
-}
-
-std::string dims_string(DimsView dims) { return shm::shape_to_string(dims); }
-
-int64_t element_count(DimsView dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
-}
-
-Dims dense_strides(DimsView dims) {
-  Dims strides(dims.size());
-  int64_t stride = 1;
-  for (size_t i = dims.size(); i-- > 0;) {
-    strides[i] = stride;
-    stride *= dims[i];
-  }
-  return strides;
-}
-
-bool same_dims(DimsView a, DimsView b) {
-  return std::equal(a.begin(), a.end(), b.begin(), b.end());
 }
 
 template <typename T>
@@ -66,12 +44,6 @@ Status check_fp32(const PlanOp& op, const char* what, const CudaTensor& t) {
                          ", the kernel computes FP32 only");
 }
 
-Status check_same_dims(const PlanOp& op, const char* what, DimsView actual, DimsView expected) {
-  if (same_dims(actual, expected)) return Status::ok();
-  return invalid(op, std::string(what) + " has dims " + dims_string(actual) + ", expected " +
-                         dims_string(expected));
-}
-
 // Data movement: y's dtype is x's, of a size the kernels copy.
 Result<int32_t> movable_element_size(const PlanOp& op, const CudaTensor& x, const CudaTensor& y) {
   if (y.dtype != x.dtype) {
@@ -83,15 +55,6 @@ Result<int32_t> movable_element_size(const PlanOp& op, const CudaTensor& x, cons
     return invalid(op, "unsupported dtype " + std::string(shm::data_type_name(x.dtype)));
   }
   return int32_t(size);
-}
-
-Result<int64_t> normalize_axis(const PlanOp& op, int64_t axis, size_t rank) {
-  const auto r = int64_t(rank);
-  if (axis < -r || axis >= r) {
-    return invalid(
-        op, "axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
-  }
-  return axis < 0 ? axis + r : axis;
 }
 
 Result<k::KernelUnary> kernel_unary(const PlanOp& op, UnaryAlg alg) {
@@ -174,8 +137,8 @@ uint64_t value_bits(DataType dtype, double value) {
   return 0;
 }
 
-// An index space with N strided views of it, size-1 dimensions dropped and neighbours that are
-// contiguous in every view merged (so most tensors are rank 1 to 3 here), outermost first.
+// An index space with N strided views of it as the kernels take it: merge_contiguous's (so most
+// tensors are rank 1 to 3 here), outermost first.
 template <size_t N>
 struct MergedSpace {
   int32_t rank = 0;
@@ -186,23 +149,9 @@ struct MergedSpace {
 template <size_t N>
 Result<MergedSpace<N>> merge_dims(const PlanOp& op, DimsView dims,
                                   const std::array<DimsView, N>& strides) {
-  Dims merged;                                // innermost first
-  std::vector<std::array<int64_t, N>> steps;  // per merged dimension, each view's stride
-  for (size_t i = dims.size(); i-- > 0;) {
-    if (dims[i] == 1) continue;
-    std::array<int64_t, N> step;
-    bool contiguous = !merged.empty();
-    for (size_t v = 0; v < N; ++v) {
-      step[v] = strides[v][i];
-      if (contiguous && step[v] != steps.back()[v] * merged.back()) contiguous = false;
-    }
-    if (contiguous) {
-      merged.back() *= dims[i];
-    } else {
-      merged.push_back(dims[i]);
-      steps.push_back(step);
-    }
-  }
+  const MergedDims<N> inner_first = merge_contiguous<N>(dims, strides);
+  const Dims& merged = inner_first.dims;
+  const std::vector<std::array<int64_t, N>>& steps = inner_first.strides;
   if (merged.size() > size_t(k::kMaxRank)) {
     return invalid(op, "the index space " + dims_string(dims) + " has more than " +
                            std::to_string(k::kMaxRank) + " non-contiguous dimensions");
@@ -282,26 +231,16 @@ void channel_layout(DimsView dims, k::ChannelEpilogueParams* p) {
 }
 
 Result<k::PoolAxis> pool_axis(const PlanOp& op, size_t i, size_t spatial, int64_t in, int64_t out) {
-  k::PoolAxis a{in, out, op.kernel[i], 1, 1, 0, 0};
-  if (!op.strides.empty()) a.stride = op.strides[i];
-  if (!op.dilations.empty()) a.dilation = op.dilations[i];
-  if (!op.pads.empty()) {
-    a.pad_begin = op.pads[i];
-    a.pad_end = op.pads[spatial + i];
-  }
-  if (a.kernel < 1 || a.stride < 1 || a.dilation < 1 || a.pad_begin < 0 || a.pad_end < 0) {
-    return invalid(op, "spatial dimension " + std::to_string(i) +
-                           " needs kernel, stride and dilation >= 1 and pads >= 0");
-  }
-  const int64_t span = a.in + a.pad_begin + a.pad_end - (a.kernel - 1) * a.dilation - 1;
-  const int64_t floor_out = span < 0 ? -1 : span / a.stride + 1;
-  const int64_t ceil_out = span < 0 ? -1 : (span + a.stride - 1) / a.stride + 1;
-  if (span < 0 || (a.out != floor_out && a.out != ceil_out)) {
+  ASSIGN_OR_RETURN(const WindowAxis a,
+                   window_axis({op, invalid}, i, spatial, op.kernel[i], in, out));
+  const WindowOutputs sizes = window_outputs(a);
+  if (sizes.floor < 0 || (a.out != sizes.floor && a.out != sizes.ceil)) {
     return invalid(op, "output spatial dimension " + std::to_string(i) + " is " +
                            std::to_string(a.out) + ", the window gives " +
-                           std::to_string(floor_out) + " (or " + std::to_string(ceil_out) + ")");
+                           std::to_string(sizes.floor) + " (or " + std::to_string(sizes.ceil) +
+                           ")");
   }
-  return a;
+  return k::PoolAxis{a.in, a.out, a.kernel, a.stride, a.dilation, a.pad_begin, a.pad_end};
 }
 
 // ReduceMean over `reduced` dimensions of x (flags per dimension), y dense over the others.
@@ -365,7 +304,7 @@ Result<CudaLaunch<k::UnaryParams>> unary_launch(const PlanOp& op, const CudaTens
                                                 const CudaTensor& y) {
   RETURN_IF_ERROR(check_fp32(op, "X", x));
   RETURN_IF_ERROR(check_fp32(op, "Y", y));
-  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, x.dims));
   ASSIGN_OR_RETURN(const k::KernelUnary alg, kernel_unary(op, op.unary));
   const k::UnaryParams p{device_pointer<const float>(x.data),
                          device_pointer<float>(y.data),
@@ -405,7 +344,7 @@ Result<CudaLaunch<k::ChannelEpilogueParams>> batch_norm_launch(const PlanOp& op,
                                                                const CudaTensor& y) {
   RETURN_IF_ERROR(check_fp32(op, "X", x));
   RETURN_IF_ERROR(check_fp32(op, "Y", y));
-  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, x.dims));
   if (x.dims.size() < 2) return invalid(op, "needs a rank >= 2 input");
   if (scale == 0 || shift == 0) return invalid(op, "needs the folded scale and shift");
   k::ChannelEpilogueParams p{};
@@ -449,19 +388,12 @@ Result<CudaLaunch<k::BinaryParams>> binary_launch(const PlanOp& op, const CudaTe
       return invalid(op, std::string(what) + " " + dims_string(t.dims) +
                              " has a higher rank than C " + dims_string(y.dims));
     }
-    const Dims own = dense_strides(t.dims);
-    Dims strides(rank, 0);
-    const size_t lead = rank - t.dims.size();
-    for (size_t i = 0; i < t.dims.size(); ++i) {
-      const int64_t out = y.dims[lead + i];
-      if (t.dims[i] == out) {
-        strides[lead + i] = t.dims[i] == 1 ? 0 : own[i];
-      } else if (t.dims[i] != 1) {
-        return invalid(op, std::string(what) + " " + dims_string(t.dims) +
-                               " does not broadcast to C " + dims_string(y.dims));
-      }
+    std::optional<Dims> strides = broadcast_strides(t.dims, y.dims);
+    if (!strides) {
+      return invalid(op, std::string(what) + " " + dims_string(t.dims) +
+                             " does not broadcast to C " + dims_string(y.dims));
     }
-    return strides;
+    return *std::move(strides);
   };
   ASSIGN_OR_RETURN(const Dims a_strides, broadcast(a, "A"));
   ASSIGN_OR_RETURN(const Dims b_strides, broadcast(b, "B"));
@@ -500,9 +432,7 @@ Result<CudaLaunch<k::Pool2dParams>> pool_launch(const PlanOp& op, const CudaTens
   RETURN_IF_ERROR(check_fp32(op, "Y", y));
   const size_t rank = x.dims.size();
   if (rank != 3 && rank != 4) return invalid(op, "pools 1 or 2 spatial dimensions only");
-  if (y.dims.size() != rank || y.dims[0] != x.dims[0] || y.dims[1] != x.dims[1]) {
-    return invalid(op, "Y " + dims_string(y.dims) + " does not fit X " + dims_string(x.dims));
-  }
+  RETURN_IF_ERROR(check_pool_output({op, invalid}, x.dims, y.dims));
   const size_t spatial = rank - 2;
   if (op.kernel.size() != spatial || (!op.strides.empty() && op.strides.size() != spatial) ||
       (!op.dilations.empty() && op.dilations.size() != spatial) ||
@@ -530,10 +460,7 @@ Result<CudaLaunch<k::ReduceMeanParams>> global_average_pool_launch(const PlanOp&
                                                                    const CudaTensor& y) {
   RETURN_IF_ERROR(check_fp32(op, "X", x));
   RETURN_IF_ERROR(check_fp32(op, "Y", y));
-  if (x.dims.size() < 3) return invalid(op, "needs a rank >= 3 input");
-  Dims expected(x.dims.begin(), x.dims.end());
-  std::fill(expected.begin() + 2, expected.end(), 1);
-  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, expected));
+  RETURN_IF_ERROR(check_global_pool({op, invalid}, x.dims, y.dims));
   std::vector<bool> reduced(x.dims.size(), true);
   reduced[0] = reduced[1] = false;
   return reduce_mean(op, x, y, reduced);
@@ -543,41 +470,22 @@ Result<CudaLaunch<k::ReduceMeanParams>> reduce_mean_launch(const PlanOp& op, con
                                                            const CudaTensor& y) {
   RETURN_IF_ERROR(check_fp32(op, "X", x));
   RETURN_IF_ERROR(check_fp32(op, "Y", y));
-  const size_t rank = x.dims.size();
-  std::vector<bool> reduced(rank, op.axes.empty());  // empty axes: every axis (ONNX's default)
-  for (size_t i = 0; i < op.axes.size(); ++i) {
-    const int64_t a = op.axes[i];
-    if (a < 0 || a >= int64_t(rank) || (i > 0 && a <= op.axes[i - 1])) {
-      return invalid(op, "axes " + dims_string(op.axes) + " are not sorted, unique axes of rank " +
-                             std::to_string(rank));
-    }
-    reduced[size_t(a)] = true;
-  }
-  Dims expected;
-  for (size_t i = 0; i < rank; ++i) {
-    if (!reduced[i]) {
-      expected.push_back(x.dims[i]);
-    } else if (op.keepdims) {
-      expected.push_back(1);
-    }
-  }
-  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, expected));
-  return reduce_mean(op, x, y, reduced);
+  ASSIGN_OR_RETURN(const Reduction r, reduction({op, invalid}, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, r.out_dims));
+  return reduce_mean(op, x, y, r.reduced);
 }
 
 Result<CudaLaunch<k::SoftmaxParams>> softmax_launch(const PlanOp& op, const CudaTensor& x,
                                                     const CudaTensor& y) {
   RETURN_IF_ERROR(check_fp32(op, "X", x));
   RETURN_IF_ERROR(check_fp32(op, "Y", y));
-  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, x.dims));
-  if (x.dims.empty()) return invalid(op, "needs a rank >= 1 input");
-  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
+  ASSIGN_OR_RETURN(const AxisSplit split, softmax_split({op, invalid}, x.dims, y.dims));
   k::SoftmaxParams p{};
   p.x = device_pointer<const float>(x.data);
   p.y = device_pointer<float>(y.data);
-  p.length = x.dims[size_t(axis)];
-  p.inner = element_count(x.dims.subspan(size_t(axis) + 1));
-  p.rows = element_count(x.dims.first(size_t(axis))) * p.inner;
+  p.length = split.length;
+  p.inner = split.inner;
+  p.rows = split.outer * p.inner;
   if (p.length == 0) p.rows = 0;  // nothing to write
   const bool by_block = p.length >= kCudaBlockRowLength;
   return CudaLaunch<k::SoftmaxParams>{
@@ -589,7 +497,7 @@ Result<CudaLaunch<k::LrnParams>> lrn_launch(const PlanOp& op, const CudaTensor& 
                                             const CudaTensor& y) {
   RETURN_IF_ERROR(check_fp32(op, "X", x));
   RETURN_IF_ERROR(check_fp32(op, "Y", y));
-  RETURN_IF_ERROR(check_same_dims(op, "Y", y.dims, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "Y", y.dims, x.dims));
   if (x.dims.size() < 2) return invalid(op, "needs a rank >= 2 input");
   if (op.size < 1) return invalid(op, "size must be >= 1, got " + std::to_string(op.size));
   k::LrnParams p{};
@@ -609,64 +517,22 @@ Result<CudaLaunch<k::LrnParams>> lrn_launch(const PlanOp& op, const CudaTensor& 
 Result<CudaLaunch<k::StridedCopyParams>> transpose_launch(const PlanOp& op, const CudaTensor& x,
                                                           const CudaTensor& y) {
   ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, x, y));
-  const size_t rank = x.dims.size();
-  Dims perm = op.perm;
-  if (perm.empty()) {  // ONNX's default: reverse the dimensions
-    for (size_t i = rank; i-- > 0;) perm.push_back(int64_t(i));
-  }
-  std::vector<bool> seen(rank, false);
-  bool valid = perm.size() == rank;
-  for (size_t i = 0; valid && i < rank; ++i) {
-    valid = perm[i] >= 0 && perm[i] < int64_t(rank) && !seen[size_t(perm[i])];
-    if (valid) seen[size_t(perm[i])] = true;
-  }
-  if (!valid) {
-    return invalid(op, "perm " + dims_string(perm) + " is not a permutation of " +
-                           std::to_string(rank) + " dimensions");
-  }
-  const Dims x_strides = dense_strides(x.dims);
-  Dims expected(rank), src_strides(rank);
-  for (size_t i = 0; i < rank; ++i) {
-    expected[i] = x.dims[size_t(perm[i])];
-    src_strides[i] = x_strides[size_t(perm[i])];
-  }
-  RETURN_IF_ERROR(check_same_dims(op, "output", y.dims, expected));
-  return strided_copy(op, expected, y.data, dense_strides(expected), x.data, src_strides, esize);
+  ASSIGN_OR_RETURN(const SourceView source, transpose_view({op, invalid}, x.dims, y.dims));
+  return strided_copy(op, y.dims, y.data, dense_strides(y.dims), x.data, source.strides, esize);
 }
 
 Result<CudaLaunch<k::StridedCopyParams>> slice_launch(const PlanOp& op, const CudaTensor& x,
                                                       const CudaTensor& y) {
   ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, x, y));
-  const size_t rank = x.dims.size();
-  if (op.starts.size() != rank || op.steps.size() != rank || y.dims.size() != rank) {
-    return invalid(op, "needs starts, steps and an output of rank " + std::to_string(rank));
-  }
-  const Dims x_strides = dense_strides(x.dims);
-  Dims src_strides(rank);
-  int64_t origin = 0;
-  const bool empty = element_count(y.dims) == 0;
-  for (size_t i = 0; i < rank; ++i) {
-    const int64_t start = op.starts[i], step = op.steps[i], count = y.dims[i];
-    const int64_t last = start + (count - 1) * step;
-    if (step == 0) return invalid(op, "step 0 in dimension " + std::to_string(i));
-    if (!empty && (start < 0 || start >= x.dims[i] || last < 0 || last >= x.dims[i])) {
-      return invalid(op, "dimension " + std::to_string(i) + ": " + std::to_string(count) +
-                             " elements from " + std::to_string(start) + " by " +
-                             std::to_string(step) + " leave [0, " + std::to_string(x.dims[i]) +
-                             ")");
-    }
-    origin += start * x_strides[i];
-    src_strides[i] = step * x_strides[i];
-  }
-  if (empty) origin = 0;
+  ASSIGN_OR_RETURN(const SourceView source, slice_view({op, invalid}, x.dims, y.dims));
   return strided_copy(op, y.dims, y.data, dense_strides(y.dims),
-                      x.data + CUdeviceptr(origin * esize), src_strides, esize);
+                      x.data + CUdeviceptr(source.origin * esize), source.strides, esize);
 }
 
 namespace {
 
-// Concat's and Split's shared part: `parts` along `axis` make up `whole`; the copy of part
-// `part` between its own dense layout and its block of the whole.
+// Concat's and Split's shared part: `parts` along op.axis make up `whole` (Split: of op.sizes);
+// the copy of part `part` between its own dense layout and its block of the whole.
 Result<CudaLaunch<k::StridedCopyParams>> axis_part_copy(const PlanOp& op, const CudaTensor& whole,
                                                         std::span<const CudaTensor> parts,
                                                         size_t part, bool into_whole) {
@@ -674,26 +540,19 @@ Result<CudaLaunch<k::StridedCopyParams>> axis_part_copy(const PlanOp& op, const 
   if (part >= parts.size()) {
     return invalid(op, "part " + std::to_string(part) + " of " + std::to_string(parts.size()));
   }
-  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, whole.dims.size()));
-  const auto a = size_t(axis);
-  int64_t total = 0, offset = 0;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    const CudaTensor& t = parts[i];
+  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis({op, invalid}, op.axis, whole.dims.size()));
+  std::vector<DimsView> part_dims;
+  for (const CudaTensor& t : parts) {
     RETURN_IF_ERROR(movable_element_size(op, whole, t).status());
-    Dims expected(whole.dims.begin(), whole.dims.end());
-    expected[a] = t.dims.size() == whole.dims.size() ? t.dims[a] : 0;
-    RETURN_IF_ERROR(check_same_dims(op, ("part " + std::to_string(i)).c_str(), t.dims, expected));
-    if (i < part) offset += t.dims[a];
-    total += t.dims[a];
+    part_dims.push_back(t.dims);
   }
-  if (total != whole.dims[a]) {
-    return invalid(op, "parts add up to " + std::to_string(total) + " along axis " +
-                           std::to_string(axis) + ", expected " + std::to_string(whole.dims[a]));
-  }
+  if (!into_whole) RETURN_IF_ERROR(check_split_sizes({op, invalid}, whole.dims, part_dims, axis));
+  ASSIGN_OR_RETURN(const Dims offsets, axis_blocks({op, invalid}, whole.dims, part_dims, axis));
   const CudaTensor& t = parts[part];
   const auto esize = int32_t(shm::data_type_size(whole.dtype));
   const Dims whole_strides = dense_strides(whole.dims);
-  const CUdeviceptr block = whole.data + CUdeviceptr(offset * whole_strides[a] * esize);
+  const CUdeviceptr block =
+      whole.data + CUdeviceptr(offsets[part] * whole_strides[size_t(axis)] * esize);
   const Dims part_strides = dense_strides(t.dims);
   if (into_whole)
     return strided_copy(op, t.dims, block, whole_strides, t.data, part_strides, esize);
@@ -711,70 +570,34 @@ Result<CudaLaunch<k::StridedCopyParams>> concat_launch(const PlanOp& op,
 Result<CudaLaunch<k::StridedCopyParams>> split_launch(const PlanOp& op, const CudaTensor& x,
                                                       std::span<const CudaTensor> outputs,
                                                       size_t part) {
-  if (!op.sizes.empty()) {
-    if (op.sizes.size() != outputs.size()) {
-      return invalid(op, std::to_string(op.sizes.size()) + " sizes for " +
-                             std::to_string(outputs.size()) + " outputs");
-    }
-    ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      if (outputs[i].dims.size() != x.dims.size() || outputs[i].dims[size_t(axis)] != op.sizes[i]) {
-        return invalid(op, "output " + std::to_string(i) + " " + dims_string(outputs[i].dims) +
-                               " does not have size " + std::to_string(op.sizes[i]) +
-                               " along axis " + std::to_string(axis));
-      }
-    }
-  }
   return axis_part_copy(op, x, outputs, part, false);
 }
 
 Result<CudaLaunch<k::PadParams>> pad_launch(const PlanOp& op, const CudaTensor& x,
                                             const CudaTensor& y) {
   ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, x, y));
+  ASSIGN_OR_RETURN(const PadGeometry pad, pad_geometry({op, invalid}, x.dims, y.dims));
   const size_t rank = x.dims.size();
-  if (op.pads.size() != 2 * rank) {
-    return invalid(op, "pads has " + std::to_string(op.pads.size()) + " entries, expected " +
-                           std::to_string(2 * rank));
-  }
   if (rank > size_t(k::kMaxRank)) {
     return invalid(op, "pads rank " + std::to_string(rank) + " tensors, the kernel up to " +
                            std::to_string(k::kMaxRank));
   }
   k::PadParams p{};
-  switch (op.pad_mode) {
-    case PlanOp::PadMode::kConstant:
-      p.mode = k::KernelPadMode::kConstant;
-      break;
-    case PlanOp::PadMode::kReflect:
-      p.mode = k::KernelPadMode::kReflect;
-      break;
-    case PlanOp::PadMode::kEdge:
-      p.mode = k::KernelPadMode::kEdge;
-      break;
-    default:
-      return invalid(op, "unknown pad mode");
-  }
+  // pad_geometry accepted the mode: one of these.
+  p.mode = op.pad_mode == PlanOp::PadMode::kConstant  ? k::KernelPadMode::kConstant
+           : op.pad_mode == PlanOp::PadMode::kReflect ? k::KernelPadMode::kReflect
+                                                      : k::KernelPadMode::kEdge;
   const Dims x_strides = dense_strides(x.dims);
-  Dims expected(rank);
   for (size_t i = 0; i < rank; ++i) {
-    const int64_t begin = op.pads[i], end = op.pads[rank + i];
-    expected[i] = x.dims[i] + begin + end;
-    if (expected[i] < 0) {
-      return invalid(op, "pads crop more than dimension " + std::to_string(i) + " holds");
-    }
-    p.out_dims[i] = expected[i];
+    p.out_dims[i] = pad.out_dims[i];
     p.x_strides[i] = x_strides[i];
-    p.keep_begin[i] = std::max<int64_t>(0, -begin);
-    p.kept[i] = std::max<int64_t>(0, x.dims[i] - p.keep_begin[i] - std::max<int64_t>(0, -end));
-    p.at[i] = std::max<int64_t>(0, begin);
-    if (p.mode != k::KernelPadMode::kConstant && p.kept[i] == 0 && expected[i] > 0) {
-      return invalid(op, "dimension " + std::to_string(i) + " has nothing to reflect or extend");
-    }
+    p.keep_begin[i] = pad.keep_begin[i];
+    p.kept[i] = pad.kept[i];
+    p.at[i] = pad.at[i];
   }
-  RETURN_IF_ERROR(check_same_dims(op, "output", y.dims, expected));
   p.x = device_pointer<const void>(x.data);
   p.y = device_pointer<void>(y.data);
-  p.count = element_count(expected);
+  p.count = element_count(pad.out_dims);
   p.element_size = esize;
   p.rank = int32_t(rank);
   p.value_bits = value_bits(x.dtype, op.pad_value);
@@ -784,21 +607,13 @@ Result<CudaLaunch<k::PadParams>> pad_launch(const PlanOp& op, const CudaTensor& 
 Result<CudaLaunch<k::GatherParams>> gather_launch(const PlanOp& op, const CudaTensor& x,
                                                   const CudaTensor& indices, const CudaTensor& y) {
   ASSIGN_OR_RETURN(const int32_t esize, movable_element_size(op, x, y));
-  if (indices.dtype != DataType::kInt32 && indices.dtype != DataType::kInt64) {
-    return invalid(op, "indices must be INT32 or INT64, got " +
-                           std::string(shm::data_type_name(indices.dtype)));
-  }
-  if (x.dims.empty()) return invalid(op, "needs a rank >= 1 input");
-  ASSIGN_OR_RETURN(const int64_t axis, normalize_axis(op, op.axis, x.dims.size()));
-  Dims expected(x.dims.begin(), x.dims.begin() + axis);
-  expected.insert(expected.end(), indices.dims.begin(), indices.dims.end());
-  expected.insert(expected.end(), x.dims.begin() + axis + 1, x.dims.end());
-  RETURN_IF_ERROR(check_same_dims(op, "output", y.dims, expected));
+  ASSIGN_OR_RETURN(const int64_t axis,
+                   gather_axis({op, invalid}, x.dims, indices.dtype, indices.dims, y.dims));
   k::GatherParams p{};
   p.x = device_pointer<const void>(x.data);
   p.indices = device_pointer<const void>(indices.data);
   p.y = device_pointer<void>(y.data);
-  p.count = element_count(expected);
+  p.count = element_count(y.dims);
   p.element_size = esize;
   p.indices_are_int64 = indices.dtype == DataType::kInt64 ? 1 : 0;
   p.index_count = element_count(indices.dims);
@@ -809,7 +624,7 @@ Result<CudaLaunch<k::GatherParams>> gather_launch(const PlanOp& op, const CudaTe
 
 Result<CudaLaunch<k::CastParams>> cast_launch(const PlanOp& op, const CudaTensor& x,
                                               const CudaTensor& y) {
-  RETURN_IF_ERROR(check_same_dims(op, "output", y.dims, x.dims));
+  RETURN_IF_ERROR(check_dims({op, invalid}, "output", y.dims, x.dims));
   ASSIGN_OR_RETURN(const k::KernelDtype from, kernel_dtype(op, x.dtype));
   ASSIGN_OR_RETURN(const k::KernelDtype to, kernel_dtype(op, y.dtype));
   const k::CastParams p{device_pointer<const void>(x.data), device_pointer<void>(y.data),
