@@ -1,6 +1,6 @@
 #pragma once
 // libsliceserve_client: inference requests to a model served by sliceserved on this host, over
-// the model's shared-memory segment (see docs/protocol.md, "Shared-memory protocol").
+// the model's shared-memory segment (docs/architecture.md), or over its TCP front-end.
 //
 //   auto client = sliceserve::client::Client::connect("resnet50");
 //   if (!client.is_ok()) ... client.status().to_string() ...
@@ -75,7 +75,7 @@ struct ConnectOptions {
   // Spinning saves a futex wake-up (a few microseconds) per request; set 0 when there are more
   // waiting threads than cores.
   std::chrono::microseconds spin{20};
-  // TCP only: the server's token (docs/protocol.md, "Hello"); empty: $SLICESERVE_TOKEN.
+  // TCP only: the server's token (docs/protocol.md, "Tokens"); empty: $SLICESERVE_TOKEN.
   std::string token;
 };
 
