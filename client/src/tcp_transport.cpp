@@ -288,6 +288,9 @@ void Client::TcpState::infer_async(std::span<const Tensor> inputs, Callback done
   for (size_t i = 0; i < inputs.size(); ++i) parts[1 + i] = inputs[i].data;
   Status sent = send_all(std::span(parts.data(), 1 + inputs.size()));
   if (!sent.is_ok()) {
+    // A frame may have gone out in part, so nothing after it could be framed: end the connection
+    // (the reader then fails the other requests in flight).
+    shutdown(fd_, SHUT_RDWR);
     Callback failed;
     {
       std::lock_guard lock(mu_);
