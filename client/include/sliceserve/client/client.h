@@ -76,7 +76,7 @@ struct ConnectOptions {
   // waiting threads than cores.
   std::chrono::microseconds spin{20};
   // TCP only: the server's token (docs/protocol.md, "Tokens"); empty: $SLICESERVE_TOKEN.
-  std::string token;
+  std::string token{};
 };
 
 // An input declared before its bytes exist: the zero-copy path below.
