@@ -48,13 +48,15 @@ class CumaskDaemonTest : public ::testing::Test {
     std::filesystem::remove_all(controller::instance_runtime_dir(instance_), ec);
   }
 
+  // No TCP front-end: parallel tests (and other daemons on the machine) would race for its port.
   std::string write_config() {
-    return dir_.write("amd.toml", "[server]\ninstance = \"" + instance_ +
-                                      "\"\nbackend = \"cumask\"\nrestart_backoff_min_ms = 100\n"
-                                      "restart_backoff_max_ms = 400\nshutdown_grace_ms = 2000\n"
-                                      "[backend.cumask]\npolicy = \"pack\"\nshader_engines = 4\n"
-                                      "[[model]]\nname = \"m\"\nkind = \"onnx\"\npath = \"" +
-                                      model_ + "\"\nslice = 40\n");
+    return dir_.write("amd.toml",
+                      "[server]\ninstance = \"" + instance_ +
+                          "\"\nbackend = \"cumask\"\ntcp = \"\"\nrestart_backoff_min_ms = 100\n"
+                          "restart_backoff_max_ms = 400\nshutdown_grace_ms = 2000\n"
+                          "[backend.cumask]\npolicy = \"pack\"\nshader_engines = 4\n"
+                          "[[model]]\nname = \"m\"\nkind = \"onnx\"\npath = \"" +
+                          model_ + "\"\nslice = 40\n");
   }
   // The status once model 0's worker has died with a message containing `part`.
   std::optional<nlohmann::json> wait_worker_error(const std::string& part) const {
