@@ -542,6 +542,7 @@ class ConfigParser {
         server.token = *token;
       }
     }
+    server.tcp_configured = table->contains("tcp");
     read_u32(*table, kPrefix, "tcp_max_connections", 1, 65535, server.tcp_max_connections);
     read_u32(*table, kPrefix, "tcp_idle_timeout_ms", 1, kMaxU32, server.tcp_idle_timeout_ms);
     if (auto binary = read_string(*table, kPrefix, "worker_binary")) {

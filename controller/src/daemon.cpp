@@ -84,8 +84,16 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
     tcp.max_connections = c.server.tcp_max_connections;
     tcp.idle_timeout_ms = c.server.tcp_idle_timeout_ms;
     auto server = TcpServer::start(tcp);
-    if (!server.is_ok()) return server.status().with_context("[server] tcp");
-    daemon->tcp_ = std::move(server).value();
+    if (server.is_ok()) {
+      daemon->tcp_ = std::move(server).value();
+    } else if (server.status().code() == ErrorCode::kUnavailable && !c.server.tcp_configured) {
+      spdlog::warn(
+          "no TCP front-end: {} (set [server] tcp to another address, or \"\" to "
+          "turn it off)",
+          server.status().message());
+    } else {
+      return server.status().with_context("[server] tcp");
+    }
   }
   spdlog::info("instance {}: {} models on {} cores, worker {}", c.server.instance, c.models.size(),
                cores, binary);

@@ -73,6 +73,9 @@ struct ServerConfig {
   uint32_t policy_interval_ms = 500;    // > 0
   std::string log_level = "info";       // trace|debug|info|warn|error|off
   std::string tcp = "127.0.0.1:8700";   // the TCP front-end (docs/protocol.md); empty: off
+  // The file names `tcp`: failing to bind it stops the daemon. The default address taken (by a
+  // second instance on the host) only costs that daemon its TCP front-end, with a warning.
+  bool tcp_configured = false;
   std::string http = "127.0.0.1:8000";  // reserved for the HTTP front-end (not served yet)
   // The front-ends' shared secret; empty: $SLICESERVE_TOKEN, read at start. Required when a
   // front-end listens beyond loopback.
