@@ -618,9 +618,18 @@ Status CudaExecutor::run_items(size_t index, std::span<const ItemBuffers> items,
 Status CudaExecutor::register_host_memory(std::span<std::byte> memory) {
   if (memory.empty()) return Status::ok();
   SS_CU_CHECK(api_, api_.cuCtxSetCurrent(primary_));
-  // PORTABLE: pinned for every context of the process, green contexts' included.
-  SS_CU_CHECK(api_,
-              api_.cuMemHostRegister(memory.data(), memory.size(), CU_MEMHOSTREGISTER_PORTABLE));
+  // PORTABLE: pinned for every context of the process, green contexts' included. Pinning is a
+  // speed-up, not a need: unpinned items still copy (the driver stages them), so a refusal is
+  // a warning rather than a failed load.
+  const CUresult pinned =
+      api_.cuMemHostRegister(memory.data(), memory.size(), CU_MEMHOSTREGISTER_PORTABLE);
+  if (pinned != CUDA_SUCCESS) {
+    spdlog::warn(
+        "cuda executor: {}: items are copied through the driver's staging buffers",
+        cuda_error(api_, pinned, "cuMemHostRegister(slot data, PORTABLE)", __FILE__, __LINE__)
+            .message());
+    return Status::ok();
+  }
   registered_.push_back(memory.data());
   return Status::ok();
 }
