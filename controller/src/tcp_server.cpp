@@ -126,6 +126,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::vector<std::byte> head;             // frame header and metadata
     std::optional<client::SlotResult> slot;  // the outputs, written from shared memory
     bool close_after = false;
+    bool ends_request = false;  // a request's reply: written, it leaves the in-flight count
   };
 
   // ---- reading frames ----
@@ -133,7 +134,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void read_header() {
     if (closing_) return;
     if (in_flight_ >= server_.options.max_in_flight) {
-      paused_ = true;  // on_done reads on once a request finished
+      paused_ = true;  // resume_reading() reads on once a request's reply is out
       return;
     }
     asio::async_read(
@@ -319,29 +320,32 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // ---- replies ----
 
   void on_done(uint64_t id, Result<client::SlotResult> result) {
-    --in_flight_;
-    if (!closing_) {
-      if (result.is_ok()) {
-        client::SlotResult slot = std::move(result).value();
-        wire::InferReply reply;
-        reply.batch_size = slot.batch_size();
-        reply.queue_ns = slot.queue_ns();
-        reply.compute_ns = slot.compute_ns();
-        uint64_t data_len = 0;
-        for (const shm::TensorSpec& t : slot.spec().output_specs()) {
-          reply.outputs.push_back(describe(t));
-          data_len += t.byte_size();
-        }
-        Outgoing out;
-        out.head =
-            wire::frame(wire::FrameType::kInferOk, id, wire::encode(reply), uint32_t(data_len));
-        out.slot.emplace(std::move(slot));
-        queue_.push_back(std::move(out));
-        write_next();
-      } else {
-        fail(id, result.status(), false);
-      }
+    if (closing_ || !result.is_ok()) {
+      --in_flight_;
+      if (!closing_) fail(id, result.status(), false);
+      return resume_reading();
     }
+    client::SlotResult slot = std::move(result).value();
+    wire::InferReply reply;
+    reply.batch_size = slot.batch_size();
+    reply.queue_ns = slot.queue_ns();
+    reply.compute_ns = slot.compute_ns();
+    uint64_t data_len = 0;
+    for (const shm::TensorSpec& t : slot.spec().output_specs()) {
+      reply.outputs.push_back(describe(t));
+      data_len += t.byte_size();
+    }
+    Outgoing out;
+    out.head = wire::frame(wire::FrameType::kInferOk, id, wire::encode(reply), uint32_t(data_len));
+    out.slot.emplace(std::move(slot));
+    // The request stays in flight until its reply is written: a client that reads no
+    // replies holds at most max_in_flight slots, then the server stops reading it.
+    out.ends_request = true;
+    queue_.push_back(std::move(out));
+    write_next();
+  }
+
+  void resume_reading() {
     if (paused_ && in_flight_ < server_.options.max_in_flight) {
       paused_ = false;
       read_header();
@@ -391,8 +395,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     writing_ = false;
     if (ec) return lost(ec, "writing a reply");
     const bool close_after = queue_.front().close_after;
+    const bool ends_request = queue_.front().ends_request;
     queue_.pop_front();  // frees the reply's slot
     if (close_after) return close();
+    if (ends_request) {
+      --in_flight_;
+      resume_reading();
+    }
     write_next();
   }
 
