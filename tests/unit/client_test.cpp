@@ -561,5 +561,65 @@ TEST_F(ClientTest, ResultCarriesTimestampsAndAsChecksTheElementSize) {
   EXPECT_EQ(r->outputs[0].as<int32_t>().size(), 4u);  // same element size: a reinterpretation
 }
 
+// ---- zero-copy requests: prepare() hands out the slot's buffers, submit() a SlotResult ----
+
+std::vector<TensorInfo> two_input_infos() {
+  // "b" first: input(i) follows this order, not the model's.
+  return {TensorInfo{"b", DataType::kInt32, {2, 3}, 24}, TensorInfo{"a", DataType::kFp32, {4}, 16}};
+}
+
+TEST_F(ClientTest, PreparedRequestIsWrittenInPlaceAndAnsweredFromTheSlot) {
+  server_.start_worker();
+  Client c = connect();
+  for (int round = 0; round < 20; ++round) {
+    auto prepared = c.prepare(two_input_infos(), 1000ms);
+    ASSERT_TRUE(prepared.is_ok()) << prepared.status().to_string();
+    ASSERT_EQ(prepared->input_count(), 2u);
+    std::span<std::byte> b = prepared->input(0);
+    std::span<std::byte> a = prepared->input(1);
+    ASSERT_EQ(b.size(), 24u);
+    ASSERT_EQ(a.size(), 16u);
+    const float av[4] = {float(round), 1, 2, 3};
+    const int32_t bv[6] = {1, 2, 3, 4, 5, round};
+    std::memcpy(a.data(), av, sizeof av);
+    std::memcpy(b.data(), bv, sizeof bv);
+    std::promise<Result<SlotResult>> done;
+    c.submit(std::move(prepared).value(),
+             [&done](Result<SlotResult> r) { done.set_value(std::move(r)); });
+    Result<SlotResult> r = done.get_future().get();
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    EXPECT_GE(r->batch_size(), 1u);
+    float y[4];
+    std::memcpy(y, r->output(0).data(), sizeof y);
+    EXPECT_EQ(y[0], 2 * float(round) + 1);
+    EXPECT_EQ(y[3], 7.0f);
+    int64_t z[2];
+    std::memcpy(z, r->output(1).data(), sizeof z);
+    EXPECT_EQ(z[0], 15 + round);
+    EXPECT_FALSE(server_.all_slots_free());  // the SlotResult holds its slot
+  }
+  EXPECT_TRUE(server_.all_slots_free());
+}
+
+TEST_F(ClientTest, PrepareValidatesAndSaysBusyWhenEverySlotIsTaken) {
+  Client c = connect();
+  std::vector<TensorInfo> wrong = two_input_infos();
+  wrong[1].dtype = DataType::kFp64;
+  EXPECT_EQ(c.prepare(wrong, 0ms).status().code(), ErrorCode::kWrongDtype);
+  wrong = two_input_infos();
+  wrong[0].bytes = 25;
+  EXPECT_EQ(c.prepare(wrong, 0ms).status().code(), ErrorCode::kTensorTooLarge);
+  std::vector<PreparedRequest> held;
+  for (uint32_t i = 0; i < c.max_in_flight(); ++i) {
+    auto p = c.prepare(two_input_infos(), 0ms);
+    ASSERT_TRUE(p.is_ok()) << p.status().to_string();
+    held.push_back(std::move(p).value());
+  }
+  EXPECT_EQ(c.prepare(two_input_infos(), 0ms).status().code(), ErrorCode::kBusy);
+  held.clear();  // unsubmitted: the slots go back
+  EXPECT_TRUE(server_.all_slots_free());
+  EXPECT_TRUE(c.prepare(two_input_infos(), 0ms).is_ok());
+}
+
 }  // namespace
 }  // namespace sliceserve::client
