@@ -409,6 +409,33 @@ TEST_F(TcpServerTest, OversizedTensorsAreRefused) {
   EXPECT_EQ(good.failures(), 0);
 }
 
+TEST_F(TcpServerTest, AClientThatReadsNoRepliesDoesNotStallOthers) {
+  start();
+  auto c = connect();
+  ASSERT_TRUE(c.is_ok());
+  GoodClient good(std::move(c).value());
+  RawPeer lazy(port_);
+  lazy.hello();
+  ASSERT_TRUE(lazy.frame().has_value());
+  std::vector<std::byte> burst;
+  for (uint64_t id = 1; id <= 300; ++id) {
+    auto f = infer_frame(id, {int32_t(id), 0, 0, 0});
+    burst.insert(burst.end(), f.begin(), f.end());
+  }
+  lazy.send(burst);
+  std::this_thread::sleep_for(300ms);  // its replies pile up unread (the limit is 600 ms)
+  const int before = good.done();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_GT(good.done(), before);
+  for (int n = 0; n < 300; ++n) {
+    auto f = lazy.frame();
+    ASSERT_TRUE(f.has_value()) << "reply " << n;
+    EXPECT_EQ(f->header.type, wire::FrameType::kInferOk);
+  }
+  good.stop();
+  EXPECT_EQ(good.failures(), 0);
+}
+
 TEST_F(TcpServerTest, WrongTokenIsRefused) {
   start("token = \"" + std::string(kToken) + "\"\n");
   auto none = connect();
