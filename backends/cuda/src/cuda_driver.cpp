@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "cuda_driver_api.h"
+#include "sliceserve/backends/vendor_library.h"
 
 namespace sliceserve::backends {
 namespace {
@@ -21,21 +22,13 @@ Status no_device(const std::string& why) {
   return Status(ErrorCode::kUnavailable, "no CUDA device: " + why);
 }
 
-template <typename Fn>
-Status resolve(void* handle, const std::string& library, const char* symbol, Fn* fn) {
-  dlerror();  // clear a stale error
-  void* address = dlsym(handle, symbol);
-  if (address == nullptr) {
-    return no_device(library + " has no " + symbol +
-                     " (driver too old: the cuda backends need the CUDA 12.4 driver API or newer)");
-  }
-  *fn = reinterpret_cast<Fn>(address);
-  return Status::ok();
-}
-
 Status resolve_all(void* handle, const std::string& library, CudaDriverApi* api) {
-#define SS_CU_RESOLVE(name) \
-  RETURN_IF_ERROR(resolve(handle, library, SS_CU_EXPORTED_NAME(name), &api->name));
+#define SS_CU_RESOLVE(name)                                                                  \
+  if (!resolve_symbol(handle, SS_CU_EXPORTED_NAME(name), &api->name)) {                      \
+    return no_device(library + " has no " + SS_CU_EXPORTED_NAME(name) +                      \
+                     " (driver too old: the cuda backends need the CUDA 12.4 driver API or " \
+                     "newer)");                                                              \
+  }
   SS_CUDA_DRIVER_FUNCTIONS(SS_CU_RESOLVE)
 #undef SS_CU_RESOLVE
   return Status::ok();
@@ -69,17 +62,6 @@ const char* known_error_name(CUresult result) {
 }
 
 }  // namespace
-
-std::string call_failure(const char* call, std::string_view error, const char* file, int line) {
-  // "api.cuInit(0)" -> "cuInit(0)": the member access is noise in a message.
-  std::string text(call);
-  const size_t paren = text.find('(');
-  const size_t head = text.substr(0, paren).find_last_of(".>");
-  if (head != std::string::npos) text.erase(0, head + 1);
-  const char* base = std::strrchr(file, '/');
-  return text + ": " + std::string(error) + " at " + (base != nullptr ? base + 1 : file) + ":" +
-         std::to_string(line);
-}
 
 Status cuda_error(const CudaDriverApi& api, CUresult result, const char* call, const char* file,
                   int line, ErrorCode code) {

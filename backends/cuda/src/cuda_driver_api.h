@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "sliceserve/backends/cuda/cuda_driver.h"
+#include "sliceserve/backends/vendor_library.h"
 #include "sliceserve/shm/status.h"
 
 namespace sliceserve::backends {
@@ -90,10 +91,6 @@ struct CudaDriverApi {
   SS_CUDA_DRIVER_FUNCTIONS(SS_CU_MEMBER)
 #undef SS_CU_MEMBER
 };
-
-// "<call>: <error> at file:line", the message of every failed vendor call (driver, cuDNN, cuBLAS):
-// `call` is its source text, a leading "api." / "api_->" dropped.
-std::string call_failure(const char* call, std::string_view error, const char* file, int line);
 
 // "<call>: CUDA_ERROR_xxx: <driver's description> at file:line", kInternal. `call` is the
 // call's source text; a leading "api." / "api_->" is dropped. The error's name and text come from

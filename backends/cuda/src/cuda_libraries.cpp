@@ -36,10 +36,7 @@ Result<void*> open_first(std::initializer_list<const char*> sonames, std::string
 
 template <typename Fn>
 Status resolve(void* handle, const std::string& library, const char* symbol, Fn* fn) {
-  dlerror();
-  void* address = dlsym(handle, symbol);
-  if (address == nullptr) return unavailable(library + " has no " + symbol);
-  *fn = reinterpret_cast<Fn>(address);
+  if (!resolve_symbol(handle, symbol, fn)) return unavailable(library + " has no " + symbol);
   return Status::ok();
 }
 

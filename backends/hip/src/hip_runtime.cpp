@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "hip_runtime_api.h"
+#include "sliceserve/backends/vendor_library.h"
 
 namespace sliceserve::backends {
 namespace {
@@ -20,13 +21,10 @@ Status no_device(const std::string& why) {
 
 template <typename Fn>
 Status resolve(void* handle, const std::string& library, const char* symbol, Fn* fn) {
-  dlerror();  // clear a stale error
-  void* address = dlsym(handle, symbol);
-  if (address == nullptr) {
+  if (!resolve_symbol(handle, symbol, fn)) {
     return no_device(library + " has no " + symbol +
                      " (HIP runtime too old: the cumask backend needs ROCm 4.0 or newer)");
   }
-  *fn = reinterpret_cast<Fn>(address);
   return Status::ok();
 }
 
@@ -42,11 +40,6 @@ Status resolve_all(void* handle, const std::string& library, HipRuntimeApi* api)
 
 Status hip_error(const HipRuntimeApi& api, hipError_t result, const char* call, const char* file,
                  int line, ErrorCode code) {
-  // "api.hipInit(0)" -> "hipInit(0)": the member access is noise in a message.
-  std::string text(call);
-  const size_t paren = text.find('(');
-  const size_t head = text.substr(0, paren).find_last_of(".>");
-  if (head != std::string::npos) text.erase(0, head + 1);
   const char* name = api.hipGetErrorName != nullptr ? api.hipGetErrorName(result) : nullptr;
   const char* what = api.hipGetErrorString != nullptr ? api.hipGetErrorString(result) : nullptr;
   std::string error = name != nullptr ? name : "hipError_t " + std::to_string(int(result));
@@ -56,9 +49,7 @@ Status hip_error(const HipRuntimeApi& api, hipError_t result, const char* call, 
   } else if (name == nullptr || std::strcmp(what, name) != 0) {
     error += ": " + std::string(what);
   }
-  const char* base = std::strrchr(file, '/');
-  return Status(code, text + ": " + error + " at " + (base != nullptr ? base + 1 : file) + ":" +
-                          std::to_string(line));
+  return Status(code, call_failure(call, error, file, line));
 }
 
 HipRuntime::HipRuntime(std::string library, void* handle, std::unique_ptr<HipRuntimeApi> api)
