@@ -53,6 +53,15 @@ struct ConvSetup {
   size_t workspace = 0;
 };
 
+// Destroys the descriptors `s` holds (null ones are skipped); best effort, as in teardown.
+void destroy(const CudnnApi& dnn, ConvSetup& s) {
+  for (cudnnTensorDescriptor_t* t : {&s.x, &s.y, &s.bias}) {
+    if (*t != nullptr) dnn.cudnnDestroyTensorDescriptor(std::exchange(*t, nullptr));
+  }
+  if (s.w != nullptr) dnn.cudnnDestroyFilterDescriptor(std::exchange(s.w, nullptr));
+  if (s.conv != nullptr) dnn.cudnnDestroyConvolutionDescriptor(std::exchange(s.conv, nullptr));
+}
+
 class CudaExecutor final : public Executor {
  public:
   CudaExecutor(const CudaDriverApi& api, const CudaLibraries& libs, CUdevice device)
@@ -73,7 +82,9 @@ class CudaExecutor final : public Executor {
   Status open_context();
   Status place_weights(WeightStore* store);
   Status prepare_convolutions();
+  // The descriptors and the fastest algorithm of a Conv; nothing is left behind on failure.
   Result<ConvSetup> find_convolution(const Plan& plan, const PlanOp& op);
+  Status set_up_convolution(const Plan& plan, const PlanOp& op, ConvSetup& s);
   // The stream the run goes to, with its context current: the slice's queue, or the
   // executor's own stream for a context with none (a host slice, as slicectl run-model has).
   Result<DeviceQueue> enter(const ComputeContext& ctx);
@@ -125,13 +136,7 @@ CudaExecutor::~CudaExecutor() {
   if (primary_ != nullptr) api_.cuCtxSetCurrent(primary_);
   for (auto& [key, graph] : graphs_) api_.cuGraphExecDestroy(graph);
   for (auto& setups : convs_) {
-    for (auto& [step, setup] : setups) {
-      libs_.cudnn.cudnnDestroyTensorDescriptor(setup.x);
-      libs_.cudnn.cudnnDestroyTensorDescriptor(setup.y);
-      if (setup.bias != nullptr) libs_.cudnn.cudnnDestroyTensorDescriptor(setup.bias);
-      libs_.cudnn.cudnnDestroyFilterDescriptor(setup.w);
-      libs_.cudnn.cudnnDestroyConvolutionDescriptor(setup.conv);
-    }
+    for (auto& [step, setup] : setups) destroy(libs_.cudnn, setup);
   }
   kernels_.reset();
   if (cublas_ != nullptr) libs_.cublas.cublasDestroy(cublas_);
@@ -212,6 +217,16 @@ Status CudaExecutor::place_weights(WeightStore* store) {
 }
 
 Result<ConvSetup> CudaExecutor::find_convolution(const Plan& plan, const PlanOp& op) {
+  ConvSetup s;
+  Status set = set_up_convolution(plan, op, s);
+  if (!set.is_ok()) {
+    destroy(libs_.cudnn, s);  // what was created before the failure
+    return set;
+  }
+  return s;
+}
+
+Status CudaExecutor::set_up_convolution(const Plan& plan, const PlanOp& op, ConvSetup& s) {
   const CudnnApi& dnn = libs_.cudnn;
   const PlanValue& x = plan.values[static_cast<size_t>(op.inputs[0])];
   const PlanValue& w = plan.values[static_cast<size_t>(op.inputs[1])];
@@ -228,7 +243,6 @@ Result<ConvSetup> CudaExecutor::find_convolution(const Plan& plan, const PlanOp&
   const std::vector<int> xd = conv_dims(x.dims);
   const std::vector<int> wd = conv_dims(w.dims);
   const std::vector<int> yd = conv_dims(y.dims);
-  ConvSetup s;
   SS_CUDNN_CHECK(dnn, dnn.cudnnCreateTensorDescriptor(&s.x));
   SS_CUDNN_CHECK(dnn, dnn.cudnnCreateTensorDescriptor(&s.y));
   SS_CUDNN_CHECK(dnn, dnn.cudnnCreateFilterDescriptor(&s.w));
@@ -279,7 +293,7 @@ Result<ConvSetup> CudaExecutor::find_convolution(const Plan& plan, const PlanOp&
   SS_CUDNN_CHECK(dnn,
                  dnn.cudnnSetTensorNdDescriptor(s.bias, CUDNN_DATA_FLOAT, int(bias_dims.size()),
                                                 bias_dims.data(), strides_of(bias_dims).data()));
-  return s;
+  return Status::ok();
 }
 
 Status CudaExecutor::prepare_convolutions() {
