@@ -543,6 +543,7 @@ class ConfigParser {
       }
     }
     server.tcp_configured = table->contains("tcp");
+    server.http_configured = table->contains("http");
     read_u32(*table, kPrefix, "tcp_max_connections", 1, 65535, server.tcp_max_connections);
     read_u32(*table, kPrefix, "tcp_idle_timeout_ms", 1, kMaxU32, server.tcp_idle_timeout_ms);
     if (auto binary = read_string(*table, kPrefix, "worker_binary")) {

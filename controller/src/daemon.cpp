@@ -70,13 +70,14 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
     if (!supervisor.is_ok()) return supervisor.status();  // earlier segments unlink themselves
     daemon->models_.push_back(std::move(supervisor).value());
   }
+  std::string token = c.server.token;
+  if (const char* env = std::getenv("SLICESERVE_TOKEN"); token.empty() && env != nullptr) {
+    token = env;
+  }
   if (!c.server.tcp.empty()) {
     TcpServerOptions tcp;
     tcp.address = c.server.tcp;
-    tcp.token = c.server.token;
-    if (const char* env = std::getenv("SLICESERVE_TOKEN"); tcp.token.empty() && env != nullptr) {
-      tcp.token = env;
-    }
+    tcp.token = token;
     tcp.instance = c.server.instance;
     for (const ModelConfig& m : c.models) tcp.models.push_back(m.name);
     // One I/O thread per two cores, at most two: the workers need the rest.
@@ -93,6 +94,26 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
           server.status().message());
     } else {
       return server.status().with_context("[server] tcp");
+    }
+  }
+  if (!c.server.http.empty()) {
+    HttpServerOptions http;
+    http.address = c.server.http;
+    http.token = token;
+    http.instance = c.server.instance;
+    for (const auto& m : daemon->models_) {
+      http.models.push_back({m->name(), m->model().kind, m->model().inputs, m->model().outputs});
+    }
+    auto server = HttpServer::start(http);
+    if (server.is_ok()) {
+      daemon->http_ = std::move(server).value();
+    } else if (server.status().code() == ErrorCode::kUnavailable && !c.server.http_configured) {
+      spdlog::warn(
+          "no HTTP front-end: {} (set [server] http to another address, or \"\" to "
+          "turn it off)",
+          server.status().message());
+    } else {
+      return server.status().with_context("[server] http");
     }
   }
   spdlog::info("instance {}: {} models on {} cores, worker {}", c.server.instance, c.models.size(),
@@ -281,6 +302,7 @@ nlohmann::json Daemon::handle_admin(const nlohmann::json& request) {
 
 void Daemon::shutdown() {
   spdlog::info("stopping {} models", models_.size());
+  http_.reset();
   tcp_.reset();  // no new requests; the ones in flight are dropped with their connections
   for (auto& m : models_) m->begin_stop();
   const uint64_t force_at =

@@ -76,7 +76,9 @@ struct ServerConfig {
   // The file names `tcp`: failing to bind it stops the daemon. The default address taken (by a
   // second instance on the host) only costs that daemon its TCP front-end, with a warning.
   bool tcp_configured = false;
-  std::string http = "127.0.0.1:8000";  // reserved for the HTTP front-end (not served yet)
+  std::string http = "127.0.0.1:8000";  // the HTTP front-end (docs/http.md); empty: off
+  // As tcp_configured, for `http`.
+  bool http_configured = false;
   // The front-ends' shared secret; empty: $SLICESERVE_TOKEN, read at start. Required when a
   // front-end listens beyond loopback.
   std::string token;

@@ -11,6 +11,7 @@
 
 #include "sliceserve/controller/admin_socket.h"
 #include "sliceserve/controller/config.h"
+#include "sliceserve/controller/http_server.h"
 #include "sliceserve/controller/model_supervisor.h"
 #include "sliceserve/controller/mps_session.h"
 #include "sliceserve/controller/policy.h"
@@ -27,10 +28,10 @@ std::vector<Placement> place_models(const Config& config, unsigned machine_cores
 class Daemon {
  public:
   // Creates every segment and the admin socket (refusing to start if either belongs to a
-  // running daemon), starts the TCP front-end (refusing an address beyond loopback without a
-  // token) and, when a model needs it, starts or attaches to the MPS control daemon, but starts
-  // no worker yet. On error nothing is left behind (a control daemon started here is
-  // quit again).
+  // running daemon), starts the TCP and HTTP front-ends (refusing an address beyond loopback
+  // without a token) and, when a model needs it, starts or attaches to the MPS control daemon, but
+  // starts no worker yet. On error nothing is left behind (a control daemon started here is quit
+  // again).
   static Result<std::unique_ptr<Daemon>> create(Config config);
 
   // Starts the workers and supervises them until request_stop(); then stops every worker
@@ -62,6 +63,7 @@ class Daemon {
   std::unique_ptr<AdminServer> admin_;
   // After models_: stopped first, while the segments it writes into still exist.
   std::unique_ptr<TcpServer> tcp_;
+  std::unique_ptr<HttpServer> http_;  // reads the segments: stopped before they go, too
   PolicyMemory policy_memory_;
   PolicyResult last_policy_;
   std::vector<double>

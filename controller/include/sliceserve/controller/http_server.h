@@ -1,0 +1,55 @@
+#pragma once
+// sliceserved's HTTP front-end (docs/http.md): KServe v2 health and metadata and Prometheus
+// metrics, on Boost.Beast with its own I/O thread. It reads what it reports straight from the
+// model segments (the controller's summary block and the workers' stats blocks), as
+// `slicectl status` does, so nothing it does waits on the daemon's loop.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sliceserve/controller/config.h"
+#include "sliceserve/shm/status.h"
+
+namespace sliceserve::controller {
+
+struct HttpModel {
+  std::string name;
+  std::string kind;  // "onnx", "null", "synthetic": the KServe platform
+  std::vector<TensorConfig> inputs;
+  std::vector<TensorConfig> outputs;  // shapes per item: the batch dimension is added as -1
+};
+
+struct HttpServerOptions {
+  std::string address = "127.0.0.1:8000";  // host:port; port 0 picks a free one
+  std::string token;                       // empty: no token asked (loopback only)
+  std::string instance = "default";        // whose model segments to report
+  std::vector<HttpModel> models;
+  uint32_t max_connections = 256;     // more get 503 and are closed
+  uint32_t idle_timeout_ms = 30000;   // a connection with no complete request this long is closed
+  uint32_t max_header_bytes = 16384;  // request line and headers; beyond: 431
+  uint32_t max_body_bytes = 4096;     // no endpoint takes a body yet; beyond: 413
+};
+
+class HttpServer {
+ public:
+  // Binds and starts serving. kInvalidArgument for a host beyond loopback without a token (or a
+  // token under kMinTokenBytes), kUnavailable when the address cannot be bound, and what
+  // attaching a model's segment returns.
+  static Result<std::unique_ptr<HttpServer>> start(const HttpServerOptions& options);
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+  // Closes every connection and stops the I/O thread.
+  ~HttpServer();
+
+  uint16_t port() const;
+
+  struct Impl;
+
+ private:
+  explicit HttpServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sliceserve::controller
