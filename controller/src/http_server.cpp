@@ -12,8 +12,8 @@
 #include <optional>
 #include <thread>
 
+#include "sliceserve/controller/listen_address.h"
 #include "sliceserve/controller/stats_window.h"
-#include "sliceserve/controller/tcp_server.h"
 #include "sliceserve/shm/layout.h"
 #include "sliceserve/shm/segment.h"
 
@@ -42,24 +42,6 @@ bool same_token(std::string_view a, std::string_view b) {
     diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<size_t>(b.size(), 1)]);
   }
   return diff == 0;
-}
-
-Result<std::pair<std::string, uint16_t>> split_address(std::string_view address) {
-  const size_t colon = address.rfind(':');
-  unsigned value = 0;
-  if (colon == std::string_view::npos || colon == 0) {
-    return Status(ErrorCode::kInvalidArgument, "'" + std::string(address) + "' is not host:port");
-  }
-  const std::string_view port = address.substr(colon + 1);
-  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (ec != std::errc() || end != port.data() + port.size() || value > 65535) {
-    return Status(ErrorCode::kInvalidArgument, "'" + std::string(address) + "' has no valid port");
-  }
-  std::string host(address.substr(0, colon));
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  return std::pair{host, uint16_t(value)};
 }
 
 Response empty_response(http::status status) {
@@ -428,18 +410,8 @@ uint16_t HttpServer::port() const {
 }
 
 Result<std::unique_ptr<HttpServer>> HttpServer::start(const HttpServerOptions& options) {
-  ASSIGN_OR_RETURN(auto host_port, split_address(options.address));
+  ASSIGN_OR_RETURN(auto host_port, checked_listen_address(options.address, options.token));
   const auto& [host, port] = host_port;
-  if (!is_loopback_host(host) && options.token.empty()) {
-    return Status(ErrorCode::kInvalidArgument,
-                  "refusing to listen on " + options.address +
-                      " without a token: set [server] token or SLICESERVE_TOKEN (at least " +
-                      std::to_string(kMinTokenBytes) + " characters), or listen on loopback");
-  }
-  if (!options.token.empty() && options.token.size() < kMinTokenBytes) {
-    return Status(ErrorCode::kInvalidArgument,
-                  "the token must have at least " + std::to_string(kMinTokenBytes) + " characters");
-  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   for (const HttpModel& m : options.models) {

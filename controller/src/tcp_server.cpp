@@ -14,6 +14,7 @@
 #include "sliceserve/client/client.h"
 #include "sliceserve/client/wire.h"
 #include "sliceserve/controller/config.h"
+#include "sliceserve/controller/listen_address.h"
 
 namespace sliceserve::controller {
 namespace {
@@ -491,33 +492,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool closed_ = false;
 };
 
-// "host:port" with the host in brackets for IPv6.
-Result<std::pair<std::string, uint16_t>> split_address(std::string_view address) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string_view::npos) {
-    return Status(ErrorCode::kInvalidArgument, "'" + std::string(address) + "' is not host:port");
-  }
-  std::string host(address.substr(0, colon));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  const std::string port(address.substr(colon + 1));
-  char* end = nullptr;
-  const unsigned long value = std::strtoul(port.c_str(), &end, 10);
-  if (port.empty() || *end != '\0' || value > 65535) {
-    return Status(ErrorCode::kInvalidArgument, "'" + std::string(address) + "' has no valid port");
-  }
-  return std::pair{host, uint16_t(value)};
-}
-
 }  // namespace
-
-bool is_loopback_host(std::string_view host) {
-  if (host == "localhost") return true;
-  asio::error_code ec;
-  const asio::ip::address a = asio::ip::make_address(std::string(host), ec);
-  return !ec && a.is_loopback();
-}
 
 void TcpServer::Impl::accept() {
   IoThread& io = *threads[next_thread];
@@ -571,18 +546,8 @@ uint16_t TcpServer::port() const {
 }
 
 Result<std::unique_ptr<TcpServer>> TcpServer::start(const TcpServerOptions& options) {
-  ASSIGN_OR_RETURN(auto host_port, split_address(options.address));
+  ASSIGN_OR_RETURN(auto host_port, checked_listen_address(options.address, options.token));
   const auto& [host, port] = host_port;
-  if (!is_loopback_host(host) && options.token.empty()) {
-    return Status(ErrorCode::kInvalidArgument,
-                  "refusing to listen on " + options.address +
-                      " without a token: set [server] token or SLICESERVE_TOKEN (at least " +
-                      std::to_string(kMinTokenBytes) + " characters), or listen on loopback");
-  }
-  if (!options.token.empty() && options.token.size() < kMinTokenBytes) {
-    return Status(ErrorCode::kInvalidArgument,
-                  "the token must have at least " + std::to_string(kMinTokenBytes) + " characters");
-  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->limits.max_header_bytes = options.max_header_bytes;

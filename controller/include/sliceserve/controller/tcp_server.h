@@ -30,9 +30,6 @@ struct TcpServerOptions {
   uint32_t default_timeout_ms = 10000;  // for requests that name none
 };
 
-// 127.0.0.0/8, ::1 and "localhost".
-bool is_loopback_host(std::string_view host);
-
 class TcpServer {
  public:
   // Binds and starts serving. kInvalidArgument for a host beyond loopback without a token (or a
