@@ -186,6 +186,33 @@ TEST(SyntheticModelTest, EveryItemOfABatchOnEveryThreadCount) {
 }
 
 // Wall time of one run of `batch` on `ctx`, in seconds.
+// What two plain threads gain over one on this machine right now, on the synthetic kind's own
+// work (an FMA pass over a 256 KiB working set per thread). Under load from other tests, or on
+// two vCPUs that share a core, there may be no second core to gain.
+double raw_two_thread_speedup() {
+  auto passes = [](int count) {
+    std::vector<float> x(64 * 1024, 0.25F);
+    for (int p = 0; p < count; ++p) {
+      for (float& v : x) v = 0.5F * v + 0.5F;
+    }
+    volatile float sink = x[0];  // keeps the loop
+    (void)sink;
+  };
+  constexpr int kPasses = 4000;
+  auto seconds = [](auto&& fn) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  const double one = seconds([&] { passes(kPasses); });
+  const double two = seconds([&] {
+    std::thread other(passes, kPasses / 2);
+    passes(kPasses / 2);
+    other.join();
+  });
+  return one / two;
+}
+
 double time_run(Model& model, std::span<const ItemIO> batch, backends::ComputeContext& ctx) {
   const auto start = std::chrono::steady_clock::now();
   EXPECT_TRUE(model.run(batch, ctx).is_ok());
@@ -238,9 +265,18 @@ TEST(SyntheticModelTest, MoreThreadsRunAFixedBatchFaster) {
   }
   RecordProperty("one_thread_ms", std::to_string(t1 * 1e3));
   RecordProperty("two_threads_ms", std::to_string(t2 * 1e3));
-  EXPECT_GE(t1 / t2, 1.3) << "1 thread " << t1 * 1e3 << " ms, 2 threads " << t2 * 1e3 << " ms";
   two->reset();
   one->reset();
+  if (t1 / t2 < 1.3) {
+    // The slice fell short: a failure only if plain threads (the test thread has its affinity
+    // back) do better on the machine as it is.
+    const double raw = raw_two_thread_speedup();
+    if (raw < 1.3) {
+      GTEST_SKIP() << "the machine is too busy to show a speed-up (two plain threads: " << raw
+                   << "x; the slice: " << t1 / t2 << "x)";
+    }
+  }
+  EXPECT_GE(t1 / t2, 1.3) << "1 thread " << t1 * 1e3 << " ms, 2 threads " << t2 * 1e3 << " ms";
 }
 
 TEST(SyntheticModelTest, WeightsAreLoadedAndDoNotChangeTheOutputs) {
