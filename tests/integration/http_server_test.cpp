@@ -16,6 +16,7 @@
 
 #include "sliceserve/client/client.h"
 #include "support/daemon_harness.h"
+#include "support/free_port.h"
 
 namespace sliceserve::testing {
 namespace {
@@ -23,18 +24,6 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr const char* kToken = "a-token-of-twenty-chars";
-
-uint16_t free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 struct Reply {
   int status = 0;  // 0: no reply
@@ -77,7 +66,7 @@ Reply round_trip(uint16_t port, const std::string& raw) {
 Reply request(uint16_t port, const std::string& method, const std::string& target,
               const std::string& extra_headers = "") {
   return round_trip(port, method + " " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
-                            extra_headers + "\r\n");
+                              extra_headers + "\r\n");
 }
 
 std::string config(const std::string& instance, uint16_t port, const std::string& extra = "") {
@@ -178,8 +167,8 @@ TEST_F(HttpServerTest, UnknownModelsPathsAndMethodsGetJsonErrors) {
 TEST_F(HttpServerTest, InferAnswers501NotImplemented) {
   start();
   Reply r = round_trip(port_,
-                     "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                     "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+                       "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
   EXPECT_EQ(r.status, 501);
   EXPECT_NE(nlohmann::json::parse(r.body)["error"].get<std::string>().find("not implemented"),
             std::string::npos);
@@ -261,8 +250,8 @@ TEST_F(HttpServerTest, MalformedAndOversizedRequestsGet400And431WhileOthersAreSe
   EXPECT_EQ(big.status, 431);
   EXPECT_EQ(good.status, 200);
   Reply body = round_trip(port_,
-                        "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                        "Content-Length: 100000\r\n\r\n");
+                          "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                          "Content-Length: 100000\r\n\r\n");
   EXPECT_EQ(body.status, 413);
   close(slow);
   EXPECT_EQ(request(port_, "GET", "/v2/health/live").status, 200);
@@ -271,8 +260,8 @@ TEST_F(HttpServerTest, MalformedAndOversizedRequestsGet400And431WhileOthersAreSe
 TEST_F(HttpServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
   start();
   Reply r = round_trip(port_,
-                     "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
-                     "GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                       "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(r.status, 200);
   EXPECT_NE(r.body.find("\"sliceserve\""), std::string::npos) << r.body;
 }

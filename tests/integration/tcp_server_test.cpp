@@ -18,6 +18,7 @@
 #include "sliceserve/client/wire.h"
 #include "support/cli_run.h"
 #include "support/daemon_harness.h"
+#include "support/free_port.h"
 
 namespace sliceserve::testing {
 namespace {
@@ -26,18 +27,6 @@ using namespace std::chrono_literals;
 namespace wire = client::wire;
 
 constexpr const char* kToken = "a-token-of-twenty-chars";
-
-uint16_t free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 std::string config(const std::string& instance, const std::string& tcp,
                    const std::string& extra = "") {
