@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <string_view>
 #include <vector>
 
 namespace sliceserve::backends {
@@ -38,6 +39,13 @@ class ComputeContext {
   // The GPU queue work of this context is launched on now (it changes when an instant resize
   // selects another pool entry); all null for host contexts.
   virtual DeviceQueue device_queue() const { return {}; }
+
+  // Per-layer right-sizing (KRISP): the queue the op labelled `layer` (PlanOp::label) is launched
+  // on. A slice with a right-sizing profile answers a queue of fewer compute units inside its own
+  // share for layers that need fewer; every other context answers device_queue(). An executor
+  // that asks per op orders consecutive ops on different queues with events, and finishes a run
+  // on device_queue().
+  virtual DeviceQueue layer_queue(std::string_view /*layer*/) const { return device_queue(); }
 };
 
 }  // namespace sliceserve::backends

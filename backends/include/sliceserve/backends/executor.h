@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "sliceserve/backends/compute_context.h"
@@ -62,6 +63,20 @@ class Executor {
   virtual Status register_host_memory(std::span<std::byte> memory);
 
   virtual ExecutorWeights weights() const = 0;
+
+  // Per-op timing of one run of plan `index` (slicectl profile, KRISP): the time of each op that
+  // is a step of its own (labels as in PlanOp::label, ops fused into another are absent), measured
+  // on the device where it runs (device events; host clock around each step for host executors),
+  // in execution order. Runs like run(), outputs included. kUnavailable where the executor
+  // cannot time single ops.
+  struct OpTiming {
+    std::string label;
+    double ms = 0;
+  };
+  virtual Result<std::vector<OpTiming>> profile_run(size_t index,
+                                                    std::span<const std::byte* const> inputs,
+                                                    std::span<std::byte* const> outputs,
+                                                    ComputeContext& ctx);
 };
 
 // The cpu executor (oneDNN; backends/cpu).
