@@ -101,6 +101,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
     http.address = c.server.http;
     http.token = token;
     http.instance = c.server.instance;
+    http.max_infer_body_bytes = uint64_t{c.server.http_max_body_mb} << 20;
     for (const auto& m : daemon->models_) {
       http.models.push_back({m->name(), m->model().kind, m->model().inputs, m->model().outputs});
     }

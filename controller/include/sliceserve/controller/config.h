@@ -79,6 +79,7 @@ struct ServerConfig {
   std::string http = "127.0.0.1:8000";  // the HTTP front-end (docs/http.md); empty: off
   // As tcp_configured, for `http`.
   bool http_configured = false;
+  uint32_t http_max_body_mb = 64;  // an HTTP infer request's body, JSON and binary; beyond: 413
   // The front-ends' shared secret; empty: $SLICESERVE_TOKEN, read at start. Required when a
   // front-end listens beyond loopback.
   std::string token;

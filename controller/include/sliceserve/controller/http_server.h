@@ -1,8 +1,11 @@
 #pragma once
-// sliceserved's HTTP front-end (docs/http.md): KServe v2 health and metadata and Prometheus
-// metrics, on Boost.Beast with its own I/O thread. It reads what it reports straight from the
-// model segments (the controller's summary block and the workers' stats blocks), as
-// `slicectl status` does, so nothing it does waits on the daemon's loop.
+// sliceserved's HTTP front-end (docs/http.md): KServe v2 health, metadata and inference (JSON
+// and binary tensors) and Prometheus metrics, on Boost.Beast with its own I/O thread. It reads
+// what it reports straight from the model segments (the controller's summary block and the
+// workers' stats blocks), as `slicectl status` does, so nothing it does waits on the daemon's
+// loop. Inference goes through one shm client per model (as the TCP front-end does): a binary
+// tensor goes from the socket's read buffer straight into its slot, and completions come back to
+// the I/O thread, which never waits on a model.
 
 #include <cstdint>
 #include <memory>
@@ -29,7 +32,9 @@ struct HttpServerOptions {
   uint32_t max_connections = 256;     // more get 503 and are closed
   uint32_t idle_timeout_ms = 30000;   // a connection with no complete request this long is closed
   uint32_t max_header_bytes = 16384;  // request line and headers; beyond: 431
-  uint32_t max_body_bytes = 4096;     // no endpoint takes a body yet; beyond: 413
+  uint32_t max_body_bytes = 4096;     // bodies of endpoints other than infer; beyond: 413
+  uint64_t max_infer_body_bytes = uint64_t{64} << 20;  // an infer body (JSON and binary); 413
+  uint32_t default_timeout_ms = 10000;  // infer requests without parameters.timeout
 };
 
 class HttpServer {
