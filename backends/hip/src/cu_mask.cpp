@@ -110,7 +110,8 @@ double percent_for_cu_count(unsigned cus, const CuLayout& layout) {
   return 100.0 * cus / layout.cu_count;
 }
 
-Result<std::vector<uint32_t>> cu_mask(const CuLayout& layout, CuMaskPolicy policy, unsigned cus) {
+Result<std::vector<uint32_t>> cu_mask(const CuLayout& layout, CuMaskPolicy policy, unsigned cus,
+                                      unsigned offset) {
   RETURN_IF_ERROR(check_cu_layout(layout));
   const unsigned granule = cu_granule(layout, policy);
   if (cus == 0 || cus > layout.cu_count || cus % granule != 0) {
@@ -119,18 +120,45 @@ Result<std::vector<uint32_t>> cu_mask(const CuLayout& layout, CuMaskPolicy polic
                               "least one)",
                               cus, cu_mask_policy_name(policy), layout.cu_count, granule));
   }
+  if (offset >= layout.cu_count || offset % granule != 0) {
+    return Status(ErrorCode::kInvalidArgument,
+                  fmt::format("cumask: CU offset {} is no {} offset on {} CUs (a multiple of {} "
+                              "below the device)",
+                              offset, cu_mask_policy_name(policy), layout.cu_count, granule));
+  }
   const unsigned g = cu_unit(layout);
   const unsigned engines = layout.shader_engines;
-  const unsigned units_per_engine = layout.cu_count / g / engines;
+  const unsigned units = layout.cu_count / g;
+  const unsigned units_per_engine = units / engines;
   std::vector<uint32_t> mask((layout.cu_count + 31) / 32, 0);
-  for (unsigned n = 0; n < cus / g; ++n) {
-    // spread: the n-th unit is unit n. pack: engine n / units_per_engine, its (n mod ...)-th unit.
+  for (unsigned i = 0; i < cus / g; ++i) {
+    const unsigned n = (offset / g + i) % units;  // the slice's i-th position, wrapped
+    // spread: position n is unit n. pack: engine n / units_per_engine, its (n mod ...)-th unit.
     const unsigned unit = policy == CuMaskPolicy::kSpread
                               ? n
                               : n / units_per_engine + (n % units_per_engine) * engines;
     for (unsigned k = 0; k < g; ++k) set_bit(mask, unit * g + k);
   }
   return mask;
+}
+
+Result<std::vector<CuRange>> cu_placement(const CuLayout& layout, CuMaskPolicy policy,
+                                          const std::vector<double>& shares) {
+  std::vector<CuRange> ranges;
+  uint64_t next = 0;  // CUs placed so far (no wrap yet: shares may add up past the device)
+  for (size_t i = 0; i < shares.size(); ++i) {
+    Result<unsigned> cus = cu_count_for_percent(shares[i], layout, policy);
+    if (!cus.is_ok()) return cus.status().with_context(fmt::format("cumask model {}", i));
+    ranges.push_back({unsigned(next % layout.cu_count), *cus});
+    next += *cus;
+  }
+  return ranges;
+}
+
+unsigned cu_mask_overlap(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
+  unsigned count = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) count += unsigned(std::popcount(a[i] & b[i]));
+  return count;
 }
 
 unsigned cu_mask_count(const std::vector<uint32_t>& mask) {

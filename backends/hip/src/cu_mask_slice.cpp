@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <utility>
@@ -60,6 +61,20 @@ Result<std::unique_ptr<CuMaskDevice>> hip_cu_mask_device(int index) {
       std::make_unique<HipCuMaskDevice>(*runtime, std::move(info)));
 }
 
+Result<std::vector<CuLayerSize>> right_sizes(const LayerProfile& profile) {
+  if (profile.device != "hip") {
+    return Status(ErrorCode::kInvalidArgument,
+                  fmt::format("cumask right-sizing needs a profile measured on a hip device; this "
+                              "one is of '{}' ({} counts)",
+                              profile.device, profile.device == "cpu" ? "thread" : "unit"));
+  }
+  std::vector<CuLayerSize> sizes;
+  for (const LayerProfileEntry& layer : profile.layers) {
+    sizes.push_back({layer.label, layer.right_size});
+  }
+  return sizes;
+}
+
 CuMaskSlice::CuMaskSlice(std::unique_ptr<CuMaskDevice> device, CuLayout layout, CuMaskPolicy policy)
     : device_(std::move(device)), layout_(layout), policy_(policy) {}
 
@@ -72,11 +87,49 @@ CuMaskSlice::~CuMaskSlice() {
 
 Result<std::unique_ptr<CuMaskSlice>> CuMaskSlice::create(std::unique_ptr<CuMaskDevice> device,
                                                          double percent, CuMaskPolicy policy,
-                                                         const CuLayoutConfig& layout_config) {
+                                                         const CuLayoutConfig& layout_config,
+                                                         CuSliceSetup setup) {
   if (device == nullptr) return Status(ErrorCode::kInvalidArgument, "cumask: no device given");
   ASSIGN_OR_RETURN(CuLayout layout, resolve_cu_layout(device->facts(), layout_config));
   RETURN_IF_ERROR(cu_count_for_percent(percent, layout, policy).status());
   std::unique_ptr<CuMaskSlice> slice(new CuMaskSlice(std::move(device), layout, policy));
+  const CuSlicePlacement& placement = setup.placement;
+  if (!placement.shares.empty()) {
+    if (placement.index >= placement.shares.size()) {
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("cumask placement: model index {} of {} models",
+                                placement.index, placement.shares.size()));
+    }
+    Result<std::vector<CuRange>> placed = cu_placement(layout, policy, placement.shares);
+    if (!placed.is_ok()) return placed.status().with_context("cumask placement");
+    const std::vector<CuRange>& ranges = *placed;
+    slice->offset_ = ranges[placement.index].offset;
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      if (i == placement.index) continue;
+      ASSIGN_OR_RETURN(std::vector<uint32_t> mask,
+                       cu_mask(layout, policy, ranges[i].cus, ranges[i].offset));
+      slice->neighbours_.emplace_back(i, std::move(mask));
+    }
+  }
+  const unsigned granule = cu_granule(layout, policy);
+  for (CuLayerSize& size : setup.layers) {
+    if (size.cus == 0) {
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("cumask right-sizing: layer {} has 0 CUs", size.label));
+    }
+    // A count measured on another policy or part: the next whole granule, at most the device.
+    const unsigned cus = std::min((size.cus + granule - 1) / granule * granule, layout.cu_count);
+    slice->layers_.push_back({std::move(size.label), cus});
+  }
+  std::sort(slice->layers_.begin(), slice->layers_.end(),
+            [](const Layer& a, const Layer& b) { return a.label < b.label; });
+  for (size_t i = 1; i < slice->layers_.size(); ++i) {
+    if (slice->layers_[i].label == slice->layers_[i - 1].label) {
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("cumask right-sizing: layer {} is sized twice",
+                                slice->layers_[i].label));
+    }
+  }
   ASSIGN_OR_RETURN(size_t index, slice->prepare(percent));
   RETURN_IF_ERROR(slice->select(index));
   return slice;
@@ -94,10 +147,25 @@ SliceInfo CuMaskSlice::info() const {
   if (entries_.empty()) return info;
   const Entry& entry = entries_[active_];
   info.percent = percent_for_cu_count(entry.cus, layout_);
-  info.placement =
-      fmt::format("{} of {} CUs ({}, per engine {}, mask {})", entry.cus, layout_.cu_count,
-                  cu_mask_policy_name(policy_), fmt::join(cus_per_engine(layout_, entry.mask), "/"),
-                  cu_mask_hex(entry.mask));
+  std::string extra;
+  for (const auto& [model, mask] : neighbours_) {
+    if (const unsigned shared = cu_mask_overlap(entry.mask, mask); shared > 0) {
+      extra += fmt::format(", {} CUs shared with cumask model {}'s initial ones", shared, model);
+    }
+  }
+  if (!layers_.empty()) {
+    std::vector<unsigned> counts;
+    for (const Stream& s : entry.layer_streams) counts.push_back(s.cus);
+    extra += counts.empty()
+                 ? fmt::format(", {} layers right-sized, none below the slice", layers_.size())
+                 : fmt::format(", {} layers right-sized onto {} CUs", layers_.size(),
+                               fmt::join(counts, "/"));
+  }
+  info.placement = fmt::format(
+      "{} of {} CUs{} ({}, per engine {}, mask {}{})", entry.cus, layout_.cu_count,
+      offset_ == 0 ? std::string() : fmt::format(" at offset {}", offset_),
+      cu_mask_policy_name(policy_), fmt::join(cus_per_engine(layout_, entry.mask), "/"),
+      cu_mask_hex(entry.mask), extra);
   return info;
 }
 
@@ -127,39 +195,103 @@ Status CuMaskSlice::select(size_t index) {
   return Status::ok();
 }
 
-Result<CuMaskSlice::Entry> CuMaskSlice::build(unsigned cus) {
-  Entry entry;
-  entry.cus = cus;
-  ASSIGN_OR_RETURN(entry.mask, cu_mask(layout_, policy_, cus));
-  const std::string what = fmt::format("cumask slice of {} CUs on {}", cus, device_->name());
-  Result<void*> stream = device_->create_stream(entry.mask);
+const CuMaskSlice::Layer* CuMaskSlice::find_layer(std::string_view label) const {
+  auto it = std::lower_bound(layers_.begin(), layers_.end(), label,
+                             [](const Layer& l, std::string_view key) { return l.label < key; });
+  return it != layers_.end() && it->label == label ? &*it : nullptr;
+}
+
+DeviceQueue CuMaskSlice::layer_queue(std::string_view layer) const {
+  const Layer* found = find_layer(layer);
+  if (found == nullptr) return device_queue();
+  const Entry& entry = entries_[active_];
+  const size_t chosen = entry.layer_stream[size_t(found - layers_.data())];
+  if (chosen == std::string::npos) return device_queue();
+  const Stream& s = entry.layer_streams[chosen];
+  return {nullptr, s.stream, s.index};
+}
+
+unsigned CuMaskSlice::layer_cu_count(std::string_view layer) const {
+  const Layer* found = find_layer(layer);
+  const Entry& entry = entries_[active_];
+  return found == nullptr ? entry.cus : std::min(found->cus, entry.cus);
+}
+
+Result<CuMaskSlice::Stream> CuMaskSlice::make_stream(unsigned cus, const std::string& what) {
+  Stream made;
+  made.cus = cus;
+  ASSIGN_OR_RETURN(made.mask, cu_mask(layout_, policy_, cus, offset_));
+  Result<void*> stream = device_->create_stream(made.mask);
   if (!stream.is_ok()) return stream.status().with_context(what);
-  entry.stream = *stream;
-  // From here the entry owns a stream: a later failure destroys it.
-  Result<std::vector<uint32_t>> effective = device_->stream_mask(entry.stream, entry.mask.size());
+  made.stream = *stream;
+  // From here the stream is ours: a later failure destroys it.
+  Result<std::vector<uint32_t>> effective = device_->stream_mask(made.stream, made.mask.size());
   Status checked = effective.status();
-  if (checked.is_ok() && *effective != entry.mask) {
+  if (checked.is_ok() && *effective != made.mask) {
     checked = Status(
         ErrorCode::kUnavailable,
         fmt::format("the stream's CU mask reads back as {} ({} CUs), not {}: a "
                     "process-wide mask (ROC_GLOBAL_CU_MASK or HSA_CU_MASK) narrows "
                     "this worker's CUs; unset it, cumask slices need the whole device",
-                    cu_mask_hex(*effective), cu_mask_count(*effective), cu_mask_hex(entry.mask)));
+                    cu_mask_hex(*effective), cu_mask_count(*effective), cu_mask_hex(made.mask)));
   }
   if (!checked.is_ok()) {
-    destroy(entry);
+    destroy_stream(made.stream);
     return checked.with_context(what);
+  }
+  return made;
+}
+
+Result<CuMaskSlice::Entry> CuMaskSlice::build(unsigned cus) {
+  Entry entry;
+  entry.cus = cus;
+  ASSIGN_OR_RETURN(Stream own,
+                   make_stream(cus, fmt::format("cumask slice of {} CUs on {}", cus,
+                                                device_->name())));
+  entry.mask = std::move(own.mask);
+  entry.stream = own.stream;
+  // The smaller counts of the entry's layers, one stream each, ascending.
+  std::vector<unsigned> counts;
+  for (const Layer& layer : layers_) {
+    if (layer.cus < cus) counts.push_back(layer.cus);
+  }
+  std::sort(counts.begin(), counts.end());
+  counts.erase(std::unique(counts.begin(), counts.end()), counts.end());
+  for (unsigned count : counts) {
+    Result<Stream> made =
+        make_stream(count, fmt::format("right-sized stream of {} CUs in the {}-CU slice on {}",
+                                       count, cus, device_->name()));
+    if (!made.is_ok()) {
+      destroy(entry);  // the streams made so far, last first
+      return made.status();
+    }
+    made->index = next_layer_index_++;
+    entry.layer_streams.push_back(std::move(made).value());
+  }
+  for (const Layer& layer : layers_) {
+    const auto it = std::lower_bound(counts.begin(), counts.end(), layer.cus);
+    entry.layer_stream.push_back(layer.cus < cus ? size_t(it - counts.begin())
+                                                 : std::string::npos);
   }
   return entry;
 }
 
-void CuMaskSlice::destroy(Entry& entry) {
+void CuMaskSlice::destroy_stream(void*& stream) {
   // Destructors never fail: a runtime error here is reported and the rest still destroyed.
-  if (entry.stream != nullptr) {
-    Status destroyed = device_->destroy_stream(entry.stream);
+  if (stream != nullptr) {
+    Status destroyed = device_->destroy_stream(stream);
     if (!destroyed.is_ok()) std::fprintf(stderr, "cumask: %s\n", destroyed.to_string().c_str());
-    entry.stream = nullptr;
+    stream = nullptr;
   }
+}
+
+void CuMaskSlice::destroy(Entry& entry) {
+  // Last made first: the layer streams (largest first), then the entry's own.
+  while (!entry.layer_streams.empty()) {
+    destroy_stream(entry.layer_streams.back().stream);
+    entry.layer_streams.pop_back();
+  }
+  destroy_stream(entry.stream);
 }
 
 Result<std::unique_ptr<Slice>> create_cu_mask_slice(const CuMaskSliceOptions& options) {
@@ -170,7 +302,8 @@ Result<std::unique_ptr<Slice>> create_cu_mask_slice(const CuMaskSliceOptions& op
   ASSIGN_OR_RETURN(std::unique_ptr<CuMaskDevice> device, hip_cu_mask_device(options.device));
   ASSIGN_OR_RETURN(
       std::unique_ptr<CuMaskSlice> slice,
-      CuMaskSlice::create(std::move(device), options.percent, options.policy, options.layout));
+      CuMaskSlice::create(std::move(device), options.percent, options.policy, options.layout,
+                          options.setup));
   return std::unique_ptr<Slice>(std::move(slice));
 }
 

@@ -21,6 +21,7 @@ namespace {
 struct FakeLog {
   std::vector<std::string> calls;
   std::string fail;                   // the call name that fails next (once)
+  int fail_skip = 0;                  // calls of that name that succeed before it fails
   std::vector<uint32_t> global_mask;  // non-empty: ANDed into what streams read back
 };
 
@@ -60,7 +61,7 @@ class FakeCuMaskDevice final : public CuMaskDevice {
   Status record(const std::string& call) {
     log_->calls.push_back(call);
     const std::string name = call.substr(0, call.find('('));
-    if (!log_->fail.empty() && log_->fail == name) {
+    if (!log_->fail.empty() && log_->fail == name && log_->fail_skip-- == 0) {
       log_->fail.clear();
       return Status(ErrorCode::kInternal, name + ": hipErrorOutOfMemory: out of memory");
     }
@@ -80,9 +81,13 @@ class CuMaskSliceTest : public ::testing::Test {
   Result<std::unique_ptr<CuMaskSlice>> make(double percent,
                                             CuMaskPolicy policy = CuMaskPolicy::kSpread,
                                             const CuDeviceFacts& facts = kMi50,
-                                            CuLayoutConfig config = {}) {
+                                            CuLayoutConfig config = {}, CuSliceSetup setup = {}) {
     return CuMaskSlice::create(std::make_unique<FakeCuMaskDevice>(log_, facts), percent, policy,
-                               config);
+                               config, std::move(setup));
+  }
+  Result<std::unique_ptr<CuMaskSlice>> make_with(double percent, CuSliceSetup setup,
+                                                 CuMaskPolicy policy = CuMaskPolicy::kSpread) {
+    return make(percent, policy, kMi50, {}, std::move(setup));
   }
   std::vector<std::string>& calls() { return log_->calls; }
 
@@ -259,6 +264,202 @@ TEST_F(CuMaskSliceTest, ParallelForRunsOnTheCaller) {
   });
   EXPECT_EQ(begin, 0u);
   EXPECT_EQ(end, 7u);
+}
+
+// ---- placement among the device's models ----
+
+TEST_F(CuMaskSliceTest, APlacedSliceStartsAfterTheModelsBeforeIt) {
+  // MI50, three models of 30, 30 and 40%: 20 CUs from 0, 20 from 20, 24 from 40 (wrapping).
+  auto slice = make_with(30, {.placement = {{30, 30, 40}, 1}, .layers = {}});
+  ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
+  EXPECT_EQ(calls().at(0), "create_stream(0xfffff00000, 2 words)");
+  EXPECT_EQ((*slice)->cu_offset(), 20u);
+  EXPECT_EQ((*slice)->info().placement,
+            "20 of 60 CUs at offset 20 (spread, per engine 5/5/5/5, mask 0xfffff00000)");
+  // A resize keeps the start; growing past its 20 CUs reaches the next model's.
+  calls().clear();
+  ASSERT_TRUE(resize_in_place(**slice, 50).is_ok());
+  EXPECT_EQ(calls().at(0), "create_stream(0xffffffff00000, 2 words)");
+  EXPECT_EQ((*slice)->info().placement,
+            "32 of 60 CUs at offset 20 (spread, per engine 8/8/8/8, mask 0xffffffff00000, 12 CUs "
+            "shared with cumask model 2's initial ones)");
+  // The whole device overlaps both others.
+  ASSERT_TRUE(resize_in_place(**slice, 100).is_ok());
+  EXPECT_EQ((*slice)->info().placement,
+            "60 of 60 CUs at offset 20 (spread, per engine 15/15/15/15, mask 0xfffffffffffffff, "
+            "20 CUs shared with cumask model 0's initial ones, 24 CUs shared with cumask model "
+            "2's initial ones)");
+}
+
+TEST_F(CuMaskSliceTest, ThePlacementOfTheLastModelWrapsAndSaysWhatItOverlaps) {
+  auto slice = make_with(40, {.placement = {{30, 30, 40}, 2}, .layers = {}});
+  ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
+  EXPECT_EQ(calls().at(0), "create_stream(0xfffff000000000f, 2 words)");
+  EXPECT_EQ((*slice)->info().placement,
+            "24 of 60 CUs at offset 40 (spread, per engine 6/6/6/6, mask 0xfffff000000000f, 4 CUs "
+            "shared with cumask model 0's initial ones)");
+}
+
+TEST_F(CuMaskSliceTest, PackPlacementFillsTheNextEngine) {
+  // 25% = 15 CUs = engine 0; the second model starts on engine 1 (bits 1, 5, 9, ...).
+  auto slice = make_with(25, {.placement = {{25, 25}, 1}, .layers = {}}, CuMaskPolicy::kPack);
+  ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
+  EXPECT_EQ(calls().at(0), "create_stream(0x222222222222222, 2 words)");
+  EXPECT_EQ(cus_per_engine((*slice)->layout(), (*slice)->active_mask()),
+            (std::vector<unsigned>{0, 15, 0, 0}));
+}
+
+TEST_F(CuMaskSliceTest, ABadPlacementFailsBeforeAnyStream) {
+  auto slice = make_with(30, {.placement = {{30, 30}, 2}, .layers = {}});
+  ASSERT_FALSE(slice.is_ok());
+  EXPECT_EQ(slice.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(slice.status().message(), "cumask placement: model index 2 of 2 models");
+  auto zero = make_with(30, {.placement = {{30, 0}, 0}, .layers = {}});
+  ASSERT_FALSE(zero.is_ok());
+  EXPECT_NE(zero.status().message().find("cumask model 1"), std::string::npos)
+      << zero.status().message();
+  EXPECT_TRUE(calls().empty());
+}
+
+// ---- per-layer right-sizing ----
+
+const std::vector<CuLayerSize> kLayers = {
+    {"conv1", 8}, {"conv2", 16}, {"fc", 60}, {"relu", 6}};  // relu: 6 rounds up to 8
+
+TEST_F(CuMaskSliceTest, EachEntryBuildsAStreamPerSmallerLayerCountAtLoad) {
+  auto slice = make_with(50, {.placement = {}, .layers = kLayers});
+  ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
+  EXPECT_EQ(calls(), (std::vector<std::string>{
+                         "create_stream(0xffffffff, 2 words)", "stream_mask(1, 2)",
+                         "create_stream(0xff, 2 words)", "stream_mask(2, 2)",
+                         "create_stream(0xffff, 2 words)", "stream_mask(3, 2)"}))
+      << "the slice's 32 CUs, then 8 and 16 of them, each read back";
+  CuMaskSlice& s = **slice;
+  EXPECT_EQ(s.layer_queue("conv1").stream, handle(2));
+  EXPECT_EQ(s.layer_queue("conv1").index, kLayerQueueIndexBase);
+  EXPECT_EQ(s.layer_queue("conv1").context, nullptr);
+  EXPECT_EQ(s.layer_queue("relu").stream, handle(2)) << "one stream per count";
+  EXPECT_EQ(s.layer_queue("conv2").stream, handle(3));
+  EXPECT_EQ(s.layer_queue("conv2").index, kLayerQueueIndexBase + 1);
+  EXPECT_EQ(s.layer_queue("fc").stream, handle(1)) << "capped at the slice: its own stream";
+  EXPECT_EQ(s.layer_queue("fc").index, 0u);
+  EXPECT_EQ(s.layer_queue("softmax").stream, handle(1)) << "not profiled";
+  EXPECT_EQ(s.layer_cu_count("conv1"), 8u);
+  EXPECT_EQ(s.layer_cu_count("relu"), 8u);
+  EXPECT_EQ(s.layer_cu_count("fc"), 32u);
+  EXPECT_EQ(s.layer_cu_count("softmax"), 32u);
+  EXPECT_EQ(s.info().placement,
+            "32 of 60 CUs (spread, per engine 8/8/8/8, mask 0xffffffff, 4 layers right-sized onto "
+            "8/16 CUs)");
+}
+
+TEST_F(CuMaskSliceTest, SelectSwitchesTheLayerStreamsWithTheEntry) {
+  auto slice = make_with(50, {.placement = {}, .layers = kLayers});
+  ASSERT_TRUE(slice.is_ok());
+  CuMaskSlice& s = **slice;
+  calls().clear();
+  auto quarter = s.prepare(25);  // 16 CUs: only conv1/relu's 8 is smaller
+  ASSERT_TRUE(quarter.is_ok());
+  EXPECT_EQ(calls(), (std::vector<std::string>{"create_stream(0xffff, 2 words)",
+                                               "stream_mask(4, 2)", "create_stream(0xff, 2 words)",
+                                               "stream_mask(5, 2)"}));
+  EXPECT_EQ(s.layer_queue("conv1").stream, handle(2)) << "prepare does not switch";
+  calls().clear();
+  ASSERT_TRUE(s.select(*quarter).is_ok());
+  EXPECT_TRUE(calls().empty()) << "switching layer streams makes no runtime call";
+  EXPECT_EQ(s.layer_queue("conv1").stream, handle(5));
+  EXPECT_EQ(s.layer_queue("conv1").index, kLayerQueueIndexBase + 2) << "a stream of its own";
+  EXPECT_EQ(s.layer_queue("conv2").stream, handle(4)) << "16 CUs: the whole entry";
+  EXPECT_EQ(s.layer_queue("conv2").index, 1u);
+  EXPECT_EQ(s.layer_queue("fc").stream, handle(4));
+  EXPECT_EQ(s.layer_cu_count("conv2"), 16u);
+  ASSERT_TRUE(s.select(0).is_ok());
+  EXPECT_EQ(s.layer_queue("conv2").stream, handle(3));
+  EXPECT_EQ(s.layer_queue("conv1").stream, handle(2));
+}
+
+TEST_F(CuMaskSliceTest, LayerMasksAreTheFirstCusOfThePlacedSlice) {
+  auto slice = make_with(30, {.placement = {{30, 30, 40}, 1}, .layers = {{"conv1", 8}}});
+  ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
+  // The slice holds CUs 20-39; its 8-CU layer stream CUs 20-27, inside it and balanced.
+  EXPECT_EQ(calls().at(0), "create_stream(0xfffff00000, 2 words)");
+  EXPECT_EQ(calls().at(2), "create_stream(0xff00000, 2 words)");
+  // Pack: the layer's CUs are the first of the slice's engine-1 CUs.
+  calls().clear();
+  auto pack =
+      make_with(25, {.placement = {{25, 25}, 1}, .layers = {{"conv1", 3}}}, CuMaskPolicy::kPack);
+  ASSERT_TRUE(pack.is_ok()) << pack.status().to_string();
+  EXPECT_EQ(calls().at(0), "create_stream(0x222222222222222, 2 words)");
+  EXPECT_EQ(calls().at(2), "create_stream(0x222, 2 words)");
+}
+
+TEST_F(CuMaskSliceTest, LayerStreamsAreDestroyedWithTheirEntryLastMadeFirst) {
+  {
+    auto slice = make_with(50, {.placement = {}, .layers = kLayers});
+    ASSERT_TRUE(slice.is_ok());
+    ASSERT_TRUE((*slice)->prepare(25).is_ok());
+    calls().clear();
+  }
+  EXPECT_EQ(calls(), (std::vector<std::string>{"destroy_stream(5)", "destroy_stream(4)",
+                                               "destroy_stream(3)", "destroy_stream(2)",
+                                               "destroy_stream(1)"}));
+}
+
+TEST_F(CuMaskSliceTest, AFailedLayerStreamDestroysTheEntrysStreamsAndLeavesThePool) {
+  auto slice = make_with(50, {.placement = {}, .layers = kLayers});
+  ASSERT_TRUE(slice.is_ok());
+  calls().clear();
+  log_->fail = "create_stream";
+  log_->fail_skip = 1;  // the entry's stream is made, its layer stream fails
+  auto failed = (*slice)->prepare(25);
+  ASSERT_FALSE(failed.is_ok());
+  EXPECT_NE(failed.status().message().find("right-sized stream of 8 CUs in the 16-CU slice"),
+            std::string::npos)
+      << failed.status().message();
+  EXPECT_EQ(calls(), (std::vector<std::string>{"create_stream(0xffff, 2 words)",
+                                               "stream_mask(4, 2)", "create_stream(0xff, 2 words)",
+                                               "destroy_stream(4)"}));
+  EXPECT_EQ((*slice)->pool().size(), 1u);
+  EXPECT_EQ((*slice)->layer_queue("conv1").stream, handle(2));
+}
+
+TEST_F(CuMaskSliceTest, WithoutLayerSizesEveryLayerGetsTheSlicesQueue) {
+  auto slice = make(50);
+  ASSERT_TRUE(slice.is_ok());
+  EXPECT_EQ((*slice)->layer_queue("conv1").stream, (*slice)->device_queue().stream);
+  EXPECT_EQ((*slice)->layer_queue("conv1").index, 0u);
+  EXPECT_EQ(calls().size(), 2u) << "no layer streams";
+}
+
+TEST_F(CuMaskSliceTest, LayerSizesThatCannotBeUsedAreRefused) {
+  auto twice = make_with(50, {.placement = {}, .layers = {{"conv1", 8}, {"conv1", 16}}});
+  ASSERT_FALSE(twice.is_ok());
+  EXPECT_EQ(twice.status().message(), "cumask right-sizing: layer conv1 is sized twice");
+  auto zero = make_with(50, {.placement = {}, .layers = {{"conv1", 0}}});
+  ASSERT_FALSE(zero.is_ok());
+  EXPECT_EQ(zero.status().message(), "cumask right-sizing: layer conv1 has 0 CUs");
+  EXPECT_TRUE(calls().empty());
+}
+
+TEST(CuMaskRightSizesTest, AProfileGivesEachLayerItsRightSizeAndOnlyHipProfilesCount) {
+  LayerProfile profile;
+  profile.device = "hip";
+  profile.units = {4, 8};
+  profile.layers = {{"conv1", {2.0, 1.0}, 8}, {"fc", {1.0, 1.0}, 4}};
+  auto sizes = right_sizes(profile);
+  ASSERT_TRUE(sizes.is_ok());
+  ASSERT_EQ(sizes->size(), 2u);
+  EXPECT_EQ((*sizes)[0].label, "conv1");
+  EXPECT_EQ((*sizes)[0].cus, 8u);
+  EXPECT_EQ((*sizes)[1].cus, 4u);
+  profile.device = "cpu";
+  auto cpu = right_sizes(profile);
+  ASSERT_FALSE(cpu.is_ok());
+  EXPECT_EQ(cpu.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(cpu.status().message().find("measured on a hip device; this one is of 'cpu' (thread "
+                                        "counts)"),
+            std::string::npos)
+      << cpu.status().message();
 }
 
 CuMaskSliceOptions options(double percent) {

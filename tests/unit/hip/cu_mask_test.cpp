@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -261,6 +262,157 @@ TEST(CuMaskTest, ShaderEnginesComeFromTheTableOrTheConfig) {
   auto bad = resolve_cu_layout({"MI50", 60, 906}, CuLayoutConfig{7, std::nullopt});
   ASSERT_FALSE(bad.is_ok());
   EXPECT_NE(bad.status().message().find("MI50 (gfx906, 60 CUs)"), std::string::npos)
+      << bad.status().message();
+}
+
+// The CUs a slice of `cus` at `offset` holds, derived from the bit layout the other way round:
+// bit b is CU unit u = b / g, whose position in the policy's order is u itself (spread) or
+// engine(u) x units per engine + its index in the engine (pack); the slice holds the positions
+// offset .. offset + cus - 1, wrapped.
+std::vector<bool> expected_bits(const CuLayout& layout, CuMaskPolicy policy, unsigned cus,
+                                unsigned offset) {
+  const unsigned g = layout.wgp ? 2 : 1;
+  const unsigned units = layout.cu_count / g;
+  const unsigned engines = layout.shader_engines;
+  std::vector<bool> bits(layout.cu_count, false);
+  for (unsigned b = 0; b < layout.cu_count; ++b) {
+    const unsigned u = b / g;
+    const unsigned position =
+        policy == CuMaskPolicy::kSpread ? u : (u % engines) * (units / engines) + u / engines;
+    bits[b] = (position + units - offset / g) % units < cus / g;
+  }
+  return bits;
+}
+
+// Every count at every offset, both policies, every shape (MI50 60 CUs / 4 engines, MI100 120 / 8,
+// MI210 104 / 8, and a WGP part): the bits are those of the positions from the offset on, spread
+// stays balanced wherever it starts, pack fills the engines in order from the offset's engine,
+// a slice and the rest of the device from its end tile the device, and CU pairs stay together.
+TEST(CuMaskTest, EveryCountAtEveryOffsetHoldsThePositionsFromTheOffset) {
+  for (const Shape& shape : kShapes) {
+    const CuLayout& layout = shape.layout;
+    const unsigned n = layout.cu_count;
+    const unsigned engines = layout.shader_engines;
+    const unsigned per_engine = n / engines;
+    const std::vector<uint32_t> full = *cu_mask(layout, CuMaskPolicy::kSpread, n);
+    for (CuMaskPolicy policy : kPolicies) {
+      const unsigned granule = cu_granule(layout, policy);
+      for (unsigned offset = 0; offset < n; offset += granule) {
+        for (unsigned cus = granule; cus <= n; cus += granule) {
+          SCOPED_TRACE(std::string(shape.name) + " " + std::string(cu_mask_policy_name(policy)) +
+                       " " + std::to_string(cus) + " CUs at " + std::to_string(offset));
+          auto mask = cu_mask(layout, policy, cus, offset);
+          ASSERT_TRUE(mask.is_ok()) << mask.status().to_string();
+          ASSERT_EQ(mask->size(), (n + 31) / 32);
+          ASSERT_EQ(cu_mask_count(*mask), cus);
+          const std::vector<bool> expected = expected_bits(layout, policy, cus, offset);
+          for (unsigned b = 0; b < mask->size() * 32; ++b) {
+            ASSERT_EQ(bit(*mask, b), b < n && expected[b]) << "bit " << b;
+          }
+          const std::vector<unsigned> counts = cus_per_engine(layout, *mask);
+          if (policy == CuMaskPolicy::kSpread) {
+            for (unsigned c : counts) ASSERT_EQ(c, cus / engines) << "unbalanced";
+          } else {
+            // Engine by engine from the offset's, the first partly (from the offset), then whole.
+            std::vector<unsigned> fill(engines, 0);
+            unsigned left = cus;
+            unsigned position = offset;
+            while (left > 0) {
+              const unsigned e = (position / per_engine) % engines;
+              const unsigned take = std::min(left, per_engine - position % per_engine);
+              fill[e] += take;
+              left -= take;
+              position = (position + take) % n;
+            }
+            ASSERT_EQ(counts, fill);
+          }
+          if (cus < n) {
+            auto rest = cu_mask(layout, policy, n - cus, (offset + cus) % n);
+            ASSERT_TRUE(rest.is_ok()) << rest.status().to_string();
+            ASSERT_EQ(cu_mask_overlap(*mask, *rest), 0u);
+            std::vector<uint32_t> both = *mask;
+            for (size_t w = 0; w < both.size(); ++w) both[w] |= (*rest)[w];
+            ASSERT_EQ(both, full) << "a slice and the rest of the device tile it";
+          } else {
+            ASSERT_EQ(*mask, full) << "the whole device from any offset";
+          }
+          if (layout.wgp) {
+            for (unsigned i = 0; i < n; i += 2) ASSERT_EQ(bit(*mask, i), bit(*mask, i + 1)) << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CuMaskTest, OffsetsThatAreNoWholeGranuleOrPastTheDeviceAreRefused) {
+  const CuLayout& mi50 = kShapes[0].layout;
+  for (unsigned offset : {2u, 60u, 64u}) {
+    auto mask = cu_mask(mi50, CuMaskPolicy::kSpread, 8, offset);
+    ASSERT_FALSE(mask.is_ok()) << offset;
+    EXPECT_EQ(mask.status().code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(mask.status().message().find("CU offset " + std::to_string(offset)),
+              std::string::npos)
+        << mask.status().message();
+  }
+  EXPECT_TRUE(cu_mask(mi50, CuMaskPolicy::kPack, 8, 59).is_ok()) << "pack: any CU";
+  EXPECT_FALSE(cu_mask(kShapes[3].layout, CuMaskPolicy::kPack, 2, 1).is_ok()) << "half a pair";
+}
+
+TEST(CuMaskTest, SpreadSlicesAtAnOffsetTakeTheNextBits) {
+  // MI50: 20 CUs from CU 20, then 24 from 40: the second wraps past CU 59 onto CUs 0-3.
+  auto second = cu_mask(kShapes[0].layout, CuMaskPolicy::kSpread, 20, 20);
+  ASSERT_TRUE(second.is_ok());
+  EXPECT_EQ(cu_mask_hex(*second), "0xfffff00000");
+  auto third = cu_mask(kShapes[0].layout, CuMaskPolicy::kSpread, 24, 40);
+  ASSERT_TRUE(third.is_ok());
+  EXPECT_EQ(cu_mask_hex(*third), "0xfffff000000000f");
+  EXPECT_EQ(cus_per_engine(kShapes[0].layout, *third), (std::vector<unsigned>{6, 6, 6, 6}));
+  // MI100 pack: 20 CUs from CU 15 are engine 1's 15 CUs and 5 of engine 2's.
+  auto pack = cu_mask(kShapes[1].layout, CuMaskPolicy::kPack, 20, 15);
+  ASSERT_TRUE(pack.is_ok());
+  EXPECT_EQ(cus_per_engine(kShapes[1].layout, *pack),
+            (std::vector<unsigned>{0, 15, 5, 0, 0, 0, 0, 0}));
+}
+
+// The device's models one after the other from their rounded initial shares; past 100% the
+// next starts over at CU 0 and overlaps.
+TEST(CuMaskTest, PlacementPutsEachModelAfterTheOneBefore) {
+  const CuLayout& mi50 = kShapes[0].layout;
+  auto placed = cu_placement(mi50, CuMaskPolicy::kSpread, {30, 30, 40});
+  ASSERT_TRUE(placed.is_ok()) << placed.status().to_string();
+  ASSERT_EQ(placed->size(), 3u);
+  // 30% = 18 CUs: 4.5 granules of 4, halves up to 20.
+  EXPECT_EQ((*placed)[0].offset, 0u);
+  EXPECT_EQ((*placed)[0].cus, 20u);
+  EXPECT_EQ((*placed)[1].offset, 20u);
+  EXPECT_EQ((*placed)[1].cus, 20u);
+  EXPECT_EQ((*placed)[2].offset, 40u);
+  EXPECT_EQ((*placed)[2].cus, 24u) << "rounding took 4 CUs more than the device has";
+  auto mask = [&](const CuRange& r) { return *cu_mask(mi50, CuMaskPolicy::kSpread, r.cus, r.offset); };
+  EXPECT_EQ(cu_mask_overlap(mask((*placed)[0]), mask((*placed)[1])), 0u);
+  EXPECT_EQ(cu_mask_overlap(mask((*placed)[2]), mask((*placed)[0])), 4u);
+
+  // MI210 pack, 50 + 50 + 25: the third wraps to CU 0 and overlaps the first entirely.
+  auto over = cu_placement(kShapes[2].layout, CuMaskPolicy::kPack, {50, 50, 25});
+  ASSERT_TRUE(over.is_ok());
+  EXPECT_EQ((*over)[1].offset, 52u);
+  EXPECT_EQ((*over)[2].offset, 0u);
+  EXPECT_EQ((*over)[2].cus, 26u);
+
+  // MI100 spread: every model starts on a whole round of the 8 engines.
+  auto mi100 = cu_placement(kShapes[1].layout, CuMaskPolicy::kSpread, {10, 15, 20, 55});
+  ASSERT_TRUE(mi100.is_ok());
+  unsigned next = 0;
+  for (const CuRange& r : *mi100) {
+    EXPECT_EQ(r.offset % 8, 0u);
+    EXPECT_EQ(r.offset, next % 120);
+    next += r.cus;
+  }
+
+  auto bad = cu_placement(mi50, CuMaskPolicy::kSpread, {30, 0});
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("cumask model 1"), std::string::npos)
       << bad.status().message();
 }
 

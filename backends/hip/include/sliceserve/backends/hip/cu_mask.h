@@ -78,9 +78,31 @@ unsigned cu_granule(const CuLayout& layout, CuMaskPolicy policy);
 Result<unsigned> cu_count_for_percent(double percent, const CuLayout& layout, CuMaskPolicy policy);
 double percent_for_cu_count(unsigned cus, const CuLayout& layout);
 
-// The mask of `cus` CUs under the policy: ceil(cu_count / 32) words. kInvalidArgument unless cus
-// is a positive multiple of the policy's granularity, at most the device.
-Result<std::vector<uint32_t>> cu_mask(const CuLayout& layout, CuMaskPolicy policy, unsigned cus);
+// Placement. Each policy orders the device's units: spread's order is unit 0, 1, 2, ... (the
+// driver's round-robin over the engines), pack's is engine 0's units, then engine 1's, ... A
+// slice of n CUs at offset o holds the n CUs of positions o, o+1, ... in that order, wrapping
+// round the end of the device. Offsets are whole granules, so a spread slice at any offset is as
+// balanced as at 0 (every whole round of E units gives each engine one) and a pack slice fills
+// engines in order.
+//
+// The mask of `cus` CUs under the policy, from CU position `offset`: ceil(cu_count / 32) words.
+// kInvalidArgument unless cus is a positive multiple of the policy's granularity, at most the
+// device, and offset a multiple of it below the device.
+Result<std::vector<uint32_t>> cu_mask(const CuLayout& layout, CuMaskPolicy policy, unsigned cus,
+                                      unsigned offset = 0);
+
+// Where the slices of one device's cumask models sit: model i's initial share rounded to the
+// policy (cu_count_for_percent) from the position where model i-1's ends (model 0 at 0), modulo
+// the device. Shares adding up to more than 100% wrap round and overlap.
+struct CuRange {
+  unsigned offset = 0;  // first CU position, a whole number of granules
+  unsigned cus = 0;
+};
+Result<std::vector<CuRange>> cu_placement(const CuLayout& layout, CuMaskPolicy policy,
+                                          const std::vector<double>& shares);
+
+// CUs two masks share.
+unsigned cu_mask_overlap(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b);
 
 // Set bits of a mask, and how many of them each engine gets (bits past cu_count ignored, as the
 // driver does): a slice's real placement.

@@ -13,8 +13,24 @@
 //
 // Shares are reported as the CUs' share of the device (pool() and info().percent: 32 of 60 CUs is
 // 53.33%), so prepare(info().percent) finds the active entry again. Unlike green contexts the
-// placement is physical: every worker's masks start at the same bits (spread: CU 0 upwards, pack:
-// engine 0 first), so slices of different workers overlap; only one entry of a pool is active.
+// placement is physical, so the controller gives each model of the device its own CUs
+// (CuSlicePlacement: the device's models one after the other, cu_placement in cu_mask.h); every
+// entry of a pool starts at the model's offset, so a resize keeps the model's start. An entry
+// larger than the initial share reaches into the next model's CUs: allowed (the policy keeps the
+// sum of the shares within the device, so the neighbour has shrunk by then) and reported in
+// info().placement, which counts the CUs the active entry shares with each other model's initial
+// range.
+//
+// Per-layer right-sizing (KRISP): with layer sizes (from a `slicectl profile`, right_sizes()),
+// every entry also holds a stream for each smaller CU count its layers need, whose mask is the
+// first CUs of the entry's own (same offset, fewer positions: a subset, inside the slice), built
+// with the entry (at create and prepare(), never while serving) and destroyed with it.
+// layer_queue(label) answers the active entry's stream for the layer's count, capped at the
+// entry's (a layer that needs the whole entry, or more, gets device_queue()); layers without a
+// size, and a slice without sizes, answer device_queue(). Layer queues carry indices from
+// kLayerQueueIndexBase up, one per stream, never a pool index (a pool holds at most one entry per
+// CU count, so fewer than kMaxCus), so an executor's per-queue state (a MIOpen handle per CU
+// count) never mixes two of them.
 //
 // The host side is one thread: concurrency() is 1 and parallel_for runs fn(0, n) on the calling
 // thread. device_queue() is {nullptr, the active hipStream_t, its pool index}: HIP has no context
@@ -29,9 +45,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sliceserve/backends/hip/cu_mask.h"
+#include "sliceserve/backends/layer_profile.h"
 #include "sliceserve/backends/slice.h"
 #include "sliceserve/shm/status.h"
 
@@ -57,13 +75,39 @@ class CuMaskDevice {
 // runtime does not have.
 Result<std::unique_ptr<CuMaskDevice>> hip_cu_mask_device(int index);
 
+// Where a slice sits among the cumask models of its device: the initial shares of all of them in
+// the controller's placement order, and this model's index. Empty shares: the only one, at CU 0.
+struct CuSlicePlacement {
+  std::vector<double> shares;
+  size_t index = 0;
+};
+
+// A layer's right-sized CU count (the profile's right_size).
+struct CuLayerSize {
+  std::string label;  // PlanOp::label
+  unsigned cus = 0;
+};
+
+// The layer sizes of a profile measured on a hip device; kInvalidArgument for a profile of
+// another device (a cpu profile counts threads, not CUs).
+Result<std::vector<CuLayerSize>> right_sizes(const LayerProfile& profile);
+
+struct CuSliceSetup {
+  CuSlicePlacement placement;
+  std::vector<CuLayerSize> layers;  // right-sizing; empty: none
+};
+
+inline constexpr size_t kLayerQueueIndexBase = kMaxCus;
+
 class CuMaskSlice final : public Slice {
  public:
-  // Resolves the device's CU layout (resolve_cu_layout) and prepares and selects `percent`
-  // (entry 0).
+  // Resolves the device's CU layout (resolve_cu_layout), places the slice (setup.placement) and
+  // prepares and selects `percent` (entry 0). Layer sizes are rounded up to the policy's
+  // granularity.
   static Result<std::unique_ptr<CuMaskSlice>> create(std::unique_ptr<CuMaskDevice> device,
                                                      double percent, CuMaskPolicy policy,
-                                                     const CuLayoutConfig& layout_config);
+                                                     const CuLayoutConfig& layout_config,
+                                                     CuSliceSetup setup = {});
   ~CuMaskSlice() override;
   CuMaskSlice(const CuMaskSlice&) = delete;
   CuMaskSlice& operator=(const CuMaskSlice&) = delete;
@@ -80,6 +124,7 @@ class CuMaskSlice final : public Slice {
 
   // No context on HIP; the active entry's stream, and its pool index for per-queue state.
   DeviceQueue device_queue() const override { return {nullptr, entries_[active_].stream, active_}; }
+  DeviceQueue layer_queue(std::string_view layer) const override;
 
   void* active_stream() const { return entries_[active_].stream; }
   const std::vector<uint32_t>& active_mask() const { return entries_[active_].mask; }
@@ -87,21 +132,46 @@ class CuMaskSlice final : public Slice {
   size_t active_index() const { return active_; }
   const CuLayout& layout() const { return layout_; }
   CuMaskPolicy policy() const { return policy_; }
+  unsigned cu_offset() const { return offset_; }
+  // The CU count layer_queue(label) runs on under the active entry (its own count where the layer
+  // has no smaller one).
+  unsigned layer_cu_count(std::string_view layer) const;
 
  private:
+  struct Stream {
+    unsigned cus = 0;
+    std::vector<uint32_t> mask;
+    void* stream = nullptr;
+    size_t index = 0;  // DeviceQueue::index
+  };
   struct Entry {
     unsigned cus = 0;  // the rounded count the entry was prepared for (its key)
     std::vector<uint32_t> mask;
     void* stream = nullptr;
+    std::vector<Stream> layer_streams;  // the smaller counts its layers need, ascending
+    std::vector<size_t> layer_stream;   // per layers_[i]: index into layer_streams, or npos
+  };
+  struct Layer {
+    std::string label;
+    unsigned cus = 0;  // rounded up to the granule
   };
 
   CuMaskSlice(std::unique_ptr<CuMaskDevice> device, CuLayout layout, CuMaskPolicy policy);
   Result<Entry> build(unsigned cus);
+  // A stream of `cus` CUs from the slice's offset; its read-back mask checked.
+  Result<Stream> make_stream(unsigned cus, const std::string& what);
   void destroy(Entry& entry);
+  void destroy_stream(void*& stream);
+  const Layer* find_layer(std::string_view label) const;
 
   std::unique_ptr<CuMaskDevice> device_;
   CuLayout layout_;
   CuMaskPolicy policy_;
+  unsigned offset_ = 0;
+  // The other models' initial CUs (their index, their mask), for the overlap in info().
+  std::vector<std::pair<size_t, std::vector<uint32_t>>> neighbours_;
+  std::vector<Layer> layers_;  // sorted by label
+  size_t next_layer_index_ = kLayerQueueIndexBase;
   std::vector<Entry> entries_;  // entries_[0]: the initial share
   size_t active_ = 0;
 };
@@ -111,6 +181,7 @@ struct CuMaskSliceOptions {
   double percent = 100.0;  // (0, 100] of the device's CUs, rounded to the policy's granularity
   CuMaskPolicy policy = CuMaskPolicy::kSpread;
   CuLayoutConfig layout;  // [backend.cumask] shader_engines / wgp where HIP reports nothing
+  CuSliceSetup setup;     // placement among the device's models, right-sizing
 };
 
 // Validates the percent, opens the real device and creates the slice. kUnavailable
