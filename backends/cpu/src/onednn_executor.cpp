@@ -28,6 +28,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <map>
@@ -135,6 +136,7 @@ struct Step {
   const PlanOp* op = nullptr;                 // kReference
   std::vector<size_t> inputs, outputs, sums;  // kReference buffers (inputs: SIZE_MAX = absent)
   size_t from = 0, to = 0;                    // kCopy buffers, same bytes
+  size_t plan_op = SIZE_MAX;  // the PlanOp it was lowered for (profile_run); none: graph outputs
 };
 
 // One plan built for one thread count.
@@ -163,9 +165,17 @@ class OneDnnExecutor final : public Executor {
   Status run(size_t index, std::span<const std::byte* const> inputs,
              std::span<std::byte* const> outputs, ComputeContext& ctx) override;
   ExecutorWeights weights() const override { return usage_; }
+  Result<std::vector<OpTiming>> profile_run(size_t index, std::span<const std::byte* const> inputs,
+                                            std::span<std::byte* const> outputs,
+                                            ComputeContext& ctx) override;
 
  private:
   friend class PlanBuilder;
+
+  // run(), and with `timings` the host time of each op's steps (the stream waited on after each).
+  Status execute(size_t index, std::span<const std::byte* const> inputs,
+                 std::span<std::byte* const> outputs, ComputeContext& ctx,
+                 std::vector<OpTiming>* timings);
 
   // The weight entry of `value` in layout md (empty md: as it is), added on first use. Once the
   // weights are placed, a new layout (a primitive built later chose another) is a late entry of
@@ -211,12 +221,16 @@ class PlanBuilder {
       if (canonical_[v] != SIZE_MAX) continue;
       canonical_[v] = new_buffer(new_storage(Storage::Kind::kInput, i, value(v).byte_size()), v);
     }
-    for (const PlanOp& op : plan.ops) {
+    for (size_t k = 0; k < plan.ops.size(); ++k) {
+      const PlanOp& op = plan.ops[k];
+      const size_t first = out_.steps.size();
       try {
         RETURN_IF_ERROR(lower(op));
       } catch (const dnnl::error& e) {
         return dnnl_failure(op.label, e);
       }
+      // Its reorders count as the op's time: they exist because of its layout.
+      for (size_t i = first; i < out_.steps.size(); ++i) out_.steps[i].plan_op = k;
       ++step_;
     }
     for (size_t i = 0; i < plan.outputs.size(); ++i) {
@@ -1121,6 +1135,20 @@ void OneDnnExecutor::pin_threads(unsigned threads, const std::vector<unsigned>& 
 
 Status OneDnnExecutor::run(size_t index, std::span<const std::byte* const> inputs,
                            std::span<std::byte* const> outputs, ComputeContext& ctx) {
+  return execute(index, inputs, outputs, ctx, nullptr);
+}
+
+Result<std::vector<Executor::OpTiming>> OneDnnExecutor::profile_run(
+    size_t index, std::span<const std::byte* const> inputs, std::span<std::byte* const> outputs,
+    ComputeContext& ctx) {
+  std::vector<OpTiming> timings;
+  RETURN_IF_ERROR(execute(index, inputs, outputs, ctx, &timings));
+  return timings;
+}
+
+Status OneDnnExecutor::execute(size_t index, std::span<const std::byte* const> inputs,
+                               std::span<std::byte* const> outputs, ComputeContext& ctx,
+                               std::vector<OpTiming>* timings) {
   if (index >= plans_.size()) {
     return {ErrorCode::kInvalidArgument, fmt::format("no plan {}", index)};
   }
@@ -1146,6 +1174,8 @@ Status OneDnnExecutor::run(size_t index, std::span<const std::byte* const> input
     for (auto& [buffer, mem] : plan.io_memories) mem.set_data_handle(address(plan, buffer));
     for (size_t i = 0; i < plan.steps.size(); ++i) {
       const Step& step = plan.steps[i];
+      const auto step_start = timings != nullptr ? std::chrono::steady_clock::now()
+                                                 : std::chrono::steady_clock::time_point{};
       switch (step.kind) {
         case Step::Kind::kPrimitive:
           step.primitive.execute(stream_, plan.step_args[i]);
@@ -1172,6 +1202,19 @@ Status OneDnnExecutor::run(size_t index, std::span<const std::byte* const> input
           }
           RETURN_IF_ERROR(run_reference_op(*step.op, ins, outs, sums));
           break;
+        }
+      }
+      if (timings != nullptr && step.plan_op != SIZE_MAX) {
+        stream_.wait();
+        const double ms = std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - step_start)
+                              .count();
+        const std::string& label = plans_[index].ops[step.plan_op].label;
+        // An op's steps are consecutive: one timing per op.
+        if (!timings->empty() && i > 0 && plan.steps[i - 1].plan_op == step.plan_op) {
+          timings->back().ms += ms;
+        } else {
+          timings->push_back({label, ms});
         }
       }
     }

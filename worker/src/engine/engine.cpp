@@ -132,20 +132,24 @@ std::vector<int64_t> Engine::output_shape(size_t i, int64_t batch) const {
   return shape;
 }
 
-Status Engine::run(int64_t batch, std::span<const std::byte* const> inputs,
-                   std::span<std::byte* const> outputs, backends::ComputeContext& ctx) {
+Result<size_t> Engine::plan_index(int64_t batch, size_t inputs, size_t outputs) const {
   const bool batch_ok = max_batch_ > 0 ? (batch >= 1 && batch <= max_batch_) : batch == 0;
   if (!batch_ok) {
-    return {ErrorCode::kInvalidArgument,
-            fmt::format("batch {} is out of range (the engine was built for {})", batch,
-                        max_batch_ > 0 ? fmt::format("1..{}", max_batch_) : "0")};
+    return Status{ErrorCode::kInvalidArgument,
+                  fmt::format("batch {} is out of range (the engine was built for {})", batch,
+                              max_batch_ > 0 ? fmt::format("1..{}", max_batch_) : "0")};
   }
-  if (inputs.size() != inputs_.size() || outputs.size() != outputs_.size()) {
-    return {ErrorCode::kInvalidArgument,
-            fmt::format("{} inputs and {} outputs given, the model has {} and {}", inputs.size(),
-                        outputs.size(), inputs_.size(), outputs_.size())};
+  if (inputs != inputs_.size() || outputs != outputs_.size()) {
+    return Status{ErrorCode::kInvalidArgument,
+                  fmt::format("{} inputs and {} outputs given, the model has {} and {}", inputs,
+                              outputs, inputs_.size(), outputs_.size())};
   }
-  const auto index = static_cast<size_t>(max_batch_ > 0 ? batch - 1 : 0);
+  return static_cast<size_t>(max_batch_ > 0 ? batch - 1 : 0);
+}
+
+Status Engine::run(int64_t batch, std::span<const std::byte* const> inputs,
+                   std::span<std::byte* const> outputs, backends::ComputeContext& ctx) {
+  ASSIGN_OR_RETURN(size_t index, plan_index(batch, inputs.size(), outputs.size()));
   return executor_->run(index, inputs, outputs, ctx);
 }
 
@@ -155,6 +159,13 @@ Status Engine::run_items(std::span<const backends::Executor::ItemBuffers> items,
   if (max_batch_ == 0 || batch < 1 || batch > max_batch_) {
     return {ErrorCode::kInvalidArgument,
             fmt::format("a batch of {} items is out of range (the engine was built for 1..{})",
+Result<std::vector<backends::Executor::OpTiming>> Engine::profile_run(
+    int64_t batch, std::span<const std::byte* const> inputs, std::span<std::byte* const> outputs,
+    backends::ComputeContext& ctx) {
+  ASSIGN_OR_RETURN(size_t index, plan_index(batch, inputs.size(), outputs.size()));
+  return executor_->profile_run(index, inputs, outputs, ctx);
+}
+
                         batch, max_batch_)};
   }
   for (const backends::Executor::ItemBuffers& item : items) {
