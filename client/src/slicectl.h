@@ -69,6 +69,22 @@ struct RunModelOptions {
 };
 int run_model(const RunModelOptions& options);
 
+// profile: each layer's latency at a range of unit counts, written as a layer profile
+// (backends/layer_profile.h) for per-layer right-sizing; no daemon. Exit 2 for a bad device,
+// unit list or model shape.
+struct ProfileOptions {
+  std::string model_path;
+  std::string device = "cpu";        // cpu (thread counts) | hip:N (CU counts)
+  std::vector<unsigned> units;       // counts to measure, increasing; empty: a default range
+  unsigned batch = 1;
+  unsigned repeats = 5;              // timed runs per count (after one warm-up); the median counts
+  std::string output;                // empty: MODEL.<cpu|hip>.profile.json beside the model
+  std::string cu_policy = "spread";  // hip: spread | pack, as the workers' [backend.cumask]
+  unsigned shader_engines = 0;       // hip: 0 = from the architecture
+  std::string wgp = "auto";          // hip: auto | true | false
+};
+int run_profile(const ProfileOptions& options);
+
 // infer: the same through a running sliceserved; a leading dimension of N items beyond the
 // model's per-item shape sends N requests, all in flight, and stacks their outputs.
 struct InferOptions {

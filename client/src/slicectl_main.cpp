@@ -8,6 +8,8 @@
 //   slicectl run-model FILE.onnx --input IN.npy --output OUT.npy [--threads N] [--device cuda:N]
 //                      [--runs N]   (no daemon)
 //   slicectl infer MODEL --input IN.npy --output OUT.npy [--timeout-ms T]
+//   slicectl profile FILE.onnx [--device cpu|hip:N] [--units LIST] [--batch B] [--repeats R]
+//                    [--output FILE]   (no daemon)
 //
 // The global options (--instance, --config) go before or after the subcommand.
 //
@@ -166,9 +168,36 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 3'600'000u));
 
   CLI11_PARSE(app, argc, argv);
+  slicectl::ProfileOptions profile;
+  auto* profile_cmd = app.add_subcommand(
+      "profile",
+      "Time each layer of an ONNX model at a range of CU (hip) or thread (cpu) counts and write "
+      "a layer profile for right_size (engine, no daemon)");
+  profile_cmd->add_option("model", profile.model_path, "ONNX file")->required();
+  profile_cmd->add_option("--device", profile.device, "cpu (default: thread counts) or hip:N (CU "
+                                                      "counts of a cumask slice)");
+  profile_cmd
+      ->add_option("--units", profile.units,
+                   "Counts to measure, increasing, e.g. 8,16,32,60 (default: every granule "
+                   "multiple up to the device, at most 16 of them)")
+      ->delimiter(',');
+  profile_cmd->add_option("--batch", profile.batch, "Batch size (default 1)")
+      ->check(CLI::Range(1u, 4096u));
+  profile_cmd->add_option("--repeats", profile.repeats, "Timed runs per count (default 5)")
+      ->check(CLI::Range(1u, 100000u));
+  profile_cmd->add_option("--output", profile.output,
+                          "Profile file (default: MODEL.cpu.profile.json or MODEL.hip.profile.json)");
+  profile_cmd->add_option("--cu-policy", profile.cu_policy, "hip: spread (default) | pack")
+      ->check(CLI::IsMember({"spread", "pack"}));
+  profile_cmd->add_option("--shader-engines", profile.shader_engines,
+                          "hip: shader engines of the device (0: from its architecture)");
+  profile_cmd->add_option("--wgp", profile.wgp, "hip: CUs in pairs: auto | true | false")
+      ->check(CLI::IsMember({"auto", "true", "false"}));
+
 
   if (run_model_cmd->parsed()) return slicectl::run_model(run_model);
 
+  if (profile_cmd->parsed()) return slicectl::run_profile(profile);
   if (bench_cmd->parsed() && !bench.rate && !bench.concurrency) {
     fmt::print(stderr, "slicectl bench: give --rate R or --concurrency C\n");
     return slicectl::kExitFailure;
