@@ -1,0 +1,488 @@
+#include "http_infer.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+namespace sliceserve::controller::http_infer {
+namespace {
+
+using nlohmann::json;
+
+Status bad(std::string message) { return Status(ErrorCode::kInvalidArgument, std::move(message)); }
+
+std::string tensor_name(std::string_view s) { return "'" + std::string(s) + "'"; }
+
+std::string names(std::span<const shm::TensorSpec> specs) {
+  std::string out;
+  for (const shm::TensorSpec& s : specs) out += (out.empty() ? "" : ", ") + std::string(s.name_view());
+  return out;
+}
+
+int find(std::span<const shm::TensorSpec> specs, std::string_view name) {
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].name_view() == name) return int(i);
+  }
+  return -1;
+}
+
+std::string shape_text(const json& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    out += (i ? "," : "") + (shape[i].is_number_integer() ? std::to_string(shape[i].get<int64_t>())
+                                                           : std::string("?"));
+  }
+  return out + "]";
+}
+
+std::string declared_shape(const shm::TensorSpec& t) {
+  std::string out = "[-1";
+  for (int64_t d : t.shape()) out += "," + std::to_string(d);
+  return out + "]";
+}
+
+template <typename T>
+void store(std::byte* out, T v) {
+  std::memcpy(out, &v, sizeof v);
+}
+
+template <typename T>
+Status put_int(const json& v, std::byte* out, const std::string& where, std::string_view type) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > uint64_t(std::numeric_limits<T>::max())) {
+      return bad(where + " is " + std::to_string(u) + ", out of range for " + std::string(type));
+    }
+    store(out, T(u));
+    return Status::ok();
+  }
+  if (v.is_number_integer()) {  // negative
+    const int64_t i = v.get<int64_t>();
+    if (!std::numeric_limits<T>::is_signed || i < int64_t(std::numeric_limits<T>::min())) {
+      return bad(where + " is " + std::to_string(i) + ", out of range for " + std::string(type));
+    }
+    store(out, T(i));
+    return Status::ok();
+  }
+  // Integers beyond 64 bits parse as floating point: out of every integer type's range too.
+  return bad(where + " is not an integer in " + std::string(type) + "'s range");
+}
+
+Status put_float(const json& v, std::byte* out, const std::string& where, shm::DataType dtype) {
+  if (!v.is_number()) return bad(where + " is not a number");
+  const double d = v.get<double>();
+  switch (dtype) {
+    case shm::DataType::kFp64:
+      store(out, d);
+      return Status::ok();
+    case shm::DataType::kFp32: {
+      const float f = float(d);
+      if (std::isinf(f)) return bad(where + " is out of range for FP32");
+      store(out, f);
+      return Status::ok();
+    }
+    default: {  // kFp16
+      const uint16_t h = float_to_half(float(d));
+      if ((h & 0x7c00) == 0x7c00) return bad(where + " is out of range for FP16");
+      store(out, h);
+      return Status::ok();
+    }
+  }
+}
+
+// One element of `dtype` from a JSON scalar, written to `out`.
+Status put(const json& v, shm::DataType dtype, std::byte* out, const std::string& where) {
+  using shm::DataType;
+  switch (dtype) {
+    case DataType::kBool:
+      if (!v.is_boolean()) return bad(where + " is not a boolean (true/false)");
+      store(out, uint8_t(v.get<bool>() ? 1 : 0));
+      return Status::ok();
+    case DataType::kUint8:
+      return put_int<uint8_t>(v, out, where, "UINT8");
+    case DataType::kUint16:
+      return put_int<uint16_t>(v, out, where, "UINT16");
+    case DataType::kUint32:
+      return put_int<uint32_t>(v, out, where, "UINT32");
+    case DataType::kUint64:
+      return put_int<uint64_t>(v, out, where, "UINT64");
+    case DataType::kInt8:
+      return put_int<int8_t>(v, out, where, "INT8");
+    case DataType::kInt16:
+      return put_int<int16_t>(v, out, where, "INT16");
+    case DataType::kInt32:
+      return put_int<int32_t>(v, out, where, "INT32");
+    case DataType::kInt64:
+      return put_int<int64_t>(v, out, where, "INT64");
+    case DataType::kFp16:
+    case DataType::kFp32:
+    case DataType::kFp64:
+      return put_float(v, out, where, dtype);
+    case DataType::kInvalid:
+      break;
+  }
+  return bad(where + ": the model's datatype cannot be written from JSON");
+}
+
+struct Converter {
+  const std::string& tensor;
+  shm::DataType dtype;
+  size_t elem;
+  std::vector<int64_t> shape;  // the request's, batch first
+  std::byte* out;
+  size_t next = 0;  // elements written
+
+  Status scalar(const json& v) {
+    RETURN_IF_ERROR(put(v, dtype, out + next * elem,
+                        "input " + tensor_name(tensor) + ": element " + std::to_string(next)));
+    ++next;
+    return Status::ok();
+  }
+
+  // data nested as `shape` from dimension `dim` on; recursion depth is at most the rank.
+  Status nested(const json& v, size_t dim, const std::string& path) {
+    if (dim == shape.size()) {
+      if (v.is_array() || v.is_object()) {
+        return bad("input " + tensor_name(tensor) + ": " + path +
+                   " nests deeper than its shape " + shape_string());
+      }
+      return scalar(v);
+    }
+    if (!v.is_array() || v.size() != size_t(shape[dim])) {
+      return bad("input " + tensor_name(tensor) + ": " + path + " should be an array of " +
+                 std::to_string(shape[dim]) + " (shape " + shape_string() + "), it is " +
+                 (v.is_array() ? "an array of " + std::to_string(v.size()) : "not an array"));
+    }
+    for (size_t i = 0; i < v.size(); ++i) {
+      RETURN_IF_ERROR(nested(v[i], dim + 1, path + "[" + std::to_string(i) + "]"));
+    }
+    return Status::ok();
+  }
+
+  std::string shape_string() const { return shm::shape_to_string(shape); }
+};
+
+// `data`, flat or nested row-major, into `out` (count elements of dtype).
+Status convert(const json& data, Converter c, size_t count) {
+  if (!data.is_array()) return bad("input " + tensor_name(c.tensor) + ": 'data' must be an array");
+  // Shapes have a batch dimension and at least one more, so flat data is never fully nested.
+  if (data.empty() || !data[0].is_array()) {
+    if (data.size() != count) {
+      return bad("input " + tensor_name(c.tensor) + " has " + std::to_string(data.size()) +
+                 " elements, its shape " + c.shape_string() + " needs " + std::to_string(count));
+    }
+    for (const json& v : data) {
+      if (v.is_array() || v.is_object()) {
+        return bad("input " + tensor_name(c.tensor) + ": element " + std::to_string(c.next) +
+                   " is an array in flat data (nest every level or none)");
+      }
+      RETURN_IF_ERROR(c.scalar(v));
+    }
+    return Status::ok();
+  }
+  return c.nested(data, 0, "data");
+}
+
+Result<bool> optional_bool(const json& parameters, const char* key, const std::string& where) {
+  if (!parameters.is_object() || !parameters.contains(key)) return false;
+  const json& v = parameters[key];
+  if (!v.is_boolean()) return bad(where + ": parameter '" + key + "' must be true or false");
+  return v.get<bool>();
+}
+
+Status check_parameters(const json& j, const std::string& where) {
+  if (j.contains("parameters") && !j["parameters"].is_object()) {
+    return bad(where + ": 'parameters' must be an object");
+  }
+  return Status::ok();
+}
+
+json element_json(const std::byte* p, shm::DataType dtype) {
+  using shm::DataType;
+  auto load = [p]<typename T>(T) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
+  switch (dtype) {
+    case DataType::kBool:
+      return load(uint8_t{}) != 0;
+    case DataType::kUint8:
+      return load(uint8_t{});
+    case DataType::kUint16:
+      return load(uint16_t{});
+    case DataType::kUint32:
+      return load(uint32_t{});
+    case DataType::kUint64:
+      return load(uint64_t{});
+    case DataType::kInt8:
+      return load(int8_t{});
+    case DataType::kInt16:
+      return load(int16_t{});
+    case DataType::kInt32:
+      return load(int32_t{});
+    case DataType::kInt64:
+      return load(int64_t{});
+    case DataType::kFp16:
+      return half_to_float(load(uint16_t{}));
+    case DataType::kFp32:
+      return load(float{});
+    case DataType::kFp64:
+      return load(double{});
+    case DataType::kInvalid:
+      break;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Result<Request> parse_request(std::string_view header, uint64_t binary_bytes,
+                              const shm::ModelSpec& spec, std::string_view model,
+                              uint32_t max_batch) {
+  const json j = json::parse(header, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return bad("the request is not valid JSON");
+  if (!j.is_object()) return bad("the request must be a JSON object");
+  RETURN_IF_ERROR(check_parameters(j, "the request"));
+  Request r;
+  if (j.contains("id")) {
+    if (!j["id"].is_string()) return bad("'id' must be a string");
+    r.id = j["id"].get<std::string>();
+  }
+  const json no_parameters = json::object();
+  const json& parameters = j.contains("parameters") ? j["parameters"] : no_parameters;
+  ASSIGN_OR_RETURN(const bool binary_default,
+                   optional_bool(parameters, "binary_data_output", "the request"));
+  if (parameters.contains("timeout")) {
+    if (!parameters["timeout"].is_number_unsigned()) {
+      return bad("the request: parameter 'timeout' must be a whole number of microseconds");
+    }
+    r.timeout_us = parameters["timeout"].get<uint64_t>();
+  }
+
+  if (!j.contains("inputs") || !j["inputs"].is_array() || j["inputs"].empty()) {
+    return bad("the request needs 'inputs', a non-empty array (model '" + std::string(model) +
+               "' takes " + names(spec.input_specs()) + ")");
+  }
+  const json& inputs = j["inputs"];
+  std::array<bool, shm::kMaxTensors> seen{};
+  uint64_t binary_offset = 0;
+  std::string batch_from;  // the input that set r.batch
+  for (const json& in : inputs) {
+    if (!in.is_object() || !in.contains("name") || !in["name"].is_string()) {
+      return bad("every input must be an object with a string 'name'");
+    }
+    const std::string name = in["name"].get<std::string>();
+    const std::string where = "input " + tensor_name(name);
+    const int index = find(spec.input_specs(), name);
+    if (index < 0) {
+      return bad("model '" + std::string(model) + "' has no input " + tensor_name(name) +
+                 " (inputs: " + names(spec.input_specs()) + ")");
+    }
+    if (seen[size_t(index)]) return bad(where + " is given twice");
+    seen[size_t(index)] = true;
+    const shm::TensorSpec& want = spec.inputs[index];
+
+    if (!in.contains("datatype") || !in["datatype"].is_string()) {
+      return bad(where + " needs a string 'datatype'");
+    }
+    const std::string datatype = in["datatype"].get<std::string>();
+    if (datatype != shm::data_type_name(want.dtype)) {
+      return bad(where + " has datatype " + datatype + ", model '" + std::string(model) +
+                 "' declares " + std::string(shm::data_type_name(want.dtype)));
+    }
+    if (!in.contains("shape") || !in["shape"].is_array()) {
+      return bad(where + " needs 'shape', an array of integers");
+    }
+    const json& shape = in["shape"];
+    bool shape_ok = shape.size() == size_t(want.ndims) + 1;
+    for (size_t d = 0; shape_ok && d < shape.size(); ++d) {
+      shape_ok = shape[d].is_number_unsigned() &&
+                 (d == 0 ? shape[d].get<uint64_t>() >= 1
+                         : shape[d].get<uint64_t>() == uint64_t(want.dims[d - 1]));
+    }
+    if (!shape_ok) {
+      return bad(where + " has shape " + shape_text(shape) + ", model '" + std::string(model) +
+                 "' takes " + declared_shape(want) + " (the first dimension is the batch)");
+    }
+    const uint64_t batch = shape[0].get<uint64_t>();
+    if (batch > max_batch) {
+      return bad(where + " has a batch of " + std::to_string(batch) + "; one request carries at most " +
+                 std::to_string(max_batch) + " items (one slot each) to model '" +
+                 std::string(model) + "'");
+    }
+    if (r.batch == 0) {
+      r.batch = uint32_t(batch);
+      batch_from = name;
+    } else if (batch != r.batch) {
+      return bad(where + " has a batch of " + std::to_string(batch) + ", input " +
+                 tensor_name(batch_from) + " of " + std::to_string(r.batch));
+    }
+    RETURN_IF_ERROR(check_parameters(in, where));
+
+    Input out;
+    out.model_index = uint32_t(index);
+    const uint64_t bytes = uint64_t(r.batch) * want.byte_size();
+    const bool has_data = in.contains("data");
+    const bool has_size = in.contains("parameters") && in["parameters"].contains("binary_data_size");
+    if (has_data && has_size) return bad(where + " has both 'data' and binary_data_size");
+    if (has_size) {
+      const json& size = in["parameters"]["binary_data_size"];
+      if (!size.is_number_unsigned()) {
+        return bad(where + ": binary_data_size must be a whole number of bytes");
+      }
+      if (size.get<uint64_t>() != bytes) {
+        return bad(where + " has binary_data_size " + std::to_string(size.get<uint64_t>()) +
+                   ", its shape " + shape_text(shape) + " of " + datatype + " needs " +
+                   std::to_string(bytes) + " bytes");
+      }
+      out.binary = true;
+      out.binary_offset = binary_offset;
+      binary_offset += bytes;
+    } else if (has_data) {
+      out.data.resize(bytes);
+      std::vector<int64_t> dims{int64_t(batch)};
+      dims.insert(dims.end(), want.dims, want.dims + want.ndims);
+      RETURN_IF_ERROR(convert(in["data"],
+                              Converter{name, want.dtype, shm::data_type_size(want.dtype),
+                                        std::move(dims), out.data.data()},
+                              r.batch * want.element_count()));
+    } else {
+      return bad(where + " has neither 'data' nor parameters.binary_data_size");
+    }
+    r.inputs.push_back(std::move(out));
+  }
+  for (uint32_t i = 0; i < spec.n_inputs; ++i) {
+    if (!seen[i]) {
+      return bad("input " + tensor_name(spec.inputs[i].name_view()) + " of model '" +
+                 std::string(model) + "' is missing");
+    }
+  }
+  if (binary_offset != binary_bytes) {
+    return bad("the binary part has " + std::to_string(binary_bytes) +
+               " bytes, the inputs' binary_data_size add up to " + std::to_string(binary_offset));
+  }
+
+  if (j.contains("outputs")) {
+    const json& outputs = j["outputs"];
+    if (!outputs.is_array()) return bad("'outputs' must be an array");
+    std::array<bool, shm::kMaxTensors> asked{};
+    for (const json& o : outputs) {
+      if (!o.is_object() || !o.contains("name") || !o["name"].is_string()) {
+        return bad("every requested output must be an object with a string 'name'");
+      }
+      const std::string name = o["name"].get<std::string>();
+      const int index = find(spec.output_specs(), name);
+      if (index < 0) {
+        return bad("model '" + std::string(model) + "' has no output " + tensor_name(name) +
+                   " (outputs: " + names(spec.output_specs()) + ")");
+      }
+      if (asked[size_t(index)]) return bad("output " + tensor_name(name) + " is asked for twice");
+      asked[size_t(index)] = true;
+      RETURN_IF_ERROR(check_parameters(o, "output " + tensor_name(name)));
+      Output out{uint32_t(index), binary_default};
+      if (o.contains("parameters") && o["parameters"].contains("binary_data")) {
+        ASSIGN_OR_RETURN(out.binary, optional_bool(o["parameters"], "binary_data",
+                                                   "output " + tensor_name(name)));
+      }
+      r.outputs.push_back(out);
+    }
+  } else {
+    for (uint32_t k = 0; k < spec.n_outputs; ++k) r.outputs.push_back({k, binary_default});
+  }
+  return r;
+}
+
+std::vector<Piece> binary_pieces(const Request& request, const shm::ModelSpec& spec) {
+  std::vector<Piece> pieces;
+  for (uint32_t i = 0; i < request.inputs.size(); ++i) {
+    const Input& in = request.inputs[i];
+    if (!in.binary) continue;
+    for (uint32_t b = 0; b < request.batch; ++b) {
+      pieces.push_back({i, b, spec.inputs[in.model_index].byte_size()});
+    }
+  }
+  return pieces;
+}
+
+Reply build_reply(const Request& request, const shm::ModelSpec& spec, std::string_view model,
+                  std::span<const ItemOutputs> items) {
+  json outputs = json::array();
+  std::string binary;
+  for (const Output& o : request.outputs) {
+    const shm::TensorSpec& t = spec.outputs[o.model_index];
+    std::vector<int64_t> shape{int64_t(items.size())};
+    shape.insert(shape.end(), t.dims, t.dims + t.ndims);
+    json out = {{"name", t.name_view()}, {"datatype", shm::data_type_name(t.dtype)}, {"shape", shape}};
+    if (o.binary) {
+      for (const ItemOutputs& item : items) {
+        const std::span<const std::byte> bytes = item[o.model_index];
+        binary.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+      }
+      out["parameters"] = {{"binary_data_size", items.size() * t.byte_size()}};
+    } else {
+      json data = json::array();
+      const size_t elem = shm::data_type_size(t.dtype);
+      for (const ItemOutputs& item : items) {
+        const std::span<const std::byte> bytes = item[o.model_index];
+        for (size_t off = 0; off + elem <= bytes.size(); off += elem) {
+          data.push_back(element_json(bytes.data() + off, t.dtype));
+        }
+      }
+      out["data"] = std::move(data);
+    }
+    outputs.push_back(std::move(out));
+  }
+  json head = {{"model_name", model}, {"model_version", "1"}};
+  if (request.id) head["id"] = *request.id;
+  head["outputs"] = std::move(outputs);
+  Reply reply;
+  // NaN and infinities, which JSON cannot write, come out as null.
+  reply.body = head.dump(-1, ' ', false, json::error_handler_t::replace);
+  reply.header_bytes = reply.body.size();
+  reply.binary = !binary.empty() || std::any_of(request.outputs.begin(), request.outputs.end(),
+                                                [](const Output& o) { return o.binary; });
+  reply.body += binary;
+  return reply;
+}
+
+uint16_t float_to_half(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
+  const uint32_t exp8 = (x >> 23) & 0xff;
+  uint32_t mant = x & 0x7fffff;
+  if (exp8 == 0xff) return uint16_t(sign | 0x7c00 | (mant != 0 ? 0x200 : 0));  // inf, NaN
+  const int32_t exp = int32_t(exp8) - 127 + 15;
+  if (exp >= 31) return uint16_t(sign | 0x7c00);  // overflow: infinity
+  if (exp <= 0) {                                 // subnormal half, or zero
+    if (exp < -10) return sign;
+    mant |= 0x800000;
+    const uint32_t shift = uint32_t(14 - exp);
+    uint32_t h = mant >> shift;
+    const uint32_t rest = mant & ((1u << shift) - 1);
+    const uint32_t halfway = 1u << (shift - 1);
+    if (rest > halfway || (rest == halfway && (h & 1))) ++h;
+    return uint16_t(sign | h);
+  }
+  uint32_t h = (uint32_t(exp) << 10) | (mant >> 13);
+  const uint32_t rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // a carry rounds into the exponent
+  return uint16_t(sign | h);
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  const uint32_t mant = h & 0x3ff;
+  if (exp == 0) {
+    const float v = std::ldexp(float(mant), -24);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000 | (mant << 13));
+  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+}  // namespace sliceserve::controller::http_infer
