@@ -68,6 +68,21 @@ std::vector<double> slice_pool(const PolicyConfig& policy) {
   return pool;
 }
 
+CumaskPlacement cumask_placement(const Config& config, const std::string& name) {
+  CumaskPlacement placement;
+  bool found = false;
+  for (const ModelConfig& m : config.models) {
+    if (config.backend_of(m) != Backend::kCumask) continue;
+    if (m.name == name) {
+      placement.index = placement.shares.size();
+      found = true;
+    }
+    placement.shares.push_back(m.slice);
+  }
+  if (!found) placement.shares.clear();
+  return placement;
+}
+
 std::vector<std::string> worker_arguments(const Config& config, const ModelConfig& model,
                                           const std::string& segment, uint64_t epoch,
                                           const Placement& placement) {
@@ -122,6 +137,17 @@ std::vector<std::string> worker_arguments(const Config& config, const ModelConfi
                    std::string(cumask_policy_name(config.cumask.policy)), "--shader-engines",
                    std::to_string(config.cumask.shader_engines), "--wgp",
                    config.cumask.wgp ? (*config.cumask.wgp ? "true" : "false") : "auto"});
+      // The config's shares, not the model's current one: a restart after a resize keeps its start.
+      if (const CumaskPlacement placed = cumask_placement(config, model.name);
+          !placed.shares.empty()) {
+        std::string shares;
+        for (double share : placed.shares) {
+          shares += (shares.empty() ? "" : ",") + format_number(share);
+        }
+        args.insert(args.end(),
+                    {"--cu-shares", shares, "--cu-index", std::to_string(placed.index)});
+      }
+      if (model.right_size) args.insert(args.end(), {"--profile", model.profile, "--right-size"});
       break;
   }
   if (resizes_in_place(backend)) {

@@ -26,6 +26,7 @@
 #endif
 #ifdef SLICESERVE_HAVE_HIP
 #include "sliceserve/backends/hip/cu_mask_slice.h"
+#include "sliceserve/backends/layer_profile.h"
 #endif
 #include "sliceserve/backends/weight_store.h"
 #include "sliceserve/shm/futex.h"
@@ -50,6 +51,10 @@ struct Args {
   std::string cu_policy = "spread";  // cumask: spread | pack
   unsigned shader_engines = 0;       // cumask: 0 = from the device's architecture
   std::string wgp = "auto";    // cumask: CU pairs: auto (from the architecture) | true | false
+  std::vector<double> cu_shares;  // cumask: the device's models' initial shares (placement)
+  size_t cu_index = 0;            // cumask: this model's among them
+  std::string profile;            // cumask: layer profile for right-sizing
+  bool right_size = false;        // cumask: launch each layer on its right-sized CUs
   std::string weights_broker;  // mps, greenctx: the model's fd broker (empty: private weights)
   double slice = 100;
   unsigned cores = 0;
@@ -77,8 +82,31 @@ sliceserve::Result<std::unique_ptr<sliceserve::backends::Slice>> create_slice(co
     ASSIGN_OR_RETURN(backends::CuMaskPolicy policy, backends::parse_cu_mask_policy(args.cu_policy));
     backends::CuLayoutConfig layout{.shader_engines = args.shader_engines, .wgp = std::nullopt};
     if (args.wgp != "auto") layout.wgp = args.wgp == "true";
-    return backends::create_cu_mask_slice(
-        {.device = args.device, .percent = args.slice, .policy = policy, .layout = layout});
+    backends::CuSliceSetup setup{.placement = {.shares = args.cu_shares, .index = args.cu_index},
+                                 .layers = {}};
+    if (args.right_size) {
+      // The profile must be this model's: sizes measured on another would starve its layers.
+      ASSIGN_OR_RETURN(backends::LayerProfile profile, backends::read_layer_profile(args.profile));
+      Status same = backends::check_layer_profile_model(profile, args.model.path);
+      if (!same.is_ok()) return same.with_context("right_size");
+      ASSIGN_OR_RETURN(setup.layers, backends::right_sizes(profile));
+      spdlog::info("right-sizing {} layers from {} (batch {}, counts {})", setup.layers.size(),
+                   args.profile, profile.batch, fmt::join(profile.units, ","));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<backends::Slice> slice,
+                     backends::create_cu_mask_slice({.device = args.device,
+                                                     .percent = args.slice,
+                                                     .policy = policy,
+                                                     .layout = layout,
+                                                     .setup = std::move(setup)}));
+    const auto& cumask = static_cast<const backends::CuMaskSlice&>(*slice);
+    for (const auto& [model, cus] : cumask.overlaps()) {
+      spdlog::warn(
+          "cumask: this slice shares {} CUs with cumask model {}'s: the shares, rounded to the "
+          "policy's granularity, take more CUs than the device has",
+          cus, model);
+    }
+    return slice;
   }
 #endif
 #ifdef SLICESERVE_HAVE_CUDA
@@ -245,6 +273,17 @@ int main(int argc, char** argv) {
                  "cumask: shader engines of the device (0: from its architecture)");
   app.add_option("--wgp", args.wgp, "cumask: CUs in pairs (gfx10+): auto | true | false")
       ->check(CLI::IsMember({"auto", "true", "false"}));
+  app.add_option("--cu-shares", args.cu_shares,
+                 "cumask: initial shares of the device's cumask models, in placement order (the "
+                 "slice starts after the CUs of those before --cu-index)")
+      ->delimiter(',')
+      ->check(CLI::Range(0.001, 100.0));
+  app.add_option("--cu-index", args.cu_index, "cumask: this model's index in --cu-shares");
+  auto* profile = app.add_option("--profile", args.profile,
+                                 "cumask: layer profile of the model (slicectl profile)");
+  app.add_flag("--right-size", args.right_size,
+               "cumask: launch each profiled layer on the CUs of its right size")
+      ->needs(profile);
   app.add_option("--weights-broker", args.weights_broker,
                  "mps, greenctx: the model's weight fd broker socket (sliceserved's; none: the "
                  "worker keeps a private copy of the weights)");

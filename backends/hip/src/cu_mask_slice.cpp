@@ -148,10 +148,8 @@ SliceInfo CuMaskSlice::info() const {
   const Entry& entry = entries_[active_];
   info.percent = percent_for_cu_count(entry.cus, layout_);
   std::string extra;
-  for (const auto& [model, mask] : neighbours_) {
-    if (const unsigned shared = cu_mask_overlap(entry.mask, mask); shared > 0) {
-      extra += fmt::format(", {} CUs shared with cumask model {}'s initial ones", shared, model);
-    }
+  for (const auto& [model, shared] : overlaps()) {
+    extra += fmt::format(", {} CUs shared with cumask model {}'s initial ones", shared, model);
   }
   if (!layers_.empty()) {
     std::vector<unsigned> counts;
@@ -167,6 +165,16 @@ SliceInfo CuMaskSlice::info() const {
       cu_mask_policy_name(policy_), fmt::join(cus_per_engine(layout_, entry.mask), "/"),
       cu_mask_hex(entry.mask), extra);
   return info;
+}
+
+std::vector<std::pair<size_t, unsigned>> CuMaskSlice::overlaps() const {
+  std::vector<std::pair<size_t, unsigned>> out;
+  for (const auto& [model, mask] : neighbours_) {
+    if (const unsigned shared = cu_mask_overlap(entries_[active_].mask, mask); shared > 0) {
+      out.emplace_back(model, shared);
+    }
+  }
+  return out;
 }
 
 Result<size_t> CuMaskSlice::prepare(double percent) {

@@ -276,6 +276,7 @@ TEST_F(CuMaskSliceTest, APlacedSliceStartsAfterTheModelsBeforeIt) {
   EXPECT_EQ((*slice)->cu_offset(), 20u);
   EXPECT_EQ((*slice)->info().placement,
             "20 of 60 CUs at offset 20 (spread, per engine 5/5/5/5, mask 0xfffff00000)");
+  EXPECT_TRUE((*slice)->overlaps().empty());
   // A resize keeps the start; growing past its 20 CUs reaches the next model's.
   calls().clear();
   ASSERT_TRUE(resize_in_place(**slice, 50).is_ok());
@@ -298,6 +299,8 @@ TEST_F(CuMaskSliceTest, ThePlacementOfTheLastModelWrapsAndSaysWhatItOverlaps) {
   EXPECT_EQ((*slice)->info().placement,
             "24 of 60 CUs at offset 40 (spread, per engine 6/6/6/6, mask 0xfffff000000000f, 4 CUs "
             "shared with cumask model 0's initial ones)");
+  EXPECT_EQ((*slice)->overlaps(), (std::vector<std::pair<size_t, unsigned>>{{0, 4}}))
+      << "rounding 30/30/40% to whole rounds of 4 CUs took 64 of 60";
 }
 
 TEST_F(CuMaskSliceTest, PackPlacementFillsTheNextEngine) {

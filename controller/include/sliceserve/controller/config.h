@@ -59,6 +59,12 @@ struct ModelConfig {
   std::optional<uint32_t> device_mem_mb;  // mps: CUDA_MPS_PINNED_DEVICE_MEM_LIMIT, MiB
   bool policy = true;                     // false: the policy never changes this model
   std::vector<TensorConfig> inputs;   // at least one, at most shm::kMaxTensors (onnx: from the file
+  // cumask: a layer profile of this model (slicectl profile; resolved like path, parsed and
+  // checked against the model file at load) and whether its workers launch each layer on the
+  // CUs of its right size (KRISP, docs/amd.md). right_size needs the cumask backend and a profile
+  // measured on hip.
+  std::string profile;
+  bool right_size = false;
                                       // when the config leaves them out)
   std::vector<TensorConfig> outputs;  // at least one, at most shm::kMaxTensors
   uint32_t lanes = 16;                // client lanes in the segment, 1..shm::kMaxLanes

@@ -33,6 +33,16 @@ struct Placement {
   unsigned first_core = 0;     // where this model's threads start
 };
 
+// Where the cumask slice of model `name` sits on the device (backends::cu_placement): the initial
+// shares of the config's cumask models in config order and its index among them, so each model
+// gets its own CUs and a resize keeps its start. No shares for a model not configured on cumask
+// (one moved there later starts at CU 0). Pure, for tests.
+struct CumaskPlacement {
+  std::vector<double> shares;
+  size_t index = 0;
+};
+CumaskPlacement cumask_placement(const Config& config, const std::string& name);
+
 // The command line of a worker for `model` as configured (slice, backend); pure, for tests.
 std::vector<std::string> worker_arguments(const Config& config, const ModelConfig& model,
                                           const std::string& segment, uint64_t epoch,

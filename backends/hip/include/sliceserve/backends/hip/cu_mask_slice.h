@@ -46,6 +46,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "sliceserve/backends/hip/cu_mask.h"
@@ -133,6 +134,10 @@ class CuMaskSlice final : public Slice {
   const CuLayout& layout() const { return layout_; }
   CuMaskPolicy policy() const { return policy_; }
   unsigned cu_offset() const { return offset_; }
+  // The CUs the active entry shares with each other model's initial range: (model index, CUs),
+  // only those above zero. At the initial share, non-empty only where rounding the shares to the
+  // policy's granularity took more CUs than the device has.
+  std::vector<std::pair<size_t, unsigned>> overlaps() const;
   // The CU count layer_queue(label) runs on under the active entry (its own count where the layer
   // has no smaller one).
   unsigned layer_cu_count(std::string_view layer) const;
