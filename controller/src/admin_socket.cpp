@@ -81,11 +81,36 @@ bool read_line(int fd, std::string& buffer, std::string& line, int timeout_ms) {
   }
 }
 
-nlohmann::json error_reply(const std::string& message) {
-  return {{"ok", false}, {"error", message}};
+nlohmann::json error_reply_with_code(ErrorCode code, const std::string& message) {
+  return {{"ok", false}, {"error", message}, {"code", admin_error_code(code)}};
 }
 
 }  // namespace
+
+std::string_view admin_error_code(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:
+    case ErrorCode::kWrongShape:
+    case ErrorCode::kWrongDtype:
+    case ErrorCode::kUnknownTensor:
+    case ErrorCode::kTensorTooLarge:
+    case ErrorCode::kIncompatible:
+      return "bad_request";
+    case ErrorCode::kNotFound:
+    case ErrorCode::kUnknownModel:
+      return "not_found";
+    case ErrorCode::kBusy:
+    case ErrorCode::kAlreadyExists:
+      return "conflict";
+    case ErrorCode::kUnavailable:
+    case ErrorCode::kServerGone:
+      return "unavailable";
+    case ErrorCode::kTimeout:
+      return "timeout";
+    default:
+      return "internal";
+  }
+}
 
 std::string admin_socket_path(std::string_view instance) {
   return socket_dir() + "/" + std::string(instance) + ".sock";
@@ -147,12 +172,7 @@ AdminServer::AdminServer(std::string path, int listen_fd)
 AdminServer::~AdminServer() {
   // Answer what waits first: the I/O thread may be blocked on one of these replies, and nobody
   // else will give it one now.
-  {
-    std::lock_guard lock(mutex_);
-    stop_.store(true);
-    for (auto& p : queue_) p->reply.set_value(error_reply("sliceserved is stopping"));
-    queue_.clear();
-  }
+  stop_accepting();
   char c = 'x';
   if (write(wake_fd_[1], &c, 1) != 1) {
     // The pipe is ours and empty; a failed write leaves the thread to notice stop_ on its poll.
@@ -162,6 +182,15 @@ AdminServer::~AdminServer() {
   close(wake_fd_[0]);
   close(wake_fd_[1]);
   unlink(path_.c_str());
+}
+
+void AdminServer::stop_accepting() {
+  std::lock_guard lock(mutex_);
+  stop_.store(true);
+  for (auto& p : queue_) {
+    p->done(error_reply_with_code(ErrorCode::kUnavailable, "sliceserved is stopping"));
+  }
+  queue_.clear();
 }
 
 void AdminServer::io_loop() {
@@ -184,29 +213,40 @@ void AdminServer::serve_connection(int fd) {
     nlohmann::json reply;
     if (request.is_discarded() || !request.is_object() || !request.contains("cmd") ||
         !request["cmd"].is_string()) {
-      reply = error_reply("a request is one JSON object per line with a string \"cmd\"");
+      reply = error_reply_with_code(ErrorCode::kInvalidArgument,
+                                    "a request is one JSON object per line with a string \"cmd\"");
     } else {
-      reply = submit(std::move(request));
+      reply = call(std::move(request));
     }
     if (!write_all(fd, reply.dump() + "\n")) return;
   }
 }
 
-nlohmann::json AdminServer::submit(nlohmann::json request) {
-  auto pending = std::make_unique<Pending>();
-  pending->request = std::move(request);
-  std::future<nlohmann::json> reply = pending->reply.get_future();
+void AdminServer::submit(nlohmann::json request, Reply done) {
+  auto pending = std::make_unique<Pending>(Pending{std::move(request), std::move(done)});
   {
     std::lock_guard lock(mutex_);
     // Checked under the lock the destructor takes to fail the queue: nothing enqueued after.
-    if (stop_.load()) return error_reply("sliceserved is stopping");
-    queue_.push_back(std::move(pending));
+    if (!stop_.load()) {
+      queue_.push_back(std::move(pending));
+      pending.reset();
+    }
+  }
+  if (pending) {
+    pending->done(error_reply_with_code(ErrorCode::kUnavailable, "sliceserved is stopping"));
+    return;
   }
   arrived_.notify_one();
-  if (reply.wait_for(kReplyTimeout) != std::future_status::ready) {
-    return error_reply("sliceserved did not answer in time");
+}
+
+nlohmann::json AdminServer::call(nlohmann::json request) {
+  auto reply = std::make_shared<std::promise<nlohmann::json>>();
+  std::future<nlohmann::json> answered = reply->get_future();
+  submit(std::move(request), [reply](nlohmann::json r) { reply->set_value(std::move(r)); });
+  if (answered.wait_for(kReplyTimeout) != std::future_status::ready) {
+    return error_reply_with_code(ErrorCode::kTimeout, "sliceserved did not answer in time");
   }
-  return reply.get();
+  return answered.get();
 }
 
 void AdminServer::wait_for_request(std::chrono::milliseconds timeout) {
@@ -220,7 +260,7 @@ void AdminServer::serve_pending(const Handler& handler) {
     std::lock_guard lock(mutex_);
     batch.swap(queue_);
   }
-  for (auto& p : batch) p->reply.set_value(handler(p->request));
+  for (auto& p : batch) p->done(handler(p->request));
 }
 
 }  // namespace sliceserve::controller

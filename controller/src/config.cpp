@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -21,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "sliceserve/backends/layer_profile.h"
 #include "sliceserve/shm/layout.h"
 #include "sliceserve/worker/model.h"
 
@@ -88,6 +90,8 @@ constexpr std::string_view kModelKeys[] = {"name",
                                            "backend",
                                            "device_mem_mb",
                                            "policy",
+                                           "profile",
+                                           "right_size",
                                            "lanes",
                                            "slots_per_lane",
                                            "inputs",
@@ -310,6 +314,44 @@ class ConfigParser {
  public:
   explicit ConfigParser(const std::string& source_name)
       : file_(source_name), base_dir_(std::filesystem::path(source_name).parent_path()) {}
+  // For a model loaded at run time: relative paths resolve against `base_dir`; `lines` says
+  // whether the document has lines to name (TOML text) or not (converted from JSON).
+  ConfigParser(const std::string& source_name, std::filesystem::path base_dir, bool lines)
+      : file_(source_name), base_dir_(std::move(base_dir)), lines_(lines) {}
+
+  Result<toml::table> parse_text(std::string_view text) {
+    try {
+      return toml::parse(text, file_);
+    } catch (const toml::parse_error& e) {
+      const toml::source_position pos = e.source().begin;
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("{}:{}:{}: {}", file_, std::max<uint32_t>(pos.line, 1),
+                                std::max<uint32_t>(pos.column, 1), e.description()));
+    } catch (const std::exception& e) {
+      return Status(ErrorCode::kInternal, fmt::format("{}: cannot parse: {}", file_, e.what()));
+    }
+  }
+
+  // A document holding one [[model]] table and nothing else, checked as a config file's model
+  // is, on the backends of `base`. Names already served are the caller's to check.
+  Result<ModelConfig> parse_loaded_model(const toml::table& root, const Config& base) {
+    ModelConfig model;
+    constexpr std::string_view kOnlyModel[] = {"model"};
+    check_keys(root, "", kOnlyModel);
+    const toml::node* node = root.get("model");
+    const toml::array* array = node ? node->as_array() : nullptr;
+    const toml::table* table =
+        array && array->size() == 1 ? array->get(0)->as_table() : nullptr;
+    if (!table) {
+      report(node ? *node : static_cast<const toml::node&>(root), "model",
+             "the request must hold exactly one model table ([[model]])");
+    } else {
+      parse_model(*table, "model", model);
+      check_model_backend(*table, "model", base, model);
+    }
+    RETURN_IF_ERROR(first_issue());
+    return model;
+  }
 
   Result<Config> parse(std::string_view text) {
     toml::table root;
@@ -330,8 +372,14 @@ class ConfigParser {
     parse_backend(root, config);
     parse_policy(root, config.policy);
     parse_models(root, config);
-    if (issues_.empty()) return config;
+    RETURN_IF_ERROR(first_issue());
+    return config;
+  }
 
+ private:
+  // The earliest problem in the document, or ok.
+  Status first_issue() const {
+    if (issues_.empty()) return Status::ok();
     const auto first =
         std::min_element(issues_.begin(), issues_.end(), [](const Issue& a, const Issue& b) {
           return a.pos.line != b.pos.line ? a.pos.line < b.pos.line : a.pos.column < b.pos.column;
@@ -339,7 +387,6 @@ class ConfigParser {
     return Status(ErrorCode::kInvalidArgument, first->text);
   }
 
- private:
   struct Issue {
     toml::source_position pos;
     std::string text;
@@ -360,7 +407,8 @@ class ConfigParser {
   static toml::source_position position(const toml::node& node) { return position(node.source()); }
 
   void report(toml::source_position pos, std::string_view key, std::string_view what) {
-    issues_.push_back({pos, fmt::format("{}:{}: key '{}': {}", file_, pos.line, key, what)});
+    issues_.push_back({pos, lines_ ? fmt::format("{}:{}: key '{}': {}", file_, pos.line, key, what)
+                                   : fmt::format("{}: key '{}': {}", file_, key, what)});
   }
   void report(const toml::node& node, std::string_view key, std::string_view what) {
     report(position(node), key, what);
@@ -818,6 +866,7 @@ class ConfigParser {
       model.device_mem_mb = static_cast<uint32_t>(*mem);
     }
     if (auto policy = read_bool(table, prefix, "policy")) model.policy = *policy;
+    parse_profile(table, prefix, model);
     read_u32(table, prefix, "lanes", 1, shm::kMaxLanes, model.lanes);
     read_u32(table, prefix, "slots_per_lane", 1, shm::kMaxSlotsPerLane, model.slots_per_lane);
     // An ONNX model's file declares its tensors; the config may leave them out.
@@ -848,6 +897,42 @@ class ConfigParser {
     return marks;
   }
 
+  // profile and right_size: the file parses and belongs to the model's file; right_size needs it
+  // (measured on hip). Whether the backend is cumask is check_model_backend's.
+  void parse_profile(const toml::table& table, const std::string& prefix, ModelConfig& model) {
+    if (auto right = read_bool(table, prefix, "right_size")) model.right_size = *right;
+    auto path = read_string(table, prefix, "profile");
+    if (!path) {
+      if (model.right_size && !table.contains("profile")) {
+        report_value(table, prefix, "right_size",
+                     "needs a layer profile of the model: profile = \"FILE\" (from slicectl "
+                     "profile MODEL.onnx --device hip:N)");
+      }
+      return;
+    }
+    std::filesystem::path resolved(*path);
+    if (resolved.is_relative()) resolved = (base_dir_ / resolved).lexically_normal();
+    Result<backends::LayerProfile> profile = backends::read_layer_profile(resolved.string());
+    if (!profile.is_ok()) {
+      report_value(table, prefix, "profile", profile.status().message());
+      return;
+    }
+    if (!model.path.empty()) {
+      if (Status same = backends::check_layer_profile_model(*profile, model.path); !same.is_ok()) {
+        report_value(table, prefix, "profile", same.message());
+        return;
+      }
+    }
+    if (model.right_size && profile->device != "hip") {
+      report_value(table, prefix, "profile",
+                   fmt::format("right_size needs a profile measured on hip (CU counts); this one "
+                               "was measured on {}",
+                               profile->device));
+      return;
+    }
+    model.profile = resolved.string();
+  }
+
   // What the model's backend (its own or the server's) allows; reported at its `backend` key, or
   // at the key that does not fit it.
   void check_model_backend(const toml::table& table, const std::string& prefix,
@@ -860,6 +945,12 @@ class ConfigParser {
     if (model.device_mem_mb && backend != Backend::kMps) {
       report_value(table, prefix, "device_mem_mb",
                    fmt::format("applies to the mps backend only; the model runs on {}{}",
+                               backend_name(backend), origin));
+    }
+    if (model.right_size && backend != Backend::kCumask) {
+      report_value(table, prefix, "right_size",
+                   fmt::format("needs the cumask backend (per-layer CU masks); the model runs on "
+                               "{}{}",
                                backend_name(backend), origin));
     }
   }
@@ -1009,10 +1100,89 @@ class ConfigParser {
 
   const std::string file_;
   const std::filesystem::path base_dir_;
+  const bool lines_ = true;
   std::vector<Issue> issues_;
 };
 
+// A JSON value as the TOML value a file would hold, handed to `add` (a table's insert or an
+// array's push_back); kInvalidArgument for null and integers beyond int64.
+template <typename Add>
+Status add_from_json(const nlohmann::json& value, const std::string& key, Add&& add) {
+  switch (value.type()) {
+    case nlohmann::json::value_t::object: {
+      toml::table table;
+      for (const auto& [k, v] : value.items()) {
+        RETURN_IF_ERROR(add_from_json(v, join_key(key, k),
+                                      [&](auto&& x) { table.insert(k, std::move(x)); }));
+      }
+      add(std::move(table));
+      return Status::ok();
+    }
+    case nlohmann::json::value_t::array: {
+      toml::array array;
+      for (size_t i = 0; i < value.size(); ++i) {
+        RETURN_IF_ERROR(add_from_json(value[i], fmt::format("{}[{}]", key, i),
+                                      [&](auto&& x) { array.push_back(std::move(x)); }));
+      }
+      add(std::move(array));
+      return Status::ok();
+    }
+    case nlohmann::json::value_t::string:
+      add(value.get<std::string>());
+      return Status::ok();
+    case nlohmann::json::value_t::boolean:
+      add(value.get<bool>());
+      return Status::ok();
+    case nlohmann::json::value_t::number_integer:
+      add(value.get<int64_t>());
+      return Status::ok();
+    case nlohmann::json::value_t::number_unsigned:
+      if (value.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())) {
+        return Status(ErrorCode::kInvalidArgument, fmt::format("key '{}': integer too large", key));
+      }
+      add(value.get<int64_t>());
+      return Status::ok();
+    case nlohmann::json::value_t::number_float:
+      add(value.get<double>());
+      return Status::ok();
+    default:
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("key '{}': must not be {}", key, value.type_name()));
+  }
+}
+
+std::filesystem::path loaded_model_dir(const Config& base) {
+  return base.source_path.empty() ? std::filesystem::path()
+                                  : std::filesystem::path(base.source_path).parent_path();
+}
+
 }  // namespace
+
+Result<ModelConfig> parse_model_toml(const Config& base, std::string_view text,
+                                     const std::string& source_name) {
+  ConfigParser parser(source_name, loaded_model_dir(base), true);
+  ASSIGN_OR_RETURN(toml::table root, parser.parse_text(text));
+  return parser.parse_loaded_model(root, base);
+}
+
+Result<ModelConfig> parse_model_json(const Config& base, const nlohmann::json& model,
+                                     const std::string& source_name) {
+  if (!model.is_object()) {
+    return Status(ErrorCode::kInvalidArgument,
+                  fmt::format("{}: key 'model': must be an object of [[model]] keys, not {}",
+                              source_name, model.type_name()));
+  }
+  toml::array models;
+  Status converted =
+      add_from_json(model, "model", [&](auto&& x) { models.push_back(std::move(x)); });
+  if (!converted.is_ok()) {
+    return Status(ErrorCode::kInvalidArgument, source_name + ": " + converted.message());
+  }
+  toml::table root;
+  root.insert("model", std::move(models));
+  ConfigParser parser(source_name, loaded_model_dir(base), false);
+  return parser.parse_loaded_model(root, base);
+}
 
 const ModelConfig* Config::find_model(std::string_view name) const {
   for (const ModelConfig& model : models) {

@@ -480,8 +480,11 @@ void ModelSupervisor::set_policy(bool on) {
   spdlog::info("model {}: policy {}", model_.name, on ? "on" : "off (pinned)");
 }
 
-void ModelSupervisor::record_decision(const std::string& text) {
-  shm::store_text(segment_.header().summary.last_decision, text);
+void ModelSupervisor::record_decision(shm::PolicyAction action, const std::string& text) {
+  shm::ControllerSummary& s = segment_.header().summary;
+  // Single writer (the daemon's loop): a plain read-add-store, relaxed like the other fields.
+  s.decisions[uint32_t(action)].fetch_add(1, std::memory_order_relaxed);
+  shm::store_text(s.last_decision, text);
 }
 
 void ModelSupervisor::drive_pending(uint64_t now_ns) {
@@ -678,6 +681,19 @@ void ModelSupervisor::publish_summary(uint64_t now_ns) {
   s.p50_us.store(r.p50_us, std::memory_order_relaxed);
   s.p99_us.store(r.p99_us, std::memory_order_relaxed);
   s.completed_total.store(completed_total(), std::memory_order_relaxed);
+  const auto slo_us = uint64_t(model_.slo_ms * 1000);
+  const shm::LatencyCounts all = window_.total_latency();
+  uint64_t all_count = 0, window_count = 0;
+  for (uint64_t c : all) all_count += c;
+  for (uint64_t c : r.latency) window_count += c;
+  const uint64_t met = shm::count_within_us(all, slo_us);
+  s.slo_met_total.store(met, std::memory_order_relaxed);
+  s.slo_missed_total.store(all_count - met, std::memory_order_relaxed);
+  s.slo_attainment_ppm.store(
+      window_count == 0
+          ? shm::kNoSloAttainment
+          : uint32_t(shm::count_within_us(r.latency, slo_us) * 1'000'000 / window_count),
+      std::memory_order_relaxed);
   s.updated_ns.store(now_ns, std::memory_order_release);
 }
 

@@ -66,9 +66,9 @@ ModelRates StatsWindow::between(const Totals& a, const Totals& b) {
   uint64_t batches = delta(b.batches, a.batches);
   r.mean_batch = batches ? double(r.completed + delta(b.failed, a.failed)) / double(batches) : 0;
   r.busy_fraction = double(delta(b.busy_ns, a.busy_ns)) / 1e9 / seconds;
-  shm::LatencyCounts window = shm::difference(b.latency, a.latency);
-  r.p50_us = shm::percentile_us(window, 0.50);
-  r.p99_us = shm::percentile_us(window, 0.99);
+  r.latency = shm::difference(b.latency, a.latency);
+  r.p50_us = shm::percentile_us(r.latency, 0.50);
+  r.p99_us = shm::percentile_us(r.latency, 0.99);
   return r;
 }
 

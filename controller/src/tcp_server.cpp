@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "sliceserve/client/client.h"
 #include "sliceserve/client/wire.h"
@@ -25,6 +26,8 @@ namespace wire = client::wire;
 
 // How often a request that found its model's lane full looks for a free slot again.
 constexpr auto kSlotRetry = std::chrono::microseconds(200);
+// How often an I/O thread looks whether an unloaded model's client is free to go.
+constexpr auto kRetiredSweep = std::chrono::milliseconds(20);
 // Discarded data (a refused request's tensors) is read in pieces of this size.
 constexpr size_t kDrainChunk = 64 * 1024;
 
@@ -47,11 +50,42 @@ wire::TensorDesc describe(const shm::TensorSpec& t) {
 }
 
 // One model as one I/O thread sees it: its own shm client (one lane) and the reply to a
-// model-info request.
+// model-info request. `uses` counts what still needs the client (a request between lookup and
+// submission, one submitted, a reply written from its slot): an unloaded model's entry is
+// destroyed on its I/O thread only once that is 0, so no slot outlives its Client.
 struct ModelEntry {
+  ModelEntry(std::string n, client::Client c, wire::ModelInfo i)
+      : name(std::move(n)), client(std::move(c)), info(std::move(i)) {}
   std::string name;
   client::Client client;
   wire::ModelInfo info;
+  std::atomic<uint32_t> uses{0};
+};
+
+// One use of a ModelEntry, released on destruction (on any thread: only a counter).
+class EntryUse {
+ public:
+  explicit EntryUse(ModelEntry* entry) : entry_(entry) { acquire(); }
+  EntryUse(const EntryUse& other) : entry_(other.entry_) { acquire(); }
+  EntryUse(EntryUse&& other) noexcept : entry_(std::exchange(other.entry_, nullptr)) {}
+  EntryUse& operator=(const EntryUse&) = delete;
+  ~EntryUse() {
+    // Release: what this use did with the client happens before the sweep that sees 0.
+    if (entry_) entry_->uses.fetch_sub(1, std::memory_order_release);
+  }
+
+ private:
+  void acquire() {
+    if (entry_) entry_->uses.fetch_add(1, std::memory_order_relaxed);
+  }
+  ModelEntry* entry_;
+};
+
+// A request's completion on its way from the client's completion thread to the I/O thread. The
+// result (a slot) is destroyed before the use that keeps its Client.
+struct Completion {
+  EntryUse use;
+  Result<client::SlotResult> result;
 };
 
 // An I/O thread's world. Completion threads of its clients hand results in through `post`,
@@ -60,16 +94,35 @@ struct IoThread {
   // Before `ioc`: destroyed after it, so a SlotResult in a pending handler still finds its
   // Client when the io_context destroys that handler.
   std::vector<std::unique_ptr<ModelEntry>> models;
+  std::vector<std::unique_ptr<ModelEntry>> retired;  // unloaded, waiting for uses == 0
   asio::io_context ioc{1};
+  asio::steady_timer sweep_timer{ioc};
   std::mutex gate_mu;
   bool gate_open = true;
   std::thread thread;
+  // This thread's copies, changed on it by add_model/remove_model.
+  wire::Limits limits;  // max_data_bytes: the largest request any model takes
+  std::string served;   // "a, b" for unknown-model messages
 
   ModelEntry* find(std::string_view name) {
     for (auto& m : models) {
       if (m->name == name) return m.get();
     }
     return nullptr;
+  }
+  void update_served() {
+    served.clear();
+    for (auto& m : models) served += (served.empty() ? "" : ", ") + m->name;
+  }
+  // Destroys the retired entries nothing uses any more; looks again later while some are left.
+  void sweep_retired() {
+    // Acquire pairs with EntryUse's release.
+    std::erase_if(retired, [](auto& e) { return e->uses.load(std::memory_order_acquire) == 0; });
+    if (retired.empty()) return;
+    sweep_timer.expires_after(kRetiredSweep);
+    sweep_timer.async_wait([this](const asio::error_code& ec) {
+      if (!ec) sweep_retired();
+    });
   }
   template <typename Handler>
   void post(Handler&& handler) {
@@ -82,8 +135,6 @@ struct IoThread {
 
 struct TcpServer::Impl {
   TcpServerOptions options;
-  wire::Limits limits;  // max_data_bytes: the largest request any model takes
-  std::string served;   // "a, b" for unknown-model messages
   std::vector<std::unique_ptr<IoThread>> threads;
   std::optional<tcp::acceptor> acceptor;  // on threads[0]
   std::atomic<uint32_t> connections{0};
@@ -125,6 +176,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   struct Outgoing {
     std::vector<std::byte> head;             // frame header and metadata
+    std::optional<EntryUse> use;             // keeps the slot's Client; destroyed after `slot`
     std::optional<client::SlotResult> slot;  // the outputs, written from shared memory
     bool close_after = false;
     bool ends_request = false;  // a request's reply: written, it leaves the in-flight count
@@ -145,7 +197,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void on_header(const asio::error_code& ec) {
     if (ec) return lost(ec, "reading a frame header");
-    Result<wire::FrameHeader> h = wire::decode_header(head_, server_.limits);
+    Result<wire::FrameHeader> h = wire::decode_header(head_, io_.limits);
     if (!h.is_ok()) return fail(0, h.status(), true);
     header_ = *h;
     if (!hello_done_ && header_.type != wire::FrameType::kHello) {
@@ -200,7 +252,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     hello_done_ = true;
     wire::HelloOk ok;
-    ok.limits = server_.limits;
+    ok.limits = io_.limits;
     ok.max_in_flight = server_.options.max_in_flight;
     ok.idle_timeout_ms = server_.options.idle_timeout_ms;
     send(wire::frame(wire::FrameType::kHelloOk, header_.request_id, wire::encode(ok)));
@@ -222,7 +274,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   Status unknown_model(const std::string& name) const {
     return Status(ErrorCode::kUnknownModel,
-                  "unknown model '" + name + "' (served: " + server_.served + ")");
+                  "unknown model '" + name + "' (served: " + io_.served + ")");
   }
 
   void on_infer() {
@@ -234,6 +286,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     request_ = std::move(request).value();
     model_ = io_.find(request_.model);
     if (model_ == nullptr) return refuse_request(unknown_model(request_.model));
+    model_use_.emplace(model_);
     infos_.clear();
     for (wire::TensorDesc& t : request_.inputs) {
       infos_.push_back({std::move(t.name), t.dtype, std::move(t.shape), t.bytes});
@@ -257,6 +310,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     if (prepared.status().code() != ErrorCode::kBusy || Clock::now() >= slot_deadline_) {
       waiting_for_slot_ = false;
+      model_use_.reset();
       return refuse_request(prepared.status());
     }
     waiting_for_slot_ = true;
@@ -281,6 +335,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void on_tensors(const asio::error_code& ec) {
     if (ec) {
       prepared_.reset();  // gives the slot back
+      model_use_.reset();
       return lost(ec, "reading a request's tensors");
     }
     ++in_flight_;
@@ -289,14 +344,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     IoThread* io = &io_;
     model_->client.submit(
         std::move(*prepared_),
-        [weak, io, id](Result<client::SlotResult> result) {
+        [weak, io, id, use = *model_use_](Result<client::SlotResult> result) {
           // On the client's completion thread: back to this connection's I/O thread.
-          io->post([weak, id, r = std::move(result)]() mutable {
-            if (auto self = weak.lock()) self->on_done(id, std::move(r));
+          io->post([weak, id, c = Completion{use, std::move(result)}]() mutable {
+            if (auto self = weak.lock()) self->on_done(id, std::move(c));
           });
         },
         timeout_);
     prepared_.reset();
+    model_use_.reset();
     frame_done();
   }
 
@@ -320,7 +376,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // ---- replies ----
 
-  void on_done(uint64_t id, Result<client::SlotResult> result) {
+  void on_done(uint64_t id, Completion done) {
+    Result<client::SlotResult>& result = done.result;
     if (closing_ || !result.is_ok()) {
       --in_flight_;
       if (!closing_) fail(id, result.status(), false);
@@ -338,6 +395,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     Outgoing out;
     out.head = wire::frame(wire::FrameType::kInferOk, id, wire::encode(reply), uint32_t(data_len));
+    out.use.emplace(std::move(done.use));
     out.slot.emplace(std::move(slot));
     // The request stays in flight until its reply is written: a client that reads no
     // replies holds at most max_in_flight slots, then the server stops reading it.
@@ -427,6 +485,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     retry_timer_.cancel();
     queue_.clear();
     prepared_.reset();
+    model_use_.reset();
   }
 
   void arm_idle_timer() {
@@ -471,6 +530,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   wire::InferRequest request_;
   std::vector<client::TensorInfo> infos_;
   ModelEntry* model_ = nullptr;
+  std::optional<EntryUse> model_use_;  // while a request of model_ is read: before prepared_
   std::optional<client::PreparedRequest> prepared_;
   std::chrono::milliseconds timeout_{0};
   Clock::time_point slot_deadline_;
@@ -545,40 +605,87 @@ uint16_t TcpServer::port() const {
   return ec ? 0 : e.port();
 }
 
+namespace {
+
+// The entry of `model` for one I/O thread: its own client (one lane) of the model's segment.
+Result<std::unique_ptr<ModelEntry>> connect_entry(const std::string& instance,
+                                                  const std::string& name) {
+  client::ConnectOptions connect;
+  connect.instance = instance;
+  connect.spin = std::chrono::microseconds(0);  // the completion thread waits on the bell
+  Result<client::Client> c = client::Client::connect(name, connect);
+  if (!c.is_ok()) return c.status().with_context("TCP front-end");
+  auto entry =
+      std::make_unique<ModelEntry>(name, std::move(c).value(), wire::ModelInfo{name, {}, {}});
+  for (const shm::TensorSpec& t : entry->client.spec().input_specs()) {
+    entry->info.inputs.push_back(describe(t));
+  }
+  for (const shm::TensorSpec& t : entry->client.spec().output_specs()) {
+    entry->info.outputs.push_back(describe(t));
+  }
+  return entry;
+}
+
+uint32_t input_bytes(const ModelEntry& entry) {
+  uint64_t bytes = 0;
+  for (const shm::TensorSpec& t : entry.client.spec().input_specs()) bytes += t.byte_size();
+  return uint32_t(bytes);
+}
+
+// On the entry's I/O thread.
+void add_entry(IoThread& io, std::unique_ptr<ModelEntry> entry) {
+  io.limits.max_data_bytes = std::max(io.limits.max_data_bytes, input_bytes(*entry));
+  io.models.push_back(std::move(entry));
+  io.update_served();
+}
+
+}  // namespace
+
+Status TcpServer::add_model(const std::string& name) {
+  std::vector<std::unique_ptr<ModelEntry>> entries;
+  for (size_t i = 0; i < impl_->threads.size(); ++i) {
+    ASSIGN_OR_RETURN(auto entry, connect_entry(impl_->options.instance, name));
+    entries.push_back(std::move(entry));
+  }
+  for (size_t i = 0; i < impl_->threads.size(); ++i) {
+    IoThread& io = *impl_->threads[i];
+    io.post([&io, e = std::move(entries[i])]() mutable { add_entry(io, std::move(e)); });
+  }
+  spdlog::info("tcp: serving model {}", name);
+  return Status::ok();
+}
+
+void TcpServer::remove_model(const std::string& name) {
+  for (auto& t : impl_->threads) {
+    IoThread& io = *t;
+    io.post([&io, name] {
+      auto it = std::find_if(io.models.begin(), io.models.end(),
+                             [&](auto& m) { return m->name == name; });
+      if (it == io.models.end()) return;
+      io.retired.push_back(std::move(*it));
+      io.models.erase(it);
+      io.update_served();
+      io.sweep_retired();
+    });
+  }
+  spdlog::info("tcp: model {} no longer served", name);
+}
+
 Result<std::unique_ptr<TcpServer>> TcpServer::start(const TcpServerOptions& options) {
   ASSIGN_OR_RETURN(auto host_port, checked_listen_address(options.address, options.token));
   const auto& [host, port] = host_port;
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  impl->limits.max_header_bytes = options.max_header_bytes;
-  impl->limits.max_data_bytes = 0;
   const unsigned n_threads = std::max(1u, options.io_threads);
   for (unsigned i = 0; i < n_threads; ++i) {
     auto io = std::make_unique<IoThread>();
+    io->limits.max_header_bytes = options.max_header_bytes;
+    io->limits.max_data_bytes = 0;
     for (const std::string& name : options.models) {
-      client::ConnectOptions connect;
-      connect.instance = options.instance;
-      connect.spin = std::chrono::microseconds(0);  // the completion thread waits on the bell
-      Result<client::Client> c = client::Client::connect(name, connect);
-      if (!c.is_ok()) return c.status().with_context("TCP front-end");
-      auto entry = std::make_unique<ModelEntry>(
-          ModelEntry{name, std::move(c).value(), wire::ModelInfo{name, {}, {}}});
-      uint64_t input_bytes = 0;
-      for (const shm::TensorSpec& t : entry->client.spec().input_specs()) {
-        entry->info.inputs.push_back(describe(t));
-        input_bytes += t.byte_size();
-      }
-      for (const shm::TensorSpec& t : entry->client.spec().output_specs()) {
-        entry->info.outputs.push_back(describe(t));
-      }
-      impl->limits.max_data_bytes =
-          std::max<uint32_t>(impl->limits.max_data_bytes, uint32_t(input_bytes));
-      io->models.push_back(std::move(entry));
+      ASSIGN_OR_RETURN(auto entry, connect_entry(options.instance, name));
+      add_entry(*io, std::move(entry));
     }
     impl->threads.push_back(std::move(io));
-  }
-  for (size_t i = 0; i < options.models.size(); ++i) {
-    impl->served += (i ? ", " : "") + options.models[i];
   }
 
   asio::io_context& ioc = impl->threads[0]->ioc;

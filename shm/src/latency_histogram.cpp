@@ -29,6 +29,14 @@ LatencyCounts snapshot(const std::atomic<uint64_t> (&hist)[kLatencyBuckets]) {
   return out;
 }
 
+uint64_t count_within_us(const LatencyCounts& counts, uint64_t limit_us) {
+  uint64_t within = 0;
+  for (size_t i = 0; i + 1 < kLatencyBuckets && latency_bucket_floor(i + 1) <= limit_us; ++i) {
+    within += counts[i];
+  }
+  return within;
+}
+
 uint64_t percentile_us(const LatencyCounts& counts, double q) {
   uint64_t total = 0;
   for (uint64_t c : counts) total += c;

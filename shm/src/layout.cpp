@@ -22,6 +22,20 @@ const char* worker_state_name(uint32_t state) {
   return "unknown";
 }
 
+const char* policy_action_name(PolicyAction action) {
+  switch (action) {
+    case PolicyAction::kGrow:
+      return "grow";
+    case PolicyAction::kShrink:
+      return "shrink";
+    case PolicyAction::kBatch:
+      return "batch";
+    case PolicyAction::kHold:
+      return "hold";
+  }
+  return "unknown";
+}
+
 void store_text(SharedText& text, std::string_view value) {
   uint64_t seq = text.seq.load(std::memory_order_relaxed);
   text.seq.store(seq + 1, std::memory_order_relaxed);  // odd: write in progress

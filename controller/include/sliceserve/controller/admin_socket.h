@@ -1,13 +1,17 @@
 #pragma once
 // The local admin API of sliceserved: one JSON request per line, one JSON reply per line, over
 // a Unix socket in a directory only the user can enter ($XDG_RUNTIME_DIR or /tmp, then
-// sliceserve-<uid>/<instance>.sock). slicectl resize/policy/backend/decisions use it.
+// sliceserve-<uid>/<instance>.sock). slicectl resize/policy/backend/load/unload use it; the HTTP
+// front-end's /v2/admin routes (http_admin.cpp) put the same requests on the same queue.
 //
 //   {"cmd":"status"}                                  -> {"ok":true,"models":[...],...}
 //   {"cmd":"resize","model":"m","slice":40}           -> {"ok":true,"message":"..."}
 //   {"cmd":"policy","model":"m","on":false}
 //   {"cmd":"backend","model":"m","backend":"cpu:affinity"}
-//   errors                                            -> {"ok":false,"error":"..."}
+//   {"cmd":"load","model":{...keys of a [[model]] table...}}
+//   {"cmd":"load","toml":"[[model]]\nname = ..."}
+//   {"cmd":"unload","model":"m"}
+//   errors                                 -> {"ok":false,"error":"...","code":"conflict"}
 
 #include <atomic>
 #include <chrono>
@@ -28,6 +32,10 @@ namespace sliceserve::controller {
 
 inline constexpr size_t kMaxAdminRequestBytes = 64 * 1024;
 
+// The "code" of an error reply: "bad_request", "not_found", "conflict" (busy, a resize runs, the
+// name is taken), "unavailable", "timeout" or "internal".
+std::string_view admin_error_code(ErrorCode code);
+
 std::string admin_socket_path(std::string_view instance);
 // A private directory of the instance beside its socket (<dir>/<instance>), for the files the
 // daemon keeps while it runs (the MPS control daemon's pipe and log dirs).
@@ -40,6 +48,7 @@ Result<nlohmann::json> admin_call(std::string_view instance, const nlohmann::jso
 class AdminServer {
  public:
   using Handler = std::function<nlohmann::json(const nlohmann::json& request)>;
+  using Reply = std::function<void(nlohmann::json reply)>;
 
   // Binds the socket (replacing a stale one; refusing one a live server answers on).
   static Result<std::unique_ptr<AdminServer>> start(std::string_view instance);
@@ -52,15 +61,25 @@ class AdminServer {
   void wait_for_request(std::chrono::milliseconds timeout);
   const std::string& path() const { return path_; }
 
+  // Thread-safe, never blocks: queues a request for the next serve_pending, which calls `done`
+  // with the reply on its thread (the daemon's loop). A callback rather than a future, so the
+  // HTTP front-end's I/O thread is told instead of waiting. Once the server stops, `done` gets
+  // {"ok":false,...} at once, or at destruction for requests still queued.
+  void submit(nlohmann::json request, Reply done);
+  // Answers the queued requests with {"ok":false,...} and every later one at once: the daemon
+  // calls it before it stops the HTTP front-end, whose replies could not be delivered after.
+  void stop_accepting();
+
  private:
   struct Pending {
     nlohmann::json request;
-    std::promise<nlohmann::json> reply;
+    Reply done;
   };
   AdminServer(std::string path, int listen_fd);
   void io_loop();
   void serve_connection(int fd);
-  nlohmann::json submit(nlohmann::json request);
+  // The socket's requests: queued as submit() does, waited for here on the I/O thread.
+  nlohmann::json call(nlohmann::json request);
 
   std::string path_;
   int listen_fd_ = -1;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -58,13 +59,13 @@ struct ModelConfig {
   std::optional<Backend> backend;  // `backend = "..."`; unset: from [server] backend
   std::optional<uint32_t> device_mem_mb;  // mps: CUDA_MPS_PINNED_DEVICE_MEM_LIMIT, MiB
   bool policy = true;                     // false: the policy never changes this model
-  std::vector<TensorConfig> inputs;   // at least one, at most shm::kMaxTensors (onnx: from the file
   // cumask: a layer profile of this model (slicectl profile; resolved like path, parsed and
   // checked against the model file at load) and whether its workers launch each layer on the
   // CUs of its right size (KRISP, docs/amd.md). right_size needs the cumask backend and a profile
   // measured on hip.
   std::string profile;
   bool right_size = false;
+  std::vector<TensorConfig> inputs;   // at least one, at most shm::kMaxTensors (onnx: from the file
                                       // when the config leaves them out)
   std::vector<TensorConfig> outputs;  // at least one, at most shm::kMaxTensors
   uint32_t lanes = 16;                // client lanes in the segment, 1..shm::kMaxLanes
@@ -190,6 +191,16 @@ Status check_greenctx_environment(const Config& config, const char* active_threa
 Result<Config> load_config(const std::string& path);
 // Same, from text; `source_name` stands for the file in messages and relative paths.
 Result<Config> parse_config(std::string_view text, const std::string& source_name);
+
+// A model loaded into a running daemon (docs/http.md, "Admin"), checked by the same rules as a
+// [[model]] table of a file, on the backends `base` configures. From TOML text holding exactly
+// one [[model]] table, or from a JSON object with the same keys. Relative paths resolve against
+// the folder of base's file. Errors as load_config's ("SOURCE:LINE: key 'model.slice': ...";
+// no line for JSON). Names already served and the device's room are the daemon's to check.
+Result<ModelConfig> parse_model_toml(const Config& base, std::string_view text,
+                                     const std::string& source_name);
+Result<ModelConfig> parse_model_json(const Config& base, const nlohmann::json& model,
+                                     const std::string& source_name);
 
 std::string_view cpu_mode_name(CpuMode mode);
 // "spread" / "pack", as [backend.cumask] policy and the worker's --cu-policy spell them.

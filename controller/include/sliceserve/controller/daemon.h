@@ -4,6 +4,7 @@
 // socket, and stops cleanly.
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -46,6 +47,9 @@ class Daemon {
 
   // One admin request (see admin_socket.h); runs on the daemon's loop thread.
   nlohmann::json handle_admin(const nlohmann::json& request);
+  // The HTTP front-end's port (0 without one), for tests that let it pick a free one.
+  uint16_t http_port() const { return http_ ? http_->port() : 0; }
+  uint16_t tcp_port() const { return tcp_ ? tcp_->port() : 0; }
 
  private:
   explicit Daemon(std::unique_ptr<Config> config) : config_(std::move(config)) {}
@@ -53,6 +57,13 @@ class Daemon {
   // Starts the resizes in wanted_ that the device has room for now.
   void apply_wanted_slices(uint64_t now_ns);
   nlohmann::json status_json() const;
+  // {"cmd":"load"}: validates the model, creates its segment and supervisor (its worker starts
+  // on the next tick) and serves it on the front-ends; on error nothing changes.
+  nlohmann::json load_model(const nlohmann::json& request);
+  // {"cmd":"unload"}: takes the model off the front-ends, closes its segment (clients fail fast)
+  // and stops its workers; finish_unloads removes the segment once they are gone.
+  nlohmann::json unload_model(const std::string& name);
+  void finish_unloads(uint64_t now_ns, bool force);
   void shutdown();
 
   std::unique_ptr<Config> config_;  // stable address: supervisors keep a reference
@@ -64,10 +75,17 @@ class Daemon {
   // After models_: stopped first, while the segments it writes into still exist.
   std::unique_ptr<TcpServer> tcp_;
   std::unique_ptr<HttpServer> http_;  // reads the segments: stopped before they go, too
+  struct Unloading {
+    std::unique_ptr<ModelSupervisor> model;
+    uint64_t force_at_ns = 0;  // SIGKILL for workers still there then
+  };
+  std::vector<Unloading> unloading_;  // their names stay taken until their segments are gone
+  std::string worker_binary_;
+  unsigned cores_ = 1;
   PolicyMemory policy_memory_;
   PolicyResult last_policy_;
-  std::vector<double>
-      wanted_;  // per model: slice the policy asked for and not yet started, 0: none
+  // Per model: the slice the policy asked for and that has not been started yet.
+  std::map<std::string, double, std::less<>> wanted_;
   std::atomic<bool> stop_{false};
   static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
 };

@@ -8,7 +8,9 @@
 // the I/O thread, which never waits on a model.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -35,6 +37,10 @@ struct HttpServerOptions {
   uint32_t max_body_bytes = 4096;     // bodies of endpoints other than infer; beyond: 413
   uint64_t max_infer_body_bytes = uint64_t{64} << 20;  // an infer body (JSON and binary); 413
   uint32_t default_timeout_ms = 10000;  // infer requests without parameters.timeout
+  // The admin routes (/v2/admin/..., http_admin.h): hands a request to the daemon's loop, which
+  // calls the reply back on its own thread (AdminServer::submit). Unset: the routes answer 503.
+  std::function<void(nlohmann::json request, std::function<void(nlohmann::json reply)> done)>
+      admin;
 };
 
 class HttpServer {
@@ -49,6 +55,14 @@ class HttpServer {
   ~HttpServer();
 
   uint16_t port() const;
+
+  // Thread-safe. Serves a model loaded at run time (its segment attached here, the model taken
+  // on by the I/O thread at once); errors as start()'s for a model.
+  Status add_model(const HttpModel& model);
+  // Thread-safe. Requests for the model get 404 from the I/O thread's next turn on; ones in
+  // flight end as the model's segment lets them (an unload closes it: 503). The model's lane and
+  // mapping are kept until the server stops, since a request in flight may still point at them.
+  void remove_model(const std::string& name);
 
   struct Impl;
 

@@ -118,7 +118,8 @@ class ModelSupervisor {
   void set_policy(bool on);
   // True while a failed resize keeps the policy from trying again.
   bool in_resize_backoff(uint64_t now_ns) const { return now_ns < resize_backoff_until_ns_; }
-  void record_decision(const std::string& text);
+  // Counts the policy's decision for this model and shows its reason in the status.
+  void record_decision(shm::PolicyAction action, const std::string& text);
 
   // Shutdown: close the segment (clients fail fast) and ask every worker to stop.
   void begin_stop();

@@ -34,6 +34,7 @@ struct ModelRates {
   double mean_batch = 0;
   double busy_fraction = 0;  // share of wall time the worker spent running batches
   uint64_t completed = 0;    // in the window
+  shm::LatencyCounts latency{};  // the window's completions by latency bucket
 };
 
 class StatsWindow {
@@ -44,6 +45,10 @@ class StatsWindow {
   // must see the effect of its last change, not an average that still holds the old slice).
   ModelRates rates() const;
   ModelRates latest() const;
+  // Every completion seen so far (all epochs) by latency bucket.
+  shm::LatencyCounts total_latency() const {
+    return history_.empty() ? shm::LatencyCounts{} : history_.back().latency;
+  }
 
  private:
   // Cumulative over all epochs: the finished epochs' totals plus the current one's.

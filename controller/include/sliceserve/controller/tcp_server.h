@@ -43,6 +43,14 @@ class TcpServer {
 
   uint16_t port() const;
 
+  // Thread-safe. Serves a model loaded at run time: connects one client per I/O thread (what
+  // Client::connect returns on error, nothing changed), which each thread takes on at once.
+  Status add_model(const std::string& name);
+  // Thread-safe. New requests for the model get kUnknownModel; the ones in flight end as its
+  // segment lets them (an unload closes it: kServerGone). Its clients are released once nothing
+  // uses them.
+  void remove_model(const std::string& name);
+
   struct Impl;
 
  private:

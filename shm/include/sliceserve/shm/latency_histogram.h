@@ -20,6 +20,9 @@ using LatencyCounts = std::array<uint64_t, kLatencyBuckets>;
 LatencyCounts snapshot(const std::atomic<uint64_t> (&hist)[kLatencyBuckets]);
 // Percentile (0 < q <= 1) of counts, in microseconds (bucket upper edge); 0 when empty.
 uint64_t percentile_us(const LatencyCounts& counts, double q);
+// Requests whose bucket lies wholly at or below `limit_us` (its upper edge; the last bucket, which
+// has none, never counts): "within a latency objective", exact to one bucket.
+uint64_t count_within_us(const LatencyCounts& counts, uint64_t limit_us);
 // after - before, bucket by bucket (counts are monotonic).
 LatencyCounts difference(const LatencyCounts& after, const LatencyCounts& before);
 

@@ -21,7 +21,7 @@
 namespace sliceserve::shm {
 
 inline constexpr uint64_t kSegmentMagic = 0x53'4C'49'43'45'53'45'31ULL;  // "SLICESE1"
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;  // 2: policy decisions and SLO counters
 inline constexpr uint32_t kMaxLanes = 64;  // active_lanes is one 64-bit mask
 inline constexpr uint32_t kMaxSlotsPerLane = 1024;
 inline constexpr uint32_t kStatsBlocks = 4;  // live, shadow and two retired epochs
@@ -98,6 +98,13 @@ struct SharedText {
 void store_text(SharedText& text, std::string_view value);
 std::string load_text(const SharedText& text);
 
+// What a policy decision did to a model, for the decision counters.
+enum class PolicyAction : uint32_t { kGrow = 0, kShrink = 1, kBatch = 2, kHold = 3 };
+inline constexpr uint32_t kPolicyActions = 4;
+// "grow", "shrink", "batch", "hold".
+const char* policy_action_name(PolicyAction action);
+inline constexpr uint32_t kNoSloAttainment = UINT32_MAX;
+
 // Rates and percentiles the controller computes every interval, for slicectl status. Each
 // field is its own relaxed atomic: a reader may see fields of two neighbouring intervals.
 struct ControllerSummary {
@@ -117,6 +124,16 @@ struct ControllerSummary {
   std::atomic<uint64_t> shadow_epoch;         // 0 when no shadow is loading
   std::atomic<int32_t> shadow_pid;
   std::atomic<uint64_t> completed_total;      // completions over every epoch so far
+  // The policy's decisions so far, by PolicyAction (grow, shrink, batch, hold).
+  std::atomic<uint64_t> decisions[kPolicyActions];
+  // Completions over every epoch so far whose latency (enqueue -> done) was within the SLO and
+  // over it, counted from the latency histogram: a bucket counts as within when its upper edge
+  // is, so the split is exact to one bucket (about 9%) of the SLO.
+  std::atomic<uint64_t> slo_met_total;
+  std::atomic<uint64_t> slo_missed_total;
+  // Share of the status window's completions within the SLO, parts per million;
+  // kNoSloAttainment while the window has none.
+  std::atomic<uint32_t> slo_attainment_ppm;
   SharedText backend;                         // e.g. "cpu mode=process"
   SharedText last_decision;                   // the policy's last decision with its inputs
   SharedText last_resize;                     // outcome of the last resize, or why it failed
