@@ -13,7 +13,7 @@
 #include "cuda_driver_api.h"
 #include "cuda_kernels.h"
 #include "sliceserve/backends/cuda/cuda_driver.h"
-#include "support/cuda_kernel_tensors.h"
+#include "support/device_kernel_tensors.h"
 
 namespace sliceserve::backends {
 namespace {
@@ -53,7 +53,7 @@ class CudaKernelsGpuTest : public ::testing::Test {
   }
 
   // A device copy of `t` (zeros when `copy` is false), freed at TearDown.
-  CudaTensor on_device(const HostTensor& t, bool copy = true) {
+  DeviceTensor on_device(const HostTensor& t, bool copy = true) {
     CUdeviceptr p = 0;
     EXPECT_EQ(api_->cuMemAlloc(&p, t.bytes.empty() ? 1 : t.bytes.size()), CUDA_SUCCESS);
     buffers_.push_back(p);
@@ -69,7 +69,7 @@ class CudaKernelsGpuTest : public ::testing::Test {
   }
 
   // Waits for the stream and reads `d` back into a tensor of `like`'s shape.
-  HostTensor read_back(const CudaTensor& d, const HostTensor& like) {
+  HostTensor read_back(const DeviceTensor& d, const HostTensor& like) {
     HostTensor t(like.dtype, like.dims);
     if (!t.bytes.empty()) {
       EXPECT_EQ(api_->cuMemcpyDtoHAsync(t.bytes.data(), d.data, t.bytes.size(), stream_),
@@ -85,8 +85,8 @@ class CudaKernelsGpuTest : public ::testing::Test {
                        float rtol = 1e-5F, float atol = 1e-6F) {
     HostTensor want(x.dtype, y_dims);
     run_reference(op, {&x}, {&want});
-    const CudaTensor dx = on_device(x);
-    const CudaTensor dy = on_device(want, false);
+    const DeviceTensor dx = on_device(x);
+    const DeviceTensor dy = on_device(want, false);
     const Status status = launch(dx, dy);
     ASSERT_TRUE(status.is_ok()) << status.to_string();
     expect_matches(read_back(dy, want), want, rtol, atol);
@@ -104,7 +104,7 @@ TEST_F(CudaKernelsGpuTest, ElementWiseAndBroadcastMatchTheReference) {
   PlanOp swish = make_op(OpKind::kUnary);
   swish.unary = UnaryAlg::kSwish;
   check_one_input(swish, random_fp32({3, 1000, 17}, -8, 8), {3, 1000, 17},
-                  [&](const CudaTensor& x, const CudaTensor& y) {
+                  [&](const DeviceTensor& x, const DeviceTensor& y) {
                     return kernels_->unary(stream_, swish, x, y);
                   });
 
@@ -113,7 +113,7 @@ TEST_F(CudaKernelsGpuTest, ElementWiseAndBroadcastMatchTheReference) {
   const HostTensor a = random_fp32({2, 3, 40, 50}), b = random_fp32({3, 1, 1});
   HostTensor want(DataType::kFp32, a.dims);
   run_reference(mul, {&a, &b}, {&want});
-  const CudaTensor da = on_device(a), db = on_device(b), dy = on_device(want, false);
+  const DeviceTensor da = on_device(a), db = on_device(b), dy = on_device(want, false);
   ASSERT_TRUE(kernels_->binary(stream_, mul, da, db, dy).is_ok());
   expect_matches(read_back(dy, want), want);
 }
@@ -124,21 +124,22 @@ TEST_F(CudaKernelsGpuTest, PoolingAndMovementMatchTheReference) {
   pool.strides = {2, 2};
   pool.pads = {1, 1, 1, 1};
   check_one_input(pool, random_fp32({2, 3, 17, 19}), {2, 3, 9, 10},
-                  [&](const CudaTensor& x, const CudaTensor& y) {
+                  [&](const DeviceTensor& x, const DeviceTensor& y) {
                     return kernels_->pool(stream_, pool, x, y);
                   });
 
   PlanOp pad = make_op(OpKind::kPad);
   pad.pads = {0, 1, 2, 3, 0, -1, 2, 1};
   pad.pad_mode = PlanOp::PadMode::kReflect;
-  check_one_input(
-      pad, random_fp32({2, 3, 5, 6}), {2, 3, 9, 10},
-      [&](const CudaTensor& x, const CudaTensor& y) { return kernels_->pad(stream_, pad, x, y); });
+  check_one_input(pad, random_fp32({2, 3, 5, 6}), {2, 3, 9, 10},
+                  [&](const DeviceTensor& x, const DeviceTensor& y) {
+                    return kernels_->pad(stream_, pad, x, y);
+                  });
 
   PlanOp transpose = make_op(OpKind::kTranspose);
   transpose.perm = {0, 2, 3, 1};
   check_one_input(transpose, testing::random_bytes(DataType::kFp16, {2, 3, 4, 5}), {2, 4, 5, 3},
-                  [&](const CudaTensor& x, const CudaTensor& y) {
+                  [&](const DeviceTensor& x, const DeviceTensor& y) {
                     return kernels_->transpose(stream_, transpose, x, y);
                   });
 
@@ -146,7 +147,7 @@ TEST_F(CudaKernelsGpuTest, PoolingAndMovementMatchTheReference) {
   HostTensor x = random_fp32({4096}, -70000, 70000);
   HostTensor want(DataType::kFp16, x.dims);
   run_reference(cast, {&x}, {&want});
-  const CudaTensor dx = on_device(x), dy = on_device(want, false);
+  const DeviceTensor dx = on_device(x), dy = on_device(want, false);
   ASSERT_TRUE(kernels_->cast(stream_, cast, dx, dy).is_ok());
   expect_matches(read_back(dy, want), want);
 }
@@ -156,14 +157,14 @@ TEST_F(CudaKernelsGpuTest, RowReductionsOfBothShapesMatchTheReference) {
     PlanOp softmax = make_op(OpKind::kSoftmax);
     softmax.axis = 1;
     check_one_input(softmax, random_fp32(dims, -20, 20), dims,
-                    [&](const CudaTensor& x, const CudaTensor& y) {
+                    [&](const DeviceTensor& x, const DeviceTensor& y) {
                       return kernels_->softmax(stream_, softmax, x, y);
                     });
   }
   for (const Dims& dims : {Dims{2, 64, 56, 56}, Dims{2, 8, 7, 7}}) {
     PlanOp gap = make_op(OpKind::kGlobalAveragePool);
     check_one_input(gap, random_fp32(dims), {dims[0], dims[1], 1, 1},
-                    [&](const CudaTensor& x, const CudaTensor& y) {
+                    [&](const DeviceTensor& x, const DeviceTensor& y) {
                       return kernels_->global_average_pool(stream_, gap, x, y);
                     });
   }
@@ -171,7 +172,7 @@ TEST_F(CudaKernelsGpuTest, RowReductionsOfBothShapesMatchTheReference) {
   mean.axes = {0, 2};
   mean.keepdims = false;
   check_one_input(mean, random_fp32({30, 5, 40}), {5},
-                  [&](const CudaTensor& x, const CudaTensor& y) {
+                  [&](const DeviceTensor& x, const DeviceTensor& y) {
                     return kernels_->reduce_mean(stream_, mean, x, y);
                   });
 }
@@ -182,7 +183,7 @@ TEST_F(CudaKernelsGpuTest, LaunchesCapturedIntoAGraphReplay) {
   const HostTensor x = random_fp32({1 << 20});
   HostTensor want(DataType::kFp32, x.dims);
   run_reference(relu, {&x}, {&want});
-  const CudaTensor dx = on_device(x), dy = on_device(want, false);
+  const DeviceTensor dx = on_device(x), dy = on_device(want, false);
   ASSERT_CU(api_->cuStreamSynchronize(stream_));
   ASSERT_CU(api_->cuStreamBeginCapture(stream_, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
   const Status recorded = kernels_->unary(stream_, relu, dx, dy);

@@ -1,12 +1,15 @@
-// The CUDA executor's own kernels: thin __global__ wrappers over the bodies in the .cuh files
-// (which the host tests run too). Built by nvcc into a fatbin that the library embeds and loads
-// with cuModuleLoadData; the names are the launcher's (SS_CUDA_KERNELS in cuda_kernels.h).
+// The CUDA executor's own kernels: thin __global__ wrappers over the bodies in backends/kernels
+// (which the host tests and the HIP kernels run too). Built by nvcc into a fatbin that the library
+// embeds and loads with cuLibraryLoadData; the names are the launcher's (SS_DEVICE_KERNELS in
+// backends/src/device_kernels.h). ss_conv and ss_gemm are there for the HIP executor (no vendor
+// libraries on Debian); the CUDA executor uses cuDNN and cuBLAS, and the kernels are only tested.
 //
 // Element-wise kernels run a grid-stride loop over [0, count), so any grid covers any size.
 // Row kernels come in two shapes: `_rows` (a thread per row, for short rows) and `_block` (a
 // block per row with a shared-memory reduction, for long ones). Params arrive by value as
 // __grid_constant__, so the bodies read them in the constant bank without a local copy.
 
+#include "kernels/convolution.cuh"
 #include "kernels/elementwise.cuh"
 #include "kernels/movement.cuh"
 #include "kernels/pooling.cuh"
@@ -34,6 +37,8 @@ SS_ELEMENTWISE_KERNEL(ss_average_pool, Pool2dParams, average_pool_element)
 SS_ELEMENTWISE_KERNEL(ss_strided_copy, StridedCopyParams, strided_copy_element)
 SS_ELEMENTWISE_KERNEL(ss_pad, PadParams, pad_element)
 SS_ELEMENTWISE_KERNEL(ss_gather, GatherParams, gather_element)
+SS_ELEMENTWISE_KERNEL(ss_conv, ConvParams, conv_element)
+SS_ELEMENTWISE_KERNEL(ss_gemm, GemmParams, gemm_tile)
 
 namespace {
 

@@ -14,7 +14,7 @@
 #include "cuda_executor_internal.h"
 #include "cuda_kernels.h"
 #include "cuda_libraries.h"
-#include "cuda_program.h"
+#include "device_program.h"
 #include "sliceserve/backends/cuda/cuda_driver.h"
 
 namespace sliceserve::backends {
@@ -93,15 +93,15 @@ class CudaExecutor final : public Executor {
   Status launch(size_t index, const DeviceQueue& queue);
   Status record(size_t index, CUstream stream);
   // The record_* functions enqueue one step of program `index`.
-  Status record_step(size_t index, const CudaStep& step, const ConvSetup* conv, CUstream stream);
-  Status record_gemm(size_t index, const CudaStep& step, CUstream stream);
-  Status record_matmul(size_t index, const CudaStep& step);
+  Status record_step(size_t index, const DeviceStep& step, const ConvSetup* conv, CUstream stream);
+  Status record_gemm(size_t index, const DeviceStep& step, CUstream stream);
+  Status record_matmul(size_t index, const DeviceStep& step);
   Status record_kernel(size_t index, const PlanOp& op, CUstream stream);
   std::vector<CUdeviceptr> sums_of(size_t index, const PlanOp& op) const;
   CUdeviceptr weight(size_t entry) const { return weights_ + weight_table_.entries[entry].offset; }
 
-  CUdeviceptr address(const CudaProgram& program, int value) const;
-  CudaTensor tensor(size_t index, int value) const;
+  CUdeviceptr address(const DeviceProgram& program, int value) const;
+  DeviceTensor tensor(size_t index, int value) const;
   Status check_batch(size_t index, size_t inputs, size_t outputs) const;
 
   const CudaDriverApi& api_;
@@ -115,7 +115,7 @@ class CudaExecutor final : public Executor {
 
   // The plans without their constants' bytes (valid only during compile), and their programs.
   std::vector<Plan> plans_;
-  std::vector<CudaProgram> programs_;
+  std::vector<DeviceProgram> programs_;
   std::vector<std::map<size_t, ConvSetup>> convs_;  // per program: step -> its convolution
   DeviceWeightTable weight_table_;
   CUdeviceptr weights_ = 0;          // the region's device address
@@ -170,7 +170,7 @@ Status CudaExecutor::open_context() {
 Status CudaExecutor::compile(std::span<const Plan> plans, WeightStore* weights,
                              unsigned /*threads*/) {
   if (!plans_.empty()) return {ErrorCode::kInternal, "the cuda executor is compiled once"};
-  ASSIGN_OR_RETURN(programs_, plan_cuda_programs(plans, weight_table_));
+  ASSIGN_OR_RETURN(programs_, plan_device_programs(plans, weight_table_, "cuda"));
   RETURN_IF_ERROR(open_context());
   RETURN_IF_ERROR(place_weights(weights));
   plans_.assign(plans.begin(), plans.end());
@@ -183,7 +183,7 @@ Status CudaExecutor::compile(std::span<const Plan> plans, WeightStore* weights,
     entry.derived = {};
   }
   size_t arena_bytes = 0;
-  for (const CudaProgram& program : programs_) {
+  for (const DeviceProgram& program : programs_) {
     arena_bytes = std::max(arena_bytes, program.arena_bytes);
   }
   SS_CU_CHECK(api_, api_.cuMemAlloc(&arena_, std::max<size_t>(arena_bytes, kDeviceAlignment)));
@@ -198,8 +198,8 @@ Status CudaExecutor::place_weights(WeightStore* store) {
     return Status::ok();
   };
   if (store != nullptr && store->holds_device_memory()) {
-    ASSIGN_OR_RETURN(WeightRegion region,
-                     store->get_or_create(weight_table_.region_key(), weight_table_.bytes, fill));
+    ASSIGN_OR_RETURN(WeightRegion region, store->get_or_create(weight_table_.region_key("cuda"),
+                                                               weight_table_.bytes, fill));
     weights_ = reinterpret_cast<CUdeviceptr>(region.data);
     usage_.private_bytes = region.shared ? 0 : weight_table_.bytes;
     return Status::ok();
@@ -300,8 +300,9 @@ Status CudaExecutor::prepare_convolutions() {
   convs_.resize(programs_.size());
   for (size_t p = 0; p < programs_.size(); ++p) {
     for (size_t s = 0; s < programs_[p].steps.size(); ++s) {
-      const CudaStep& step = programs_[p].steps[s];
-      if (step.kind != CudaStep::Kind::kConv && step.kind != CudaStep::Kind::kConvFused) continue;
+      const DeviceStep& step = programs_[p].steps[s];
+      if (step.kind != DeviceStep::Kind::kConv && step.kind != DeviceStep::Kind::kConvFused)
+        continue;
       ASSIGN_OR_RETURN(ConvSetup setup, find_convolution(plans_[p], plans_[p].ops[step.op]));
       conv_workspace_bytes_ = std::max(conv_workspace_bytes_, setup.workspace);
       convs_[p].emplace(s, setup);
@@ -313,7 +314,7 @@ Status CudaExecutor::prepare_convolutions() {
   return Status::ok();
 }
 
-CUdeviceptr CudaExecutor::address(const CudaProgram& program, int value) const {
+CUdeviceptr CudaExecutor::address(const DeviceProgram& program, int value) const {
   const ValueLocation& at = program.values[static_cast<size_t>(value)];
   switch (at.kind) {
     case ValueLocation::Kind::kArena:
@@ -326,7 +327,7 @@ CUdeviceptr CudaExecutor::address(const CudaProgram& program, int value) const {
   return 0;
 }
 
-CudaTensor CudaExecutor::tensor(size_t index, int value) const {
+DeviceTensor CudaExecutor::tensor(size_t index, int value) const {
   const PlanValue& v = plans_[index].values[static_cast<size_t>(value)];
   return {address(programs_[index], value), v.dtype, v.dims};
 }
@@ -342,7 +343,7 @@ Result<DeviceQueue> CudaExecutor::enter(const ComputeContext& ctx) {
 }
 
 Status CudaExecutor::record(size_t index, CUstream stream) {
-  const CudaProgram& program = programs_[index];
+  const DeviceProgram& program = programs_[index];
   SS_CUDNN_CHECK(libs_.cudnn, libs_.cudnn.cudnnSetStream(cudnn_, stream));
   SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasSetStream(cublas_, stream));
   for (size_t s = 0; s < program.steps.size(); ++s) {
@@ -361,17 +362,17 @@ std::vector<CUdeviceptr> CudaExecutor::sums_of(size_t index, const PlanOp& op) c
   return sums;
 }
 
-Status CudaExecutor::record_step(size_t index, const CudaStep& step, const ConvSetup* conv,
+Status CudaExecutor::record_step(size_t index, const DeviceStep& step, const ConvSetup* conv,
                                  CUstream stream) {
   const Plan& plan = plans_[index];
-  const CudaProgram& program = programs_[index];
+  const DeviceProgram& program = programs_[index];
   const PlanOp& op = plan.ops[step.op];
   const CudnnApi& dnn = libs_.cudnn;
   auto ptr = [&](int v) { return reinterpret_cast<void*>(address(program, v)); };
   const float one = 1.0F;
   const float zero = 0.0F;
   switch (step.kind) {
-    case CudaStep::Kind::kConvFused: {
+    case DeviceStep::Kind::kConvFused: {
       // y = relu(conv(x) + z + bias) in one call; without z its scale is 0 (z := y, unread).
       const float z_scale = step.z >= 0 ? 1.0F : 0.0F;
       void* z = step.z >= 0 ? ptr(step.z) : ptr(op.outputs[0]);
@@ -391,7 +392,7 @@ Status CudaExecutor::record_step(size_t index, const CudaStep& step, const ConvS
       SS_CUDNN_CHECK(dnn, ran);
       return Status::ok();
     }
-    case CudaStep::Kind::kConv: {
+    case DeviceStep::Kind::kConv: {
       SS_CUDNN_CHECK(dnn, dnn.cudnnConvolutionForward(
                               cudnn_, &one, conv->x, ptr(op.inputs[0]), conv->w, ptr(op.inputs[1]),
                               conv->conv, conv->algo, reinterpret_cast<void*>(conv_workspace_),
@@ -401,26 +402,26 @@ Status CudaExecutor::record_step(size_t index, const CudaStep& step, const ConvS
                                 step.bias == SIZE_MAX ? CUdeviceptr{0} : weight(step.bias),
                                 sums_of(index, op), tensor(index, op.outputs[0]));
     }
-    case CudaStep::Kind::kGemm:
+    case DeviceStep::Kind::kGemm:
       return record_gemm(index, step, stream);
-    case CudaStep::Kind::kMatMul:
+    case DeviceStep::Kind::kMatMul:
       return record_matmul(index, step);
-    case CudaStep::Kind::kBatchNorm: {
+    case DeviceStep::Kind::kBatchNorm: {
       const size_t channels = static_cast<size_t>(plan.values[size_t(op.inputs[1])].dims[0]);
       const CUdeviceptr scale = weight(step.scale_shift);
       return kernels_->batch_norm(stream, op, scale, scale + channels * sizeof(float),
                                   tensor(index, op.inputs[0]), tensor(index, op.outputs[0]));
     }
-    case CudaStep::Kind::kKernel:
+    case DeviceStep::Kind::kKernel:
       return record_kernel(index, op, stream);
   }
   return Status::ok();
 }
 
-Status CudaExecutor::record_gemm(size_t index, const CudaStep& step, CUstream stream) {
+Status CudaExecutor::record_gemm(size_t index, const DeviceStep& step, CUstream stream) {
   const Plan& plan = plans_[index];
   const PlanOp& op = plan.ops[step.op];
-  const CudaTensor y = tensor(index, op.outputs[0]);
+  const DeviceTensor y = tensor(index, op.outputs[0]);
   const std::vector<int64_t>& a = plan.values[size_t(op.inputs[0])].dims;
   const std::vector<int64_t>& b = plan.values[size_t(op.inputs[1])].dims;
   const int m = int(op.trans_a ? a[1] : a[0]);
@@ -435,7 +436,7 @@ Status CudaExecutor::record_gemm(size_t index, const CudaStep& step, CUstream st
     copy_c.binary = BinaryAlg::kAdd;
     copy_c.label = op.label + " (C)";
     const int64_t zero_dims[] = {m, 1};
-    const CudaTensor zeros{weight(step.zero), DataType::kFp32, zero_dims};
+    const DeviceTensor zeros{weight(step.zero), DataType::kFp32, zero_dims};
     RETURN_IF_ERROR(kernels_->binary(stream, copy_c, tensor(index, op.inputs[2]), zeros, y));
     beta = op.beta;
   }
@@ -454,7 +455,7 @@ Status CudaExecutor::record_gemm(size_t index, const CudaStep& step, CUstream st
   return kernels_->epilogue(stream, op.post_ops, 0, sums_of(index, op), y);
 }
 
-Status CudaExecutor::record_matmul(size_t index, const CudaStep& step) {
+Status CudaExecutor::record_matmul(size_t index, const DeviceStep& step) {
   const PlanOp& op = plans_[index].ops[step.op];
   const auto* pa = reinterpret_cast<const float*>(address(programs_[index], op.inputs[0]));
   const auto* pb = reinterpret_cast<const float*>(address(programs_[index], op.inputs[1]));
@@ -477,50 +478,11 @@ Status CudaExecutor::record_matmul(size_t index, const CudaStep& step) {
 }
 
 Status CudaExecutor::record_kernel(size_t index, const PlanOp& op, CUstream stream) {
-  auto in = [&](size_t i) { return tensor(index, op.inputs[i]); };
-  auto out = [&](size_t i) { return tensor(index, op.outputs[i]); };
-  const CudaKernels& k = *kernels_;
-  switch (op.kind) {
-    case OpKind::kUnary:
-      return k.unary(stream, op, in(0), out(0));
-    case OpKind::kBinary:
-      return k.binary(stream, op, in(0), in(1), out(0));
-    case OpKind::kMaxPool:
-    case OpKind::kAveragePool:
-      return k.pool(stream, op, in(0), out(0));
-    case OpKind::kGlobalAveragePool:
-      return k.global_average_pool(stream, op, in(0), out(0));
-    case OpKind::kReduceMean:
-      return k.reduce_mean(stream, op, in(0), out(0));
-    case OpKind::kSoftmax:
-      return k.softmax(stream, op, in(0), out(0));
-    case OpKind::kLrn:
-      return k.lrn(stream, op, in(0), out(0));
-    case OpKind::kTranspose:
-      return k.transpose(stream, op, in(0), out(0));
-    case OpKind::kSlice:
-      return k.slice(stream, op, in(0), out(0));
-    case OpKind::kPad:
-      return k.pad(stream, op, in(0), out(0));
-    case OpKind::kGather:
-      return k.gather(stream, op, in(0), in(1), out(0));
-    case OpKind::kCast:
-      return k.cast(stream, op, in(0), out(0));
-    case OpKind::kFill:
-      return k.fill(stream, op, out(0));
-    case OpKind::kConcat: {
-      std::vector<CudaTensor> inputs;
-      for (size_t i = 0; i < op.inputs.size(); ++i) inputs.push_back(in(i));
-      return k.concat(stream, op, inputs, out(0));
-    }
-    case OpKind::kSplit: {
-      std::vector<CudaTensor> outputs;
-      for (size_t i = 0; i < op.outputs.size(); ++i) outputs.push_back(out(i));
-      return k.split(stream, op, in(0), outputs);
-    }
-    default:
-      return {ErrorCode::kInternal, fmt::format("{}: no cuda kernel for this op", op.label)};
-  }
+  std::vector<DeviceTensor> in, out;
+  for (int v : op.inputs) in.push_back(v >= 0 ? tensor(index, v) : DeviceTensor{});
+  for (int v : op.outputs) out.push_back(v >= 0 ? tensor(index, v) : DeviceTensor{});
+  return launch_op_kernels(op, in, out,
+                           [&](const auto& launch) { return kernels_->launch(stream, launch); });
 }
 
 Status CudaExecutor::launch(size_t index, const DeviceQueue& queue) {

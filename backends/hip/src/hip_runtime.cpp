@@ -33,6 +33,10 @@ Status resolve_all(void* handle, const std::string& library, HipRuntimeApi* api)
   RETURN_IF_ERROR(resolve(handle, library, SS_HIP_NAME(name), &api->name));
   SS_HIP_RUNTIME_FUNCTIONS(SS_HIP_RESOLVE)
 #undef SS_HIP_RESOLVE
+#define SS_HIP_RESOLVE_TYPED(name, type) \
+  RETURN_IF_ERROR(resolve(handle, library, SS_HIP_NAME(name), &api->name));
+  SS_HIP_TYPED_RUNTIME_FUNCTIONS(SS_HIP_RESOLVE_TYPED)
+#undef SS_HIP_RESOLVE_TYPED
   return Status::ok();
 }
 

@@ -31,13 +31,36 @@ namespace sliceserve::backends {
   X(hipExtStreamCreateWithCUMask) \
   X(hipExtStreamGetCUMask) \
   X(hipStreamSynchronize) \
-  X(hipStreamDestroy)
+  X(hipStreamDestroy) \
+  X(hipStreamCreateWithFlags) \
+  X(hipStreamWaitEvent) \
+  X(hipEventCreateWithFlags) \
+  X(hipEventDestroy) \
+  X(hipEventRecord) \
+  X(hipEventElapsedTime) \
+  X(hipFree) \
+  X(hipMemcpyAsync) \
+  X(hipHostRegister) \
+  X(hipHostUnregister) \
+  X(hipModuleLoadData) \
+  X(hipModuleUnload) \
+  X(hipModuleGetFunction) \
+  X(hipModuleLaunchKernel)
+// Functions the headers overload for C++ (hipMalloc has a T** template): typed explicitly.
+// X(name, pointer type) for each.
+#define SS_HIP_TYPED_RUNTIME_FUNCTIONS(X) \
+  X(hipMalloc, HipMallocFunction)
 // clang-format on
+
+using HipMallocFunction = hipError_t (*)(void**, size_t);
 
 struct HipRuntimeApi {
 #define SS_HIP_MEMBER(name) decltype(&::name) name = nullptr;
   SS_HIP_RUNTIME_FUNCTIONS(SS_HIP_MEMBER)
 #undef SS_HIP_MEMBER
+#define SS_HIP_TYPED_MEMBER(name, type) type name = nullptr;
+  SS_HIP_TYPED_RUNTIME_FUNCTIONS(SS_HIP_TYPED_MEMBER)
+#undef SS_HIP_TYPED_MEMBER
 };
 
 // "<call>: hipErrorXxx: <runtime's description> at file:line" with `code` (kInternal by

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "sliceserve/shm/tensor_spec.h"
-#include "support/cuda_host_kernels.h"
-#include "support/cuda_kernel_tensors.h"
+#include "support/device_host_kernels.h"
+#include "support/device_kernel_tensors.h"
 
 namespace sliceserve::backends {
 namespace {
@@ -35,10 +35,10 @@ using testing::random_fp32;
 using testing::rng;
 using testing::run_reference;
 
-// ---- host emulation: each kernel's body over its params (support/cuda_host_kernels.h) -----
+// ---- host emulation: each kernel's body over its params (support/device_host_kernels.h) -----
 
 template <typename Params>
-void emulate(const Result<CudaLaunch<Params>>& launch) {
+void emulate(const Result<KernelLaunch<Params>>& launch) {
   ASSERT_TRUE(launch.is_ok()) << launch.status().to_string();
   testing::host_kernel(launch->kernel, &launch->params)();
 }
@@ -70,7 +70,7 @@ TEST(CudaKernelsTest, UnaryMatchesTheReferenceForEveryFunction) {
     x.set_f(3, -0.0F);
     HostTensor want(DataType::kFp32, x.dims), got(DataType::kFp32, x.dims);
     run_reference(op, {&x}, {&want});
-    emulate(unary_launch(op, x.cuda(), got.cuda()));
+    emulate(unary_launch(op, x.device(), got.device()));
     expect_matches(got, want);
   }
 }
@@ -95,14 +95,14 @@ TEST(CudaKernelsTest, EpilogueMatchesAConvsBiasPostOpsAndSums) {
   run_reference(op, {&x, &w, &bias}, {&want}, {&s1, &s2});
   HostTensor got = x;  // in place, as on a conv's result
   const std::vector<CUdeviceptr> sums{address(s1.bytes.data()), address(s2.bytes.data())};
-  emulate(epilogue_launch(op.post_ops, address(bias.bytes.data()), sums, got.cuda()));
+  emulate(epilogue_launch(op.post_ops, address(bias.bytes.data()), sums, got.device()));
   expect_matches(got, want);
 
   // Bias alone, no post-ops.
   op.post_ops.clear();
   run_reference(op, {&x, &w, &bias}, {&want});
   got = x;
-  emulate(epilogue_launch({}, address(bias.bytes.data()), {}, got.cuda()));
+  emulate(epilogue_launch({}, address(bias.bytes.data()), {}, got.device()));
   expect_matches(got, want);
 }
 
@@ -119,7 +119,7 @@ TEST(CudaKernelsTest, EpilogueMatchesAGemmsPostOps) {
   run_reference(op, {&a, &eye}, {&want}, {&s});
   HostTensor got = a;
   const std::vector<CUdeviceptr> sums{address(s.bytes.data())};
-  emulate(epilogue_launch(op.post_ops, 0, sums, got.cuda()));
+  emulate(epilogue_launch(op.post_ops, 0, sums, got.device()));
   expect_matches(got, want);
 }
 
@@ -145,7 +145,7 @@ TEST(CudaKernelsTest, BatchNormFoldedMatchesTheReference) {
                     {reinterpret_cast<float*>(scale.bytes.data()), size_t(c)},
                     {reinterpret_cast<float*>(shift.bytes.data()), size_t(c)});
     emulate(batch_norm_launch(op, address(scale.bytes.data()), address(shift.bytes.data()),
-                              x.cuda(), got.cuda()));
+                              x.device(), got.device()));
     // x * scale + shift in fp32 against the reference's double: cancellation costs absolute
     // precision of the order of the terms.
     expect_matches(got, want, 1e-5F, 1e-5F);
@@ -179,7 +179,7 @@ TEST(CudaKernelsTest, BinaryBroadcastsLikeTheReference) {
       }
       HostTensor want(DataType::kFp32, y_dims), got(DataType::kFp32, y_dims);
       run_reference(op, {&a, &b}, {&want});
-      emulate(binary_launch(op, a.cuda(), b.cuda(), got.cuda()));
+      emulate(binary_launch(op, a.device(), b.device(), got.device()));
       expect_matches(got, want);
     }
   }
@@ -188,7 +188,7 @@ TEST(CudaKernelsTest, BinaryBroadcastsLikeTheReference) {
 TEST(CudaKernelsTest, BinaryRejectsShapesThatDoNotBroadcast) {
   PlanOp op = make_op(OpKind::kBinary, "node 'add' (Add)");
   HostTensor a = random_fp32({2, 3}), b = random_fp32({4}), y(DataType::kFp32, {2, 3});
-  auto launch = binary_launch(op, a.cuda(), b.cuda(), y.cuda());
+  auto launch = binary_launch(op, a.device(), b.device(), y.device());
   ASSERT_FALSE(launch.is_ok());
   EXPECT_EQ(launch.status().code(), ErrorCode::kInvalidArgument);
   EXPECT_NE(launch.status().message().find("node 'add' (Add)"), std::string::npos);
@@ -206,7 +206,7 @@ TEST(CudaKernelsTest, LrnMatchesTheReference) {
       HostTensor x = random_fp32(dims);
       HostTensor want(DataType::kFp32, dims), got(DataType::kFp32, dims);
       run_reference(op, {&x}, {&want});
-      emulate(lrn_launch(op, x.cuda(), got.cuda()));
+      emulate(lrn_launch(op, x.device(), got.device()));
       expect_matches(got, want);
     }
   }
@@ -257,7 +257,7 @@ TEST(CudaKernelsTest, PoolingMatchesTheReferenceIncludingPaddingEdgeCases) {
         if (kind == OpKind::kMaxPool) x.set_f(1, std::numeric_limits<float>::quiet_NaN());
         HostTensor want(DataType::kFp32, y_dims), got(DataType::kFp32, y_dims);
         run_reference(op, {&x}, {&want});
-        emulate(pool_launch(op, x.cuda(), got.cuda()));
+        emulate(pool_launch(op, x.device(), got.device()));
         expect_matches(got, want);
       }
     }
@@ -273,13 +273,13 @@ TEST(CudaKernelsTest, GlobalAveragePoolMatchesTheReference) {
     PlanOp op = make_op(OpKind::kGlobalAveragePool);
     HostTensor want(DataType::kFp32, y_dims), got(DataType::kFp32, y_dims);
     run_reference(op, {&x}, {&want});
-    auto launch = global_average_pool_launch(op, x.cuda(), got.cuda());
+    auto launch = global_average_pool_launch(op, x.device(), got.device());
     emulate(launch);
     expect_matches(got, want);
     ASSERT_TRUE(launch.is_ok());
-    EXPECT_EQ(launch->kernel, launch->params.row_length >= kCudaBlockRowLength
-                                  ? CudaKernel::ss_reduce_mean_block
-                                  : CudaKernel::ss_reduce_mean_rows);
+    EXPECT_EQ(launch->kernel, launch->params.row_length >= kBlockRowLength
+                                  ? DeviceKernel::ss_reduce_mean_block
+                                  : DeviceKernel::ss_reduce_mean_rows);
   }
 }
 
@@ -312,7 +312,7 @@ TEST(CudaKernelsTest, ReduceMeanMatchesTheReference) {
     HostTensor x = random_fp32(c.x);
     HostTensor want(DataType::kFp32, y_dims), got(DataType::kFp32, y_dims);
     run_reference(op, {&x}, {&want});
-    emulate(reduce_mean_launch(op, x.cuda(), got.cuda()));
+    emulate(reduce_mean_launch(op, x.device(), got.device()));
     expect_matches(got, want, 1e-5F, 1e-6F);
   }
 }
@@ -331,13 +331,13 @@ TEST(CudaKernelsTest, SoftmaxIsStableAndMatchesTheReference) {
     HostTensor x = random_fp32(c.x, 990.0F, 1000.0F);  // exp would overflow without the max
     HostTensor want(DataType::kFp32, c.x), got(DataType::kFp32, c.x);
     run_reference(op, {&x}, {&want});
-    auto launch = softmax_launch(op, x.cuda(), got.cuda());
+    auto launch = softmax_launch(op, x.device(), got.device());
     emulate(launch);
     expect_matches(got, want);
     ASSERT_TRUE(launch.is_ok());
-    EXPECT_EQ(launch->kernel, launch->params.length >= kCudaBlockRowLength
-                                  ? CudaKernel::ss_softmax_block
-                                  : CudaKernel::ss_softmax_rows);
+    EXPECT_EQ(launch->kernel, launch->params.length >= kBlockRowLength
+                                  ? DeviceKernel::ss_softmax_block
+                                  : DeviceKernel::ss_softmax_rows);
   }
 }
 
@@ -367,7 +367,7 @@ TEST(CudaKernelsTest, TransposeMatchesTheReferenceForEveryElementSize) {
     HostTensor x = random_bytes(c.dtype, c.x);
     HostTensor want(c.dtype, y_dims), got(c.dtype, y_dims);
     run_reference(op, {&x}, {&want});
-    emulate(transpose_launch(op, x.cuda(), got.cuda()));
+    emulate(transpose_launch(op, x.device(), got.device()));
     expect_matches(got, want);
   }
 }
@@ -377,7 +377,7 @@ TEST(CudaKernelsTest, TransposeBeyondEightUnmergeableDimensionsIsRejected) {
   PlanOp op = make_op(OpKind::kTranspose);
   op.perm = {8, 7, 6, 5, 4, 3, 2, 1, 0};
   HostTensor x = random_bytes(DataType::kUint8, dims), y(DataType::kUint8, dims);
-  auto launch = transpose_launch(op, x.cuda(), y.cuda());
+  auto launch = transpose_launch(op, x.device(), y.device());
   ASSERT_FALSE(launch.is_ok());
   EXPECT_EQ(launch.status().code(), ErrorCode::kInvalidArgument);
 }
@@ -390,14 +390,14 @@ TEST(CudaKernelsTest, ConcatAndSplitMatchTheReference) {
     std::vector<HostTensor> parts;
     for (int64_t n : {1, 4, 0, 2}) parts.push_back(random_bytes(DataType::kInt64, {2, n, 3}));
     std::vector<const HostTensor*> ins;
-    std::vector<CudaTensor> cuda_ins;
+    std::vector<DeviceTensor> cuda_ins;
     for (const HostTensor& t : parts) {
       ins.push_back(&t);
-      cuda_ins.push_back(t.cuda());
+      cuda_ins.push_back(t.device());
     }
     HostTensor want(DataType::kInt64, {2, 7, 3}), got(DataType::kInt64, {2, 7, 3});
     run_reference(op, ins, {&want});
-    for (size_t i = 0; i < parts.size(); ++i) emulate(concat_launch(op, cuda_ins, i, got.cuda()));
+    for (size_t i = 0; i < parts.size(); ++i) emulate(concat_launch(op, cuda_ins, i, got.device()));
     expect_matches(got, want);
   }
   {
@@ -405,10 +405,10 @@ TEST(CudaKernelsTest, ConcatAndSplitMatchTheReference) {
     PlanOp op = make_op(OpKind::kConcat);
     op.axis = -1;
     HostTensor a = random_bytes(DataType::kFp16, {3, 2}), b = random_bytes(DataType::kFp16, {3, 5});
-    const std::vector<CudaTensor> cuda_ins{a.cuda(), b.cuda()};
+    const std::vector<DeviceTensor> cuda_ins{a.device(), b.device()};
     HostTensor want(DataType::kFp16, {3, 7}), got(DataType::kFp16, {3, 7});
     run_reference(op, {&a, &b}, {&want});
-    for (size_t i = 0; i < 2; ++i) emulate(concat_launch(op, cuda_ins, i, got.cuda()));
+    for (size_t i = 0; i < 2; ++i) emulate(concat_launch(op, cuda_ins, i, got.device()));
     expect_matches(got, want);
   }
   {
@@ -423,13 +423,13 @@ TEST(CudaKernelsTest, ConcatAndSplitMatchTheReference) {
       got.emplace_back(DataType::kFp32, Dims{4, n, 5});
     }
     std::vector<HostTensor*> outs;
-    std::vector<CudaTensor> cuda_outs;
+    std::vector<DeviceTensor> cuda_outs;
     for (size_t i = 0; i < want.size(); ++i) {
       outs.push_back(&want[i]);
-      cuda_outs.push_back(got[i].cuda());
+      cuda_outs.push_back(got[i].device());
     }
     run_reference(op, {&x}, outs);
-    for (size_t i = 0; i < got.size(); ++i) emulate(split_launch(op, x.cuda(), cuda_outs, i));
+    for (size_t i = 0; i < got.size(); ++i) emulate(split_launch(op, x.device(), cuda_outs, i));
     for (size_t i = 0; i < got.size(); ++i) expect_matches(got[i], want[i]);
   }
   {
@@ -439,8 +439,8 @@ TEST(CudaKernelsTest, ConcatAndSplitMatchTheReference) {
     HostTensor w0(DataType::kBool, {2, 3}), w1(DataType::kBool, {3, 3});
     HostTensor g0(DataType::kBool, {2, 3}), g1(DataType::kBool, {3, 3});
     run_reference(op, {&x}, {&w0, &w1});
-    const std::vector<CudaTensor> cuda_outs{g0.cuda(), g1.cuda()};
-    for (size_t i = 0; i < 2; ++i) emulate(split_launch(op, x.cuda(), cuda_outs, i));
+    const std::vector<DeviceTensor> cuda_outs{g0.device(), g1.device()};
+    for (size_t i = 0; i < 2; ++i) emulate(split_launch(op, x.device(), cuda_outs, i));
     expect_matches(g0, w0);
     expect_matches(g1, w1);
   }
@@ -465,7 +465,7 @@ TEST(CudaKernelsTest, SliceWithNegativeStepsMatchesTheReference) {
     HostTensor x = random_bytes(c.dtype, c.x);
     HostTensor want(c.dtype, c.y), got(c.dtype, c.y);
     run_reference(op, {&x}, {&want});
-    emulate(slice_launch(op, x.cuda(), got.cuda()));
+    emulate(slice_launch(op, x.device(), got.device()));
     expect_matches(got, want);
   }
 }
@@ -504,7 +504,7 @@ TEST(CudaKernelsTest, PadMatchesTheReferenceInEveryModeWithCrops) {
     HostTensor x = c.dtype == DataType::kFp32 ? random_fp32(c.x) : random_bytes(c.dtype, c.x);
     HostTensor want(c.dtype, y_dims), got(c.dtype, y_dims);
     run_reference(op, {&x}, {&want});
-    emulate(pad_launch(op, x.cuda(), got.cuda()));
+    emulate(pad_launch(op, x.device(), got.device()));
     expect_matches(got, want);
   }
 }
@@ -544,7 +544,7 @@ TEST(CudaKernelsTest, GatherWithNegativeIndicesMatchesTheReference) {
     y_dims.insert(y_dims.end(), c.x.begin() + axis + 1, c.x.end());
     HostTensor want(c.dtype, y_dims), got(c.dtype, y_dims);
     run_reference(op, {&x, &idx}, {&want});
-    emulate(gather_launch(op, x.cuda(), idx.cuda(), got.cuda()));
+    emulate(gather_launch(op, x.device(), idx.device(), got.device()));
     expect_matches(got, want);
   }
 }
@@ -556,7 +556,7 @@ TEST(CudaKernelsTest, GatherOutOfRangeIndexGivesZerosNotAFault) {
   idx.set<int64_t>(0, 3);
   idx.set<int64_t>(1, -4);
   HostTensor got = random_fp32({2, 2});
-  emulate(gather_launch(op, x.cuda(), idx.cuda(), got.cuda()));
+  emulate(gather_launch(op, x.device(), idx.device(), got.device()));
   for (int64_t i = 0; i < got.count(); ++i) EXPECT_EQ(got.f(i), 0.0F);
 }
 
@@ -686,7 +686,7 @@ TEST(CudaKernelsTest, CastMatchesTheReferenceForEveryPair) {
       PlanOp op = make_op(OpKind::kCast);
       HostTensor want(to, x.dims), got(to, x.dims);
       run_reference(op, {&x}, {&want});
-      emulate(cast_launch(op, x.cuda(), got.cuda()));
+      emulate(cast_launch(op, x.device(), got.device()));
       expect_matches(got, want, 0.0F, 0.0F);  // exact, floats included
     }
   }
@@ -695,7 +695,7 @@ TEST(CudaKernelsTest, CastMatchesTheReferenceForEveryPair) {
 TEST(CudaKernelsTest, CastRejectsADtypeItDoesNotConvert) {
   PlanOp op = make_op(OpKind::kCast);
   HostTensor x(DataType::kFp64, {2}), y(DataType::kFp32, {2});
-  EXPECT_EQ(cast_launch(op, x.cuda(), y.cuda()).status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(cast_launch(op, x.device(), y.device()).status().code(), ErrorCode::kInvalidArgument);
 }
 
 TEST(CudaKernelsTest, FillWritesTheOneOfEveryDtype) {
@@ -706,7 +706,7 @@ TEST(CudaKernelsTest, FillWritesTheOneOfEveryDtype) {
     PlanOp op = make_op(OpKind::kFill);
     HostTensor want(dtype, {3, 5}), got = random_bytes(dtype, {3, 5});
     run_reference(op, {}, {&want});
-    emulate(fill_launch(op, got.cuda()));
+    emulate(fill_launch(op, got.device()));
     expect_matches(got, want);
   }
 }
@@ -714,10 +714,10 @@ TEST(CudaKernelsTest, FillWritesTheOneOfEveryDtype) {
 TEST(CudaKernelsTest, FloatOnlyKernelsRejectOtherDtypesNamingTheOp) {
   PlanOp op = make_op(OpKind::kUnary, "node 'relu1' (Relu)");
   HostTensor x(DataType::kFp16, {4}), y(DataType::kFp16, {4});
-  auto launch = unary_launch(op, x.cuda(), y.cuda());
+  auto launch = unary_launch(op, x.device(), y.device());
   ASSERT_FALSE(launch.is_ok());
   EXPECT_EQ(launch.status().code(), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(launch.status().message().rfind("node 'relu1' (Relu): CUDA kernel: ", 0), 0u)
+  EXPECT_EQ(launch.status().message().rfind("node 'relu1' (Relu): device kernel: ", 0), 0u)
       << launch.status().message();
 }
 
@@ -858,8 +858,8 @@ TEST_F(CudaKernelsLauncherTest, LoadResolvesEveryKernelAndTheDestructorUnloads) 
     ASSERT_NE(kernels, nullptr);
     EXPECT_EQ(fake().image, cuda_kernels_fatbin().data());
     std::vector<std::string> expected;
-    for (size_t i = 0; i < kCudaKernelCount; ++i) {
-      expected.emplace_back(cuda_kernel_name(CudaKernel(i)));
+    for (size_t i = 0; i < kDeviceKernelCount; ++i) {
+      expected.emplace_back(device_kernel_name(DeviceKernel(i)));
     }
     EXPECT_EQ(fake().resolved, expected);
     EXPECT_TRUE(fake().unloaded.empty());
@@ -893,7 +893,7 @@ TEST_F(CudaKernelsLauncherTest, ALaunchPassesTheKernelGridAndItsParams) {
   auto kernels = load();
   ASSERT_NE(kernels, nullptr);
   const Dims dims{2, 1000};
-  const CudaTensor x{0x1000, DataType::kFp32, dims}, y{0x9000, DataType::kFp32, dims};
+  const DeviceTensor x{0x1000, DataType::kFp32, dims}, y{0x9000, DataType::kFp32, dims};
   PlanOp op = make_op(OpKind::kSoftmax);
   op.axis = 1;
   ASSERT_TRUE(kernels->softmax(fake_stream(), op, x, y).is_ok());
@@ -922,12 +922,12 @@ TEST_F(CudaKernelsLauncherTest, LargeTensorsCapTheGridAndBroadcastDimsMerge) {
   const Dims big{64, 1000, 1000}, row{1000};
   PlanOp op = make_op(OpKind::kBinary);
   op.binary = BinaryAlg::kMul;
-  const CudaTensor a{0x1000, DataType::kFp32, big}, b{0x2000, DataType::kFp32, row},
+  const DeviceTensor a{0x1000, DataType::kFp32, big}, b{0x2000, DataType::kFp32, row},
       y{0x3000, DataType::kFp32, big};
   ASSERT_TRUE(kernels->binary(fake_stream(), op, a, b, y).is_ok());
   ASSERT_EQ(fake().launches.size(), 1u);
   EXPECT_EQ(fake().launches[0].kernel, "ss_binary");
-  EXPECT_EQ(fake().launches[0].grid[0], kCudaMaxBlocks);
+  EXPECT_EQ(fake().launches[0].grid[0], kDeviceMaxBlocks);
   const auto p = decode<k::BinaryParams>(fake().launches[0]);
   EXPECT_EQ(p.count, 64'000'000);
   EXPECT_EQ(p.alg, k::KernelBinary::kMul);
@@ -947,9 +947,9 @@ TEST_F(CudaKernelsLauncherTest, ConcatLaunchesACopyPerInputIntoItsBlock) {
   const Dims d0{2, 3}, d1{2, 5}, dy{2, 8};
   PlanOp op = make_op(OpKind::kConcat);
   op.axis = 1;
-  const std::vector<CudaTensor> inputs{{0x1000, DataType::kFp16, d0},
-                                       {0x2000, DataType::kFp16, d1}};
-  const CudaTensor y{0x8000, DataType::kFp16, dy};
+  const std::vector<DeviceTensor> inputs{{0x1000, DataType::kFp16, d0},
+                                         {0x2000, DataType::kFp16, d1}};
+  const DeviceTensor y{0x8000, DataType::kFp16, dy};
   ASSERT_TRUE(kernels->concat(fake_stream(), op, inputs, y).is_ok());
   ASSERT_EQ(fake().launches.size(), 2u);
   const auto second = decode<k::StridedCopyParams>(fake().launches[1]);
@@ -968,7 +968,7 @@ TEST_F(CudaKernelsLauncherTest, EmptyTensorsLaunchNothing) {
   ASSERT_NE(kernels, nullptr);
   const Dims empty{0, 4};
   PlanOp op = make_op(OpKind::kUnary);
-  const CudaTensor x{0, DataType::kFp32, empty};
+  const DeviceTensor x{0, DataType::kFp32, empty};
   EXPECT_TRUE(kernels->unary(fake_stream(), op, x, x).is_ok());
   EXPECT_TRUE(fake().launches.empty());
 }
@@ -979,7 +979,7 @@ TEST_F(CudaKernelsLauncherTest, InvalidParamsLaunchNothing) {
   const Dims dims{4};
   PlanOp op = make_op(OpKind::kSoftmax, "node 'sm' (Softmax)");
   op.axis = 3;
-  const CudaTensor x{0x1000, DataType::kFp32, dims};
+  const DeviceTensor x{0x1000, DataType::kFp32, dims};
   const Status status = kernels->softmax(fake_stream(), op, x, x);
   EXPECT_EQ(status.code(), ErrorCode::kInvalidArgument);
   EXPECT_NE(status.message().find("node 'sm' (Softmax)"), std::string::npos);
@@ -992,7 +992,7 @@ TEST_F(CudaKernelsLauncherTest, ALaunchFailureNamesTheKernelAndTheDriversError) 
   fake().fail_launch = true;
   const Dims dims{3, 4};
   PlanOp op = make_op(OpKind::kFill);
-  const CudaTensor y{0x1000, DataType::kBool, dims};
+  const DeviceTensor y{0x1000, DataType::kBool, dims};
   const Status status = kernels->fill(fake_stream(), op, y);
   ASSERT_FALSE(status.is_ok());
   EXPECT_EQ(status.message().rfind("CUDA kernel ss_fill: cuLaunchKernel(", 0), 0u)
@@ -1015,8 +1015,8 @@ TEST(CudaKernelsFatbinTest, IsEmbeddedWithTheFatbinMagicAndEveryKernel) {
   // nvcc leaves the SASS ELF uncompressed: each kernel's code section is named in it, so the
   // launcher's list and the .cu's kernels cannot drift apart unnoticed.
   const std::string bytes(reinterpret_cast<const char*>(image.data()), image.size());
-  for (size_t i = 0; i < kCudaKernelCount; ++i) {
-    const std::string section = std::string(".text.") + cuda_kernel_name(CudaKernel(i));
+  for (size_t i = 0; i < kDeviceKernelCount; ++i) {
+    const std::string section = std::string(".text.") + device_kernel_name(DeviceKernel(i));
     EXPECT_NE(bytes.find(section + '\0'), std::string::npos) << section;
   }
 }

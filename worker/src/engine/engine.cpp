@@ -10,6 +10,9 @@
 #ifdef SLICESERVE_HAVE_CUDA
 #include "sliceserve/backends/cuda/cuda_executor.h"
 #endif
+#ifdef SLICESERVE_HAVE_HIP
+#include "sliceserve/backends/hip/hip_executor.h"
+#endif
 #include "sliceserve/worker/engine/fusion.h"
 #include "sliceserve/worker/engine/lowering.h"
 #include "sliceserve/worker/engine/onnx_loader.h"
@@ -48,12 +51,15 @@ Result<std::unique_ptr<backends::Executor>> create_executor(const std::string& d
 #endif
   }
   if (device == "hip" || device.starts_with("hip:")) {
-    RETURN_IF_ERROR(device_ordinal(device, "hip", "HIP").status());
-    // The cumask backend's slices exist; the engine has no HIP executor yet (docs/amd.md).
+    ASSIGN_OR_RETURN([[maybe_unused]] int ordinal, device_ordinal(device, "hip", "HIP"));
+#ifdef SLICESERVE_HAVE_HIP
+    return backends::create_hip_executor(ordinal);
+#else
     return Status{ErrorCode::kUnavailable,
-                  fmt::format("no executor for device '{}' in this build (the HIP executor is "
-                              "not written yet)",
+                  fmt::format("no executor for device '{}' in this build (built without the "
+                              "HIP headers)",
                               device)};
+#endif
   }
   return Status{
       ErrorCode::kInvalidArgument,

@@ -24,7 +24,8 @@ struct EngineOptions {
   // being the batch. 0: one plan at the graph's declared input shapes, which must all be known.
   int64_t max_batch = 1;
   // The executor: "cpu" (oneDNN), "cuda:<ordinal>" (cuDNN/cuBLAS/own kernels; "cuda" is
-  // cuda:0), in builds with the cuda wing.
+  // cuda:0), in builds with the cuda wing, "hip:<ordinal>" (the kernel library; "hip" is hip:0)
+  // in builds with the hip wing.
   std::string device = "cpu";
   // Where the executor keeps the weights (nullable: a private copy); must outlive the engine.
   backends::WeightStore* weights = nullptr;

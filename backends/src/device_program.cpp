@@ -1,4 +1,4 @@
-#include "cuda_program.h"
+#include "device_program.h"
 
 #include <fmt/format.h>
 
@@ -7,7 +7,7 @@
 #include <map>
 #include <numeric>
 
-#include "cuda_kernels.h"
+#include "device_kernels.h"
 #include "sliceserve/backends/arena_layout.h"
 
 namespace sliceserve::backends {
@@ -15,10 +15,6 @@ namespace {
 
 size_t align_up(size_t n) {
   return (n + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
-}
-
-Status unsupported(const PlanOp& op, const std::string& why) {
-  return {ErrorCode::kInvalidArgument, fmt::format("{}: not supported on cuda: {}", op.label, why)};
 }
 
 std::vector<std::byte> float_bytes(const std::vector<float>& values) {
@@ -54,12 +50,12 @@ bool computes_in_fp32(OpKind kind) {
 // Plans one model's program for one plan.
 class ProgramPlanner {
  public:
-  ProgramPlanner(const Plan& plan, DeviceWeightTable& weights)
-      : plan_(plan), weights_(weights), root_(plan.values.size()) {
+  ProgramPlanner(const Plan& plan, DeviceWeightTable& weights, std::string_view device)
+      : plan_(plan), weights_(weights), device_(device), root_(plan.values.size()) {
     std::iota(root_.begin(), root_.end(), 0);
   }
 
-  Result<CudaProgram> plan() {
+  Result<DeviceProgram> plan() {
     program_.batch = plan_.batch;
     for (size_t i = 0; i < plan_.ops.size(); ++i) RETURN_IF_ERROR(plan_op(i));
     place_values();
@@ -68,6 +64,11 @@ class ProgramPlanner {
 
  private:
   const PlanValue& value(int v) const { return plan_.values[static_cast<size_t>(v)]; }
+
+  Status unsupported(const PlanOp& op, const std::string& why) const {
+    return {ErrorCode::kInvalidArgument,
+            fmt::format("{}: not supported on {}: {}", op.label, device_, why)};
+  }
 
   Status check_fp32(const PlanOp& op) const {
     for (const std::vector<int>* list : {&op.inputs, &op.outputs}) {
@@ -87,7 +88,7 @@ class ProgramPlanner {
       return unsupported(op, "MaxPool's Indices output");
     }
     if (computes_in_fp32(op.kind)) RETURN_IF_ERROR(check_fp32(op));
-    CudaStep step;
+    DeviceStep step;
     step.op = index;
     switch (op.kind) {
       case OpKind::kCopy:
@@ -98,7 +99,7 @@ class ProgramPlanner {
         RETURN_IF_ERROR(plan_conv(op, step));
         break;
       case OpKind::kGemm:
-        step.kind = CudaStep::Kind::kGemm;
+        step.kind = DeviceStep::Kind::kGemm;
         step.epilogue = !op.post_ops.empty();
         if (op.inputs.size() > 2 && op.inputs[2] >= 0 && op.beta != 0.0F) {
           // Y = C + zeros[M, 1] broadcasts C to Y's [M, N] with the binary kernel.
@@ -126,14 +127,14 @@ class ProgramPlanner {
     return Status::ok();
   }
 
-  Status plan_conv(const PlanOp& op, CudaStep& step) {
+  Status plan_conv(const PlanOp& op, DeviceStep& step) {
     const size_t spatial = op.kernel.size();
     if (spatial < 1 || spatial > 3) {
       return unsupported(op, fmt::format("{}-D convolution (1-D to 3-D only)", spatial));
     }
     for (size_t d = 0; d < spatial; ++d) {
       if (op.pads[d] != op.pads[d + spatial]) {
-        return unsupported(op, "asymmetric padding (cuDNN pads both sides alike)");
+        return unsupported(op, "asymmetric padding (the convolutions pad both sides alike)");
       }
     }
     const PlanValue& w = value(op.inputs[1]);
@@ -143,14 +144,14 @@ class ProgramPlanner {
       if (!value(op.inputs[2]).is_constant) return unsupported(op, "a bias that is not constant");
       step.bias = weights_.constant(value(op.inputs[2]));
     }
-    // relu(conv + bias) and relu(conv + bias + z) are one cuDNN call.
+    // relu(conv + bias) and relu(conv + bias + z) are one cuDNN call (HIP fuses every epilogue).
     const auto& post = op.post_ops;
     const bool relu_last = !post.empty() && post.back().kind == PostOp::Kind::kUnary &&
                            post.back().unary == UnaryAlg::kRelu;
     const bool fusable =
         relu_last && (post.size() == 1 || (post.size() == 2 && post[0].kind == PostOp::Kind::kSum));
     if (fusable) {
-      step.kind = CudaStep::Kind::kConvFused;
+      step.kind = DeviceStep::Kind::kConvFused;
       if (post.size() == 2) step.z = post[0].value;
       if (step.bias == SIZE_MAX) {
         step.bias =
@@ -158,13 +159,13 @@ class ProgramPlanner {
                              float_bytes(std::vector<float>(static_cast<size_t>(channels), 0.0F)));
       }
     } else {
-      step.kind = CudaStep::Kind::kConv;
+      step.kind = DeviceStep::Kind::kConv;
       step.epilogue = step.bias != SIZE_MAX || !post.empty();
     }
     return Status::ok();
   }
 
-  Status plan_matmul(const PlanOp& op, CudaStep& step) {
+  Status plan_matmul(const PlanOp& op, DeviceStep& step) {
     const std::vector<int64_t>& a = value(op.inputs[0]).dims;
     const std::vector<int64_t>& b = value(op.inputs[1]).dims;
     if (a.size() < 2 || b.size() < 2) {
@@ -173,7 +174,7 @@ class ProgramPlanner {
     auto batch_of = [](const std::vector<int64_t>& dims) {
       return std::accumulate(dims.begin(), dims.end() - 2, int64_t{1}, std::multiplies<>());
     };
-    step.kind = CudaStep::Kind::kMatMul;
+    step.kind = DeviceStep::Kind::kMatMul;
     step.m = a[a.size() - 2];
     step.k = a.back();
     step.n = b.back();
@@ -197,7 +198,7 @@ class ProgramPlanner {
     return Status::ok();
   }
 
-  Status plan_batch_norm(const PlanOp& op, CudaStep& step) {
+  Status plan_batch_norm(const PlanOp& op, DeviceStep& step) {
     if (op.training) return unsupported(op, "BatchNormalization in training mode");
     for (size_t i = 1; i <= 4; ++i) {
       if (!value(op.inputs[i]).is_constant) {
@@ -212,15 +213,15 @@ class ProgramPlanner {
     const std::span<float> all(scale_shift);
     fold_batch_norm(op.epsilon, gamma, beta, mean, var, all.first(gamma.size()),
                     all.last(gamma.size()));
-    step.kind = CudaStep::Kind::kBatchNorm;
+    step.kind = DeviceStep::Kind::kBatchNorm;
     step.scale_shift = weights_.derived(op.label + "/scale shift", float_bytes(scale_shift));
     return Status::ok();
   }
 
-  void record_step(const PlanOp& op, CudaStep step) {
+  void record_step(const PlanOp& op, DeviceStep step) {
     const int s = static_cast<int>(program_.steps.size());
     // A BatchNorm reads its statistics from the scale/shift entry, not from their constants.
-    const size_t inputs_read = step.kind == CudaStep::Kind::kBatchNorm ? 1 : op.inputs.size();
+    const size_t inputs_read = step.kind == DeviceStep::Kind::kBatchNorm ? 1 : op.inputs.size();
     for (size_t i = 0; i < inputs_read; ++i) {
       if (op.inputs[i] >= 0) touch(op.inputs[i], s);
     }
@@ -292,9 +293,10 @@ class ProgramPlanner {
 
   const Plan& plan_;
   DeviceWeightTable& weights_;
+  std::string_view device_;
   std::vector<int> root_;  // value -> the value whose bytes it views (itself when it owns them)
   std::map<int, std::pair<int, int>> use_;  // value -> first and last step touching it
-  CudaProgram program_;
+  DeviceProgram program_;
 };
 
 }  // namespace
@@ -327,7 +329,7 @@ size_t DeviceWeightTable::derived(const std::string& name, std::vector<std::byte
   return entries.size() - 1;
 }
 
-std::string DeviceWeightTable::region_key() const {
+std::string DeviceWeightTable::region_key(std::string_view device) const {
   uint64_t hash = 1469598103934665603ULL;  // FNV-1a
   auto mix = [&hash](const void* data, size_t n) {
     const auto* p = static_cast<const unsigned char*>(data);
@@ -339,7 +341,7 @@ std::string DeviceWeightTable::region_key() const {
     const std::span<const std::byte> contents = entry.contents();
     mix(contents.data(), std::min<size_t>(contents.size(), 64));
   }
-  return fmt::format("cuda-engine-{:016x}", hash);
+  return fmt::format("{}-engine-{:016x}", device, hash);
 }
 
 void DeviceWeightTable::fill(std::span<std::byte> region) const {
@@ -349,11 +351,12 @@ void DeviceWeightTable::fill(std::span<std::byte> region) const {
   }
 }
 
-Result<std::vector<CudaProgram>> plan_cuda_programs(std::span<const Plan> plans,
-                                                    DeviceWeightTable& weights) {
-  std::vector<CudaProgram> programs;
+Result<std::vector<DeviceProgram>> plan_device_programs(std::span<const Plan> plans,
+                                                        DeviceWeightTable& weights,
+                                                        std::string_view device) {
+  std::vector<DeviceProgram> programs;
   for (const Plan& plan : plans) {
-    ASSIGN_OR_RETURN(CudaProgram program, ProgramPlanner(plan, weights).plan());
+    ASSIGN_OR_RETURN(DeviceProgram program, ProgramPlanner(plan, weights, device).plan());
     programs.push_back(std::move(program));
   }
   return programs;

@@ -1,7 +1,7 @@
-// The CUDA executor's host-side planning (backends/cuda/src/cuda_program.h): which step each op
+// The GPU executors' shared host-side planning (backends/src/device_program.h): which step each op
 // becomes, where each value's bytes are, and the weight table shared by a model's plans.
 
-#include "cuda_program.h"
+#include "device_program.h"
 
 #include <gtest/gtest.h>
 
@@ -68,11 +68,11 @@ PlanOp& conv(PlanBuilder& b, int x, int w, int bias, int y, const std::string& l
 PostOp relu() { return {.kind = PostOp::Kind::kUnary, .unary = UnaryAlg::kRelu}; }
 PostOp sum(int value) { return {.kind = PostOp::Kind::kSum, .value = value}; }
 
-Result<std::vector<CudaProgram>> plan_one(const Plan& plan, DeviceWeightTable& weights) {
-  return plan_cuda_programs(std::span<const Plan>(&plan, 1), weights);
+Result<std::vector<DeviceProgram>> plan_one(const Plan& plan, DeviceWeightTable& weights) {
+  return plan_device_programs(std::span<const Plan>(&plan, 1), weights, "cuda");
 }
 
-TEST(CudaProgramTest, ConvReluAndConvAddReluAreOneCudnnCallWithAZeroBiasWhenAbsent) {
+TEST(DeviceProgramTest, ConvReluAndConvAddReluAreOneCudnnCallWithAZeroBiasWhenAbsent) {
   PlanBuilder b;
   const int x = b.value("x", {1, 4, 8, 8});
   const int w1 = b.constant("w1", {4, 4, 3, 3}, std::vector<float>(144, 0.5F));
@@ -86,20 +86,20 @@ TEST(CudaProgramTest, ConvReluAndConvAddReluAreOneCudnnCallWithAZeroBiasWhenAbse
   DeviceWeightTable weights;
   auto programs = plan_one(b.plan(), weights);
   ASSERT_TRUE(programs.is_ok()) << programs.status().message();
-  const CudaProgram& p = programs->front();
+  const DeviceProgram& p = programs->front();
   ASSERT_EQ(p.steps.size(), 2u);
-  EXPECT_EQ(p.steps[0].kind, CudaStep::Kind::kConvFused);
+  EXPECT_EQ(p.steps[0].kind, DeviceStep::Kind::kConvFused);
   EXPECT_EQ(p.steps[0].z, -1);
   const DeviceWeightEntry& zeros = weights.entries[p.steps[0].bias];
   EXPECT_EQ(zeros.name, "conv1/zero bias");
   ASSERT_EQ(zeros.bytes, 4 * sizeof(float));
   EXPECT_EQ(zeros.derived, std::vector<std::byte>(16, std::byte{0}));
-  EXPECT_EQ(p.steps[1].kind, CudaStep::Kind::kConvFused);
+  EXPECT_EQ(p.steps[1].kind, DeviceStep::Kind::kConvFused);
   EXPECT_EQ(p.steps[1].z, x);
   EXPECT_EQ(weights.entries[p.steps[1].bias].name, "b2");
 }
 
-TEST(CudaProgramTest, OtherPostOpsRunAsTheEpilogueAfterAPlainConvolution) {
+TEST(DeviceProgramTest, OtherPostOpsRunAsTheEpilogueAfterAPlainConvolution) {
   PlanBuilder b;
   const int x = b.value("x", {1, 4, 8, 8});
   const int w = b.constant("w", {4, 4, 3, 3}, std::vector<float>(144, 1.0F));
@@ -113,15 +113,15 @@ TEST(CudaProgramTest, OtherPostOpsRunAsTheEpilogueAfterAPlainConvolution) {
   DeviceWeightTable weights;
   auto programs = plan_one(b.plan(), weights);
   ASSERT_TRUE(programs.is_ok()) << programs.status().message();
-  const CudaProgram& p = programs->front();
-  EXPECT_EQ(p.steps[0].kind, CudaStep::Kind::kConv);
+  const DeviceProgram& p = programs->front();
+  EXPECT_EQ(p.steps[0].kind, DeviceStep::Kind::kConv);
   EXPECT_TRUE(p.steps[0].epilogue);
-  EXPECT_EQ(p.steps[1].kind, CudaStep::Kind::kConv);
+  EXPECT_EQ(p.steps[1].kind, DeviceStep::Kind::kConv);
   EXPECT_FALSE(p.steps[1].epilogue);  // no bias, no post-ops: cuDNN's result is the answer
   EXPECT_EQ(p.steps[1].bias, SIZE_MAX);
 }
 
-TEST(CudaProgramTest, AsymmetricPaddingIsRefusedNamingTheOp) {
+TEST(DeviceProgramTest, AsymmetricPaddingIsRefusedNamingTheOp) {
   PlanBuilder b;
   const int x = b.value("x", {1, 4, 8, 8});
   const int w = b.constant("w", {4, 4, 3, 3}, std::vector<float>(144, 1.0F));
@@ -131,12 +131,13 @@ TEST(CudaProgramTest, AsymmetricPaddingIsRefusedNamingTheOp) {
   DeviceWeightTable weights;
   auto programs = plan_one(b.plan(), weights);
   ASSERT_FALSE(programs.is_ok());
-  EXPECT_EQ(programs.status().message(),
-            "node 'same_upper' (Conv): not supported on cuda: asymmetric padding (cuDNN pads "
-            "both sides alike)");
+  EXPECT_EQ(
+      programs.status().message(),
+      "node 'same_upper' (Conv): not supported on cuda: asymmetric padding (the convolutions pad "
+      "both sides alike)");
 }
 
-TEST(CudaProgramTest, AReshapeIsAViewOfItsInputsBytesAndNoStep) {
+TEST(DeviceProgramTest, AReshapeIsAViewOfItsInputsBytesAndNoStep) {
   PlanBuilder b;
   const int x = b.value("x", {2, 3, 4});
   const int flat = b.value("flat", {2, 12});
@@ -147,7 +148,7 @@ TEST(CudaProgramTest, AReshapeIsAViewOfItsInputsBytesAndNoStep) {
   DeviceWeightTable weights;
   auto programs = plan_one(b.plan(), weights);
   ASSERT_TRUE(programs.is_ok()) << programs.status().message();
-  const CudaProgram& p = programs->front();
+  const DeviceProgram& p = programs->front();
   ASSERT_EQ(p.steps.size(), 1u);
   EXPECT_EQ(p.steps[0].op, 1u);
   EXPECT_EQ(p.values[static_cast<size_t>(flat)].kind, ValueLocation::Kind::kArena);
@@ -155,7 +156,7 @@ TEST(CudaProgramTest, AReshapeIsAViewOfItsInputsBytesAndNoStep) {
   EXPECT_NE(p.values[static_cast<size_t>(y)].offset, p.values[static_cast<size_t>(x)].offset);
 }
 
-TEST(CudaProgramTest, ValuesShareArenaBytesWhenTheirLifetimesDoNotOverlap) {
+TEST(DeviceProgramTest, ValuesShareArenaBytesWhenTheirLifetimesDoNotOverlap) {
   // x -> a -> b -> c -> y. An input lives from before the first step to its last reader, an
   // output from its producer to after the last step: every value overlaps only its neighbours.
   PlanBuilder b;
@@ -173,7 +174,7 @@ TEST(CudaProgramTest, ValuesShareArenaBytesWhenTheirLifetimesDoNotOverlap) {
   DeviceWeightTable weights;
   auto programs = plan_one(b.plan(), weights);
   ASSERT_TRUE(programs.is_ok()) << programs.status().message();
-  const CudaProgram& p = programs->front();
+  const DeviceProgram& p = programs->front();
   auto offset = [&](int v) { return p.values[static_cast<size_t>(v)].offset; };
   const std::vector<int> chain = {x, a, bb, c, y};
   for (size_t i = 0; i + 1 < chain.size(); ++i) {
@@ -182,7 +183,7 @@ TEST(CudaProgramTest, ValuesShareArenaBytesWhenTheirLifetimesDoNotOverlap) {
   EXPECT_EQ(p.arena_bytes, 2 * 4096u);
 }
 
-TEST(CudaProgramTest, BatchNormBecomesAScaleAndShiftComputedFromItsStatistics) {
+TEST(DeviceProgramTest, BatchNormBecomesAScaleAndShiftComputedFromItsStatistics) {
   PlanBuilder b;
   const int x = b.value("x", {1, 2, 4, 4});
   const int gamma = b.constant("gamma", {2}, {2.0F, 1.0F});
@@ -195,8 +196,8 @@ TEST(CudaProgramTest, BatchNormBecomesAScaleAndShiftComputedFromItsStatistics) {
   DeviceWeightTable weights;
   auto programs = plan_one(b.plan(), weights);
   ASSERT_TRUE(programs.is_ok()) << programs.status().message();
-  const CudaStep& step = programs->front().steps.at(0);
-  EXPECT_EQ(step.kind, CudaStep::Kind::kBatchNorm);
+  const DeviceStep& step = programs->front().steps.at(0);
+  EXPECT_EQ(step.kind, DeviceStep::Kind::kBatchNorm);
   ASSERT_EQ(weights.entries.size(), 1u);  // the statistics themselves never go to the device
   const DeviceWeightEntry& entry = weights.entries[step.scale_shift];
   std::vector<float> ss(4);
@@ -208,7 +209,7 @@ TEST(CudaProgramTest, BatchNormBecomesAScaleAndShiftComputedFromItsStatistics) {
   EXPECT_FLOAT_EQ(ss[3], -7.0F);  // -1 - 3 * 2
 }
 
-TEST(CudaProgramTest, PlansOfOneModelShareTheirWeightEntries) {
+TEST(DeviceProgramTest, PlansOfOneModelShareTheirWeightEntries) {
   std::vector<Plan> plans;
   std::vector<PlanBuilder> builders;
   for (int64_t batch : {1, 4}) {
@@ -221,7 +222,7 @@ TEST(CudaProgramTest, PlansOfOneModelShareTheirWeightEntries) {
   }
   for (const PlanBuilder& b : builders) plans.push_back(b.plan());
   DeviceWeightTable weights;
-  auto programs = plan_cuda_programs(plans, weights);
+  auto programs = plan_device_programs(plans, weights, "cuda");
   ASSERT_TRUE(programs.is_ok()) << programs.status().message();
   ASSERT_EQ(programs->size(), 2u);
   EXPECT_EQ(weights.entries.size(), 2u);  // w and conv's zero bias, once for both plans
@@ -229,7 +230,7 @@ TEST(CudaProgramTest, PlansOfOneModelShareTheirWeightEntries) {
   EXPECT_GT((*programs)[1].arena_bytes, (*programs)[0].arena_bytes);
 }
 
-TEST(CudaProgramTest, MatMulBatchesAreStridedOrStackedAndPartialBroadcastIsRefused) {
+TEST(DeviceProgramTest, MatMulBatchesAreStridedOrStackedAndPartialBroadcastIsRefused) {
   auto matmul = [](std::vector<int64_t> a, std::vector<int64_t> bdims, std::vector<int64_t> y) {
     PlanBuilder b;
     const int va = b.value("a", std::move(a));
@@ -242,7 +243,7 @@ TEST(CudaProgramTest, MatMulBatchesAreStridedOrStackedAndPartialBroadcastIsRefus
   };
   auto stacked = matmul({2, 3, 5, 4}, {4, 7}, {2, 3, 5, 7});
   ASSERT_TRUE(stacked.is_ok()) << stacked.status().message();
-  const CudaStep& s = stacked->front().steps[0];
+  const DeviceStep& s = stacked->front().steps[0];
   EXPECT_EQ(s.m, 30);
   EXPECT_EQ(s.k, 4);
   EXPECT_EQ(s.n, 7);
@@ -263,7 +264,7 @@ TEST(CudaProgramTest, MatMulBatchesAreStridedOrStackedAndPartialBroadcastIsRefus
   EXPECT_NE(partial.status().message().find("partially"), std::string::npos);
 }
 
-TEST(CudaProgramTest, WhatTheExecutorCannotRunIsRefusedClearly) {
+TEST(DeviceProgramTest, WhatTheExecutorCannotRunIsRefusedClearly) {
   auto single = [](OpKind kind, DataType dtype, bool indices) {
     PlanBuilder b;
     const int x = b.value("x", {1, 2, 4, 4}, dtype);
@@ -292,7 +293,7 @@ TEST(CudaProgramTest, WhatTheExecutorCannotRunIsRefusedClearly) {
   EXPECT_TRUE(single(OpKind::kTranspose, DataType::kInt64, false).is_ok());
 }
 
-TEST(CudaProgramTest, TheRegionKeyFollowsTheContentsAndFillPlacesEveryEntry) {
+TEST(DeviceProgramTest, TheRegionKeyFollowsTheContentsAndFillPlacesEveryEntry) {
   DeviceWeightTable a;
   DeviceWeightTable b;
   std::vector<float> ones(8, 1.0F);
@@ -306,7 +307,10 @@ TEST(CudaProgramTest, TheRegionKeyFollowsTheContentsAndFillPlacesEveryEntry) {
   a.constant(v);
   v.data = std::as_bytes(std::span(twos));
   b.constant(v);
-  EXPECT_NE(a.region_key(), b.region_key());
+  EXPECT_NE(a.region_key("cuda"), b.region_key("cuda"));
+  // Each device's executor names its own regions.
+  EXPECT_EQ(a.region_key("hip").rfind("hip-engine-", 0), 0u);
+  EXPECT_EQ(a.region_key("cuda").substr(4), a.region_key("hip").substr(3));
   a.derived("extra", std::vector<std::byte>(4, std::byte{7}));
   std::vector<std::byte> region(a.bytes);
   a.fill(region);

@@ -1,8 +1,8 @@
 #pragma once
-// Private to the cuda wing: what the CUDA executor will launch for a model, decided on the host
-// with no device or vendor library, so that it is unit-tested here.
+// Private to the device wings: what a GPU executor (CUDA's, HIP's) will launch for a model, decided
+// on the host with no device or vendor library, so that it is unit-tested here and shared by both.
 //
-// For every plan (one per batch size) a CudaProgram says where each value's bytes are on the
+// For every plan (one per batch size) a DeviceProgram says where each value's bytes are on the
 // device and which step computes each op:
 //   - values: graph inputs, outputs and intermediates live in one activation arena (offsets
 //     first-fit by lifetime, arena_layout.h; inputs are copied in before the first step and
@@ -13,7 +13,7 @@
 //     relu(conv + bias + z)), otherwise a plain convolution followed by the epilogue kernel (bias,
 //     then the post-ops in order); Gemm and MatMul on cuBLAS (Gemm's C broadcast into Y first,
 //     its post-ops by the epilogue kernel); a BatchNorm as a per-channel scale and shift computed
-//     here from its constants; every other op one of the wing's own kernels (cuda_kernels.h).
+//     here from its constants; every other op one of the wing's own kernels (device_kernels.h).
 //
 // Weights are shared by all of a model's plans: one table of entries (the plans' constants, by
 // name, and the values derived from them here: BatchNorm's scale/shift, zero biases for fused
@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sliceserve/backends/plan.h"
@@ -30,7 +31,7 @@
 
 namespace sliceserve::backends {
 
-inline constexpr size_t kDeviceAlignment = 256;  // cudaMalloc's; cuDNN and cuBLAS want >= 16
+inline constexpr size_t kDeviceAlignment = 256;  // cudaMalloc's and hipMalloc's; cuDNN wants >= 16
 
 struct DeviceWeightEntry {
   std::string name;  // the constant's value name, or "<op label>/<what>"
@@ -53,9 +54,9 @@ struct DeviceWeightTable {
   size_t constant(const PlanValue& value);
   // A derived entry (key unique per op and purpose), added once.
   size_t derived(const std::string& name, std::vector<std::byte> bytes);
-  // A key that names the region's layout: entries' names, sizes and leading bytes (a worker must
-  // never map weights laid out for another model file).
-  std::string region_key() const;
+  // A key that names the region's layout: "<device>-engine-<hash>" of the entries' names, sizes
+  // and leading bytes (a worker must never map weights laid out for another model file).
+  std::string region_key(std::string_view device) const;
   // Writes every entry at its offset (region.size() == bytes).
   void fill(std::span<std::byte> region) const;
 };
@@ -67,14 +68,14 @@ struct ValueLocation {
   size_t offset = 0;        // in the arena or the weight region
 };
 
-struct CudaStep {
+struct DeviceStep {
   enum class Kind {
-    kConv,       // cudnnConvolutionForward, then the epilogue when `epilogue` is set
-    kConvFused,  // cudnnConvolutionBiasActivationForward: relu(conv + bias [+ z])
-    kGemm,       // [Y = broadcast(C)], cublasSgemm, then the epilogue when set
-    kMatMul,     // cublasSgemm(StridedBatched)
+    kConv,       // a convolution, then the epilogue when `epilogue` is set
+    kConvFused,  // relu(conv + bias [+ z]) (cudnnConvolutionBiasActivationForward)
+    kGemm,       // [Y = broadcast(C)], the GEMM, then the epilogue when set
+    kMatMul,     // a (strided batched) GEMM
     kBatchNorm,  // the scale/shift kernel with the op's unary post-ops
-    kKernel,     // one of the wing's kernels for op.kind
+    kKernel,     // the kernel library's kernels for op.kind
   };
   Kind kind = Kind::kKernel;
   size_t op = 0;                  // index into the plan's ops
@@ -88,17 +89,18 @@ struct CudaStep {
   int64_t m = 0, n = 0, k = 0, batch = 1, stride_a = 0, stride_b = 0;
 };
 
-struct CudaProgram {
+struct DeviceProgram {
   int64_t batch = 0;
   std::vector<ValueLocation> values;  // per plan value
-  std::vector<CudaStep> steps;
+  std::vector<DeviceStep> steps;
   size_t arena_bytes = 0;
 };
 
 // Plans a model's programs, one per plan, adding their weights to `weights`. Errors name the
-// op's label and say what the CUDA executor does not support (an fp32-only op on another dtype,
-// asymmetric convolution padding, MaxPool's Indices, training BatchNorm, ...).
-Result<std::vector<CudaProgram>> plan_cuda_programs(std::span<const Plan> plans,
-                                                    DeviceWeightTable& weights);
+// op's label and `device` ("cuda", "hip") and say what the executors do not support (an fp32-only
+// op on another dtype, asymmetric convolution padding, MaxPool's Indices, training BatchNorm, ...).
+Result<std::vector<DeviceProgram>> plan_device_programs(std::span<const Plan> plans,
+                                                        DeviceWeightTable& weights,
+                                                        std::string_view device);
 
 }  // namespace sliceserve::backends

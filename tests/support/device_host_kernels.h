@@ -1,20 +1,20 @@
 #pragma once
-// The CUDA kernels run on the host: each kernel's body (backends/cuda/kernels/*.cuh, compiled
-// for the host too) over every index of its params, as the GPU's grid would. For the kernels'
-// tests (one launch on host tensors) and the executor's emulated-device test (launches
-// arriving through a fake cuLaunchKernel, maybe inside a captured graph, hence the copy).
+// The kernel library runs on the host: each kernel's body (backends/kernels/*.cuh, compiled for
+// the host too) over every index of its params, as the GPU's grid would. For the kernels' tests
+// (one launch on host tensors) and the executors' emulated-device tests (launches arriving through
+// a fake cuLaunchKernel, maybe inside a captured graph, hence the copy, or hipModuleLaunchKernel).
 
 #include <functional>
 
-#include "cuda_kernels.h"
+#include "device_kernels.h"
 
 namespace sliceserve::testing {
 
 // The work of one launch of `kernel` with the params struct at `params`, copied now (the
 // launcher's struct is gone by the time a captured graph replays it).
-inline std::function<void()> host_kernel(backends::CudaKernel kernel, const void* params) {
+inline std::function<void()> host_kernel(backends::DeviceKernel kernel, const void* params) {
   namespace k = backends::kernels;
-  using backends::CudaKernel;
+  using backends::DeviceKernel;
   auto elements = [params]<typename Params>(void (*body)(const Params&, int64_t)) {
     const Params p = *static_cast<const Params*>(params);
     return std::function<void()>([p, body] {
@@ -30,34 +30,38 @@ inline std::function<void()> host_kernel(backends::CudaKernel kernel, const void
     });
   };
   switch (kernel) {
-    case CudaKernel::ss_unary:
+    case DeviceKernel::ss_unary:
       return elements(&k::unary_element);
-    case CudaKernel::ss_channel_epilogue:
+    case DeviceKernel::ss_channel_epilogue:
       return elements(&k::channel_epilogue_element);
-    case CudaKernel::ss_binary:
+    case DeviceKernel::ss_binary:
       return elements(&k::binary_element);
-    case CudaKernel::ss_lrn:
+    case DeviceKernel::ss_lrn:
       return elements(&k::lrn_element);
-    case CudaKernel::ss_cast:
+    case DeviceKernel::ss_cast:
       return elements(&k::cast_element);
-    case CudaKernel::ss_fill:
+    case DeviceKernel::ss_fill:
       return elements(&k::fill_element);
-    case CudaKernel::ss_max_pool:
+    case DeviceKernel::ss_max_pool:
       return elements(&k::max_pool_element);
-    case CudaKernel::ss_average_pool:
+    case DeviceKernel::ss_average_pool:
       return elements(&k::average_pool_element);
-    case CudaKernel::ss_strided_copy:
+    case DeviceKernel::ss_strided_copy:
       return elements(&k::strided_copy_element);
-    case CudaKernel::ss_pad:
+    case DeviceKernel::ss_pad:
       return elements(&k::pad_element);
-    case CudaKernel::ss_gather:
+    case DeviceKernel::ss_gather:
       return elements(&k::gather_element);
-    case CudaKernel::ss_reduce_mean_rows:
-    case CudaKernel::ss_reduce_mean_block:
+    case DeviceKernel::ss_reduce_mean_rows:
+    case DeviceKernel::ss_reduce_mean_block:
       return rows(&k::reduce_mean_row);
-    case CudaKernel::ss_softmax_rows:
-    case CudaKernel::ss_softmax_block:
+    case DeviceKernel::ss_softmax_rows:
+    case DeviceKernel::ss_softmax_block:
       return rows(&k::softmax_row);
+    case DeviceKernel::ss_conv:
+      return elements(&k::conv_element);
+    case DeviceKernel::ss_gemm:
+      return elements(&k::gemm_tile);
   }
   return [] {};
 }

@@ -1,9 +1,10 @@
 #pragma once
-// What every CUDA kernel body shares. The bodies (the other .cuh files here) are functions of one
-// flat output index, or of one row for reductions, over a small trivially copyable params struct:
-// nvcc compiles them into sliceserve_kernels.cu's kernels, and the host compiler compiles the same
-// code into the launcher (which fills the structs) and into the tests, which run a body over every
-// index on the host and compare with the reference kernels. So nothing here may use the standard
+// What every kernel body shares. The bodies (the other .cuh files here) are functions of one flat
+// output index, or of one row for reductions, over a small trivially copyable params struct: nvcc
+// compiles them into backends/cuda/kernels/sliceserve_kernels.cu's kernels, hipcc into
+// backends/hip/kernels/sliceserve_kernels.hip's, and the host compiler compiles the same code into
+// the launchers (which fill the structs) and into the tests, which run a body over every index on
+// the host and compare with the reference kernels. So nothing here may use the standard
 // library beyond <cstdint> and C math, and everything is SS_HD.
 //
 // Pointers in the params are device addresses on the GPU and host addresses in host emulation.
@@ -14,10 +15,14 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(__HIPCC__)
 #define SS_HD __host__ __device__
 #else
 #define SS_HD
+#endif
+// Defined in the device pass of nvcc or hipcc: typed loads, the compilers' bit casts.
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+#define SS_DEVICE_PASS 1
 #endif
 
 namespace sliceserve::backends::kernels {
@@ -45,7 +50,7 @@ enum class KernelDtype : int32_t { kFp32, kFp16, kInt32, kInt64, kInt8, kUint8, 
 // for their dtype, so a typed access is a plain load.
 template <typename T>
 SS_HD inline T load_at(const void* base, int64_t index) {
-#if defined(__CUDA_ARCH__)
+#if defined(SS_DEVICE_PASS)
   return static_cast<const T*>(base)[index];
 #else
   T value;
@@ -57,7 +62,7 @@ SS_HD inline T load_at(const void* base, int64_t index) {
 
 template <typename T>
 SS_HD inline void store_at(void* base, int64_t index, T value) {
-#if defined(__CUDA_ARCH__)
+#if defined(SS_DEVICE_PASS)
   static_cast<T*>(base)[index] = value;
 #else
   std::memcpy(static_cast<unsigned char*>(base) + index * int64_t(sizeof(T)), &value, sizeof(T));
@@ -103,7 +108,7 @@ SS_HD inline void store_bits(void* dst, int64_t index, int32_t element_size, uin
 }
 
 SS_HD inline uint32_t float_to_bits(float value) {
-#if defined(__CUDA_ARCH__)
+#if defined(SS_DEVICE_PASS)
   return __float_as_uint(value);
 #else
   uint32_t bits;
@@ -113,7 +118,7 @@ SS_HD inline uint32_t float_to_bits(float value) {
 }
 
 SS_HD inline float bits_to_float(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
+#if defined(SS_DEVICE_PASS)
   return __uint_as_float(bits);
 #else
   float value;

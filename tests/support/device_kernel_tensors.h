@@ -1,5 +1,5 @@
 #pragma once
-// Host tensors for the CUDA kernels' tests: one buffer that the reference kernels read and write
+// Host tensors for the kernel library's tests: one buffer that the reference kernels read and write
 // and that the kernel bodies (host emulation, through its address in place of a device one) or a
 // device copy of it stand in for; random contents; the reference's answer; the comparison.
 
@@ -13,21 +13,22 @@
 #include <utility>
 #include <vector>
 
-#include "cuda_kernels.h"
+#include "device_kernels.h"
 #include "reference_ops.h"
 #include "sliceserve/shm/tensor_spec.h"
 
 namespace sliceserve::testing {
 
-using backends::CudaTensor;
 using backends::DataType;
+using backends::DeviceAddress;
+using backends::DeviceTensor;
 using backends::MutableTensorRef;
 using backends::OpKind;
 using backends::PlanOp;
 using backends::TensorRef;
 using Dims = std::vector<int64_t>;
 
-inline CUdeviceptr address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+inline DeviceAddress address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 
 // A host tensor that both the reference kernels and the kernel bodies (through host addresses
 // in place of device ones) read and write.
@@ -54,7 +55,7 @@ struct HostTensor {
   }
   TensorRef ref() const { return {dtype, dims, bytes.data()}; }
   MutableTensorRef mut() { return {dtype, dims, bytes.data()}; }
-  CudaTensor cuda() const { return {address(bytes.data()), dtype, dims}; }
+  DeviceTensor device() const { return {address(bytes.data()), dtype, dims}; }
 
   DataType dtype;
   Dims dims;

@@ -1,0 +1,557 @@
+// The HIP executor's host code on an emulated device, against the cpu executor: every torchvision
+// export under models/ and a hand-made Gemm/MatMul plan, run through the executor's real compile
+// and run paths with the HIP runtime replaced by a recording fake whose "device" is host memory:
+// module launches run the kernels' own bodies on the host by name (device_host_kernels.h), copies
+// are memcpy, events and streams are handles whose use is recorded. What is checked here is
+// everything but the GPU: buffer placement, every launch's parameters, the stream of every call,
+// the events that order per-layer streams (and that none is recorded without them), copies per
+// item from registered memory, per-step timing, where the weights go, and the checked calls'
+// error text.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "device_kernels.h"
+#include "hip_executor_internal.h"
+#include "hip_runtime_api.h"
+#include "sliceserve/backends/cpu/cpu_slice.h"
+#include "sliceserve/backends/hip/hip_executor.h"
+#include "support/device_host_kernels.h"
+#include "support/emulated_executor.h"
+#include "support/torchvision_models.h"
+
+namespace sliceserve::backends {
+namespace {
+
+using testing::expect_close;
+using testing::FakeDeviceStore;
+using testing::gemm_matmul_plan;
+using testing::plans_of;
+using testing::QueueContext;
+using testing::random_inputs;
+using testing::run;
+
+// ---- the emulated device ---------------------------------------------------------------------
+
+struct Copy {
+  hipMemcpyKind kind;
+  const void* src;
+  size_t bytes;
+  hipStream_t stream;
+};
+
+// What the fake saw, and the knobs the tests turn. Work runs when it is enqueued (the host is
+// one in-order "device"), so what is asserted is which stream and event each call named.
+struct Device {
+  std::map<hipFunction_t, DeviceKernel> functions;
+  std::vector<int> devices_set;
+  const void* image = nullptr;
+  std::vector<hipStream_t> launch_streams;  // per kernel launch
+  std::vector<DeviceKernel> launched;
+  std::vector<Copy> copies;
+  std::vector<hipStream_t> synchronized;
+  std::vector<std::pair<hipEvent_t, hipStream_t>> records;  // hipEventRecord(event, stream)
+  std::vector<std::pair<hipStream_t, hipEvent_t>> waits;    // hipStreamWaitEvent(stream, event)
+  std::map<hipEvent_t, unsigned> event_flags;               // live events
+  int events_created = 0;
+  int allocations = 0;
+  int modules = 0;
+  std::vector<std::pair<void*, size_t>> registered;
+  int unregistered = 0;
+  hipError_t fail_malloc = hipSuccess;
+  bool unknown_kernel = false;  // hipModuleGetFunction fails for ss_gemm
+};
+
+Device& device() {
+  static Device d;
+  return d;
+}
+
+template <typename T>
+T handle(uintptr_t value) {
+  return reinterpret_cast<T>(value);
+}
+
+const char* fake_error_name(hipError_t error) {
+  return error == hipErrorOutOfMemory ? "hipErrorOutOfMemory" : "hipErrorFake";
+}
+const char* fake_error_string(hipError_t error) {
+  return error == hipErrorOutOfMemory ? "out of memory" : "fake failure";
+}
+hipError_t fake_set_device(int d) {
+  device().devices_set.push_back(d);
+  return hipSuccess;
+}
+hipError_t fake_stream_create(hipStream_t* stream, unsigned) {
+  static uintptr_t next = 0x1000;
+  *stream = handle<hipStream_t>(next++);
+  return hipSuccess;
+}
+hipError_t fake_stream_destroy(hipStream_t) { return hipSuccess; }
+hipError_t fake_stream_sync(hipStream_t stream) {
+  device().synchronized.push_back(stream);
+  return hipSuccess;
+}
+hipError_t fake_malloc(void** p, size_t bytes) {
+  if (device().fail_malloc != hipSuccess) return device().fail_malloc;
+  *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  std::memset(*p, 0xCD, bytes);  // garbage, as fresh device memory is
+  ++device().allocations;
+  return hipSuccess;
+}
+hipError_t fake_free(void* p) {
+  std::free(p);
+  --device().allocations;
+  return hipSuccess;
+}
+hipError_t fake_memcpy(void* dst, const void* src, size_t bytes, hipMemcpyKind kind,
+                       hipStream_t stream) {
+  device().copies.push_back({kind, src, bytes, stream});
+  std::memcpy(dst, src, bytes);
+  return hipSuccess;
+}
+hipError_t fake_host_register(void* p, size_t bytes, unsigned) {
+  device().registered.emplace_back(p, bytes);
+  return hipSuccess;
+}
+hipError_t fake_host_unregister(void*) {
+  ++device().unregistered;
+  return hipSuccess;
+}
+hipError_t fake_module_load(hipModule_t* module, const void* image) {
+  device().image = image;
+  ++device().modules;
+  *module = handle<hipModule_t>(0x200);
+  return hipSuccess;
+}
+hipError_t fake_module_unload(hipModule_t) {
+  --device().modules;
+  return hipSuccess;
+}
+hipError_t fake_get_function(hipFunction_t* f, hipModule_t, const char* name) {
+  if (device().unknown_kernel && std::strcmp(name, "ss_gemm") == 0) return hipErrorNotFound;
+  for (size_t i = 0; i < kDeviceKernelCount; ++i) {
+    const auto kernel = static_cast<DeviceKernel>(i);
+    if (std::strcmp(device_kernel_name(kernel), name) == 0) {
+      *f = handle<hipFunction_t>(0x300 + i);
+      device().functions[*f] = kernel;
+      return hipSuccess;
+    }
+  }
+  return hipErrorNotFound;
+}
+hipError_t fake_launch(hipFunction_t f, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                       unsigned, hipStream_t stream, void** params, void**) {
+  const DeviceKernel kernel = device().functions.at(f);
+  device().launch_streams.push_back(stream);
+  device().launched.push_back(kernel);
+  testing::host_kernel(kernel, params[0])();
+  return hipSuccess;
+}
+hipError_t fake_event_create(hipEvent_t* event, unsigned flags) {
+  static uintptr_t next = 0x9000;
+  *event = handle<hipEvent_t>(next++);
+  device().event_flags[*event] = flags;
+  ++device().events_created;
+  return hipSuccess;
+}
+hipError_t fake_event_destroy(hipEvent_t event) {
+  device().event_flags.erase(event);
+  return hipSuccess;
+}
+hipError_t fake_event_record(hipEvent_t event, hipStream_t stream) {
+  device().records.emplace_back(event, stream);
+  return hipSuccess;
+}
+hipError_t fake_wait_event(hipStream_t stream, hipEvent_t event, unsigned) {
+  device().waits.emplace_back(stream, event);
+  return hipSuccess;
+}
+// Every step "takes" 0.25 ms.
+hipError_t fake_elapsed(float* ms, hipEvent_t, hipEvent_t) {
+  *ms = 0.25F;
+  return hipSuccess;
+}
+
+HipRuntimeApi fake_runtime() {
+  HipRuntimeApi api;
+  api.hipGetErrorName = &fake_error_name;
+  api.hipGetErrorString = &fake_error_string;
+  api.hipSetDevice = &fake_set_device;
+  api.hipStreamCreateWithFlags = &fake_stream_create;
+  api.hipStreamDestroy = &fake_stream_destroy;
+  api.hipStreamSynchronize = &fake_stream_sync;
+  api.hipMalloc = &fake_malloc;
+  api.hipFree = &fake_free;
+  api.hipMemcpyAsync = &fake_memcpy;
+  api.hipHostRegister = &fake_host_register;
+  api.hipHostUnregister = &fake_host_unregister;
+  api.hipModuleLoadData = &fake_module_load;
+  api.hipModuleUnload = &fake_module_unload;
+  api.hipModuleGetFunction = &fake_get_function;
+  api.hipModuleLaunchKernel = &fake_launch;
+  api.hipEventCreateWithFlags = &fake_event_create;
+  api.hipEventDestroy = &fake_event_destroy;
+  api.hipEventRecord = &fake_event_record;
+  api.hipStreamWaitEvent = &fake_wait_event;
+  api.hipEventElapsedTime = &fake_elapsed;
+  return api;
+}
+
+// Stands in for the embedded code object (the fake loader only records where it is).
+const unsigned char kCodeObject[] = {0x7f, 'E', 'L', 'F'};
+
+class HipExecutorEmulatedTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    device() = Device{};
+    auto slice = create_cpu_slice({.percent = 100});
+    ASSERT_TRUE(slice.is_ok());
+    cpu_slice_ = std::move(slice).value();
+  }
+  void TearDown() override {
+    EXPECT_EQ(device().allocations, 0) << "device memory leaked";
+    EXPECT_EQ(device().modules, 0) << "module leaked";
+    EXPECT_TRUE(device().event_flags.empty()) << "events leaked";
+  }
+
+  std::unique_ptr<Executor> hip() {
+    auto executor = create_hip_executor(api_, 0, kCodeObject);
+    EXPECT_TRUE(executor.is_ok()) << executor.status().to_string();
+    return executor.is_ok() ? std::move(executor).value() : nullptr;
+  }
+
+  HipRuntimeApi api_ = fake_runtime();
+  std::unique_ptr<Slice> cpu_slice_;
+};
+
+hipStream_t stream_of(uintptr_t value) { return handle<hipStream_t>(value); }
+
+TEST_F(HipExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutorOnTheContextsStream) {
+  const auto files = testing::reduced_models({"32"});
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  QueueContext ctx;  // a CuMaskSlice's device queue: no context, its stream, its pool index
+  ctx.queue = {nullptr, stream_of(0x7000), 1};
+  for (const auto& file : files) {
+    SCOPED_TRACE(file.filename().string());
+    auto model = plans_of(file, 2);
+    ASSERT_NE(model, nullptr);
+    device() = Device{};
+    auto cpu = create_cpu_executor();
+    ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
+    auto gpu = hip();
+    ASSERT_NE(gpu, nullptr);
+    EXPECT_EQ(device().image, kCodeObject);
+    const Status compiled = gpu->compile(model->plans, nullptr, 0);
+    ASSERT_TRUE(compiled.is_ok()) << compiled.to_string();
+    EXPECT_EQ(gpu->weights().private_bytes, gpu->weights().bytes);
+    const size_t compile_copies = device().copies.size();
+    for (size_t index = 0; index < model->plans.size(); ++index) {
+      SCOPED_TRACE("batch " + std::to_string(model->plans[index].batch));
+      const auto inputs = random_inputs(model->plans[index], unsigned(index) + 1);
+      const auto want = run(*cpu, model->plans[index], index, inputs, *cpu_slice_);
+      expect_close(run(*gpu, model->plans[index], index, inputs, ctx), want, "hip");
+    }
+    // Every launch, copy and synchronisation of the runs went to the slice's stream, and with no
+    // per-layer queue no event exists.
+    ASSERT_FALSE(device().launch_streams.empty());
+    for (hipStream_t s : device().launch_streams) EXPECT_EQ(s, ctx.queue.stream);
+    for (size_t i = compile_copies; i < device().copies.size(); ++i) {
+      EXPECT_EQ(device().copies[i].stream, ctx.queue.stream);
+    }
+    EXPECT_EQ(device().synchronized.back(), ctx.queue.stream);
+    EXPECT_EQ(device().events_created, 0);
+    EXPECT_TRUE(device().records.empty());
+    EXPECT_TRUE(device().waits.empty());
+    // Convolutions and GEMMs run on the library's own kernels.
+    const std::set<DeviceKernel> kinds(device().launched.begin(), device().launched.end());
+    EXPECT_TRUE(kinds.count(DeviceKernel::ss_conv)) << "no convolution launched";
+  }
+}
+
+TEST_F(HipExecutorEmulatedTest, GemmWithBroadcastBiasAndBatchedMatMulMatchTheCpuExecutor) {
+  std::deque<std::vector<float>> constants;
+  const std::vector<Plan> plans = {gemm_matmul_plan(constants)};
+  auto cpu = create_cpu_executor();
+  ASSERT_TRUE(cpu->compile(plans, nullptr, 0).is_ok());
+  auto gpu = hip();
+  ASSERT_NE(gpu, nullptr);
+  const Status compiled = gpu->compile(plans, nullptr, 0);
+  ASSERT_TRUE(compiled.is_ok()) << compiled.to_string();
+  const auto inputs = random_inputs(plans[0], 7);
+  expect_close(run(*gpu, plans[0], 0, inputs, *cpu_slice_),
+               run(*cpu, plans[0], 0, inputs, *cpu_slice_), "gemm and matmul");
+  EXPECT_EQ(std::count(device().launched.begin(), device().launched.end(), DeviceKernel::ss_gemm),
+            3);
+  // A host context has no device queue: the executor's own stream.
+  ASSERT_FALSE(device().launch_streams.empty());
+  EXPECT_NE(device().launch_streams[0], nullptr);
+}
+
+// The stream each step is to run on under `ctx`.
+std::vector<hipStream_t> step_streams(const QueueContext& ctx,
+                                      const std::vector<std::string>& labels) {
+  std::vector<hipStream_t> streams;
+  for (const std::string& label : labels) {
+    const auto found = ctx.layers.find(label);
+    streams.push_back(
+        static_cast<hipStream_t>((found == ctx.layers.end() ? ctx.queue : found->second).stream));
+  }
+  return streams;
+}
+
+// Labels of the ops that are steps (a Copy is a view: no step), in order.
+std::vector<std::string> step_labels(const Plan& plan) {
+  std::vector<std::string> labels;
+  for (const PlanOp& op : plan.ops) {
+    if (op.kind != OpKind::kCopy) labels.push_back(op.label);
+  }
+  return labels;
+}
+
+TEST_F(HipExecutorEmulatedTest, LayersOnOtherStreamsAreOrderedWithPooledEventsAndEndOnTheSlice) {
+  const auto files = testing::reduced_models({"32"});
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 1);
+  ASSERT_NE(model, nullptr);
+  const Plan& plan = model->plans[0];
+  const std::vector<std::string> labels = step_labels(plan);
+  ASSERT_GE(labels.size(), 4u);
+  auto cpu = create_cpu_executor();
+  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
+  auto gpu = hip();
+  ASSERT_NE(gpu, nullptr);
+  ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
+  const auto inputs = random_inputs(plan, 5);
+  const auto want = run(*cpu, plan, 0, inputs, *cpu_slice_);
+
+  // Right-sized: steps 1 and 2 on a narrower stream, the last step on another, the rest on the
+  // slice's (ops lowered from one node share its label, so the streams are worked out per step).
+  QueueContext ctx;
+  const hipStream_t main = stream_of(0x7000);
+  ctx.queue = {nullptr, main, 0};
+  ctx.layers[labels[1]] = {nullptr, stream_of(0x7100), 3};
+  ctx.layers[labels[2]] = {nullptr, stream_of(0x7100), 3};
+  ctx.layers[labels.back()] = {nullptr, stream_of(0x7200), 4};
+  const std::vector<hipStream_t> streams = step_streams(ctx, labels);
+  // Each change of stream (and the way back to the slice's at the end) is one ordering.
+  std::vector<std::pair<hipStream_t, hipStream_t>> expected;
+  hipStream_t previous = main;
+  for (hipStream_t s : streams) {
+    if (s != previous) expected.emplace_back(previous, s);
+    previous = s;
+  }
+  if (previous != main) expected.emplace_back(previous, main);
+  ASSERT_GE(expected.size(), 3u);
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    device().records.clear();
+    device().waits.clear();
+    ctx.asked.clear();
+    expect_close(run(*gpu, plan, 0, inputs, ctx), want, "right-sized");
+    EXPECT_EQ(ctx.asked, labels);  // every step asked for its layer's queue, in order
+    ASSERT_EQ(device().records.size(), expected.size());
+    ASSERT_EQ(device().waits.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      // Recorded on the producer's stream, waited on by the consumer's, the same event.
+      EXPECT_EQ(device().records[i].second, expected[i].first) << i;
+      EXPECT_EQ(device().waits[i].first, expected[i].second) << i;
+      EXPECT_EQ(device().waits[i].second, device().records[i].first) << i;
+      EXPECT_EQ(device().event_flags.at(device().records[i].first), hipEventDisableTiming);
+    }
+    // The run ends on the slice's stream: the output copy and the synchronisation.
+    EXPECT_EQ(device().copies.back().stream, main);
+    EXPECT_EQ(device().synchronized.back(), main);
+  }
+  // One event per ordering, created in the first round and reused in the second.
+  EXPECT_EQ(device().events_created, int(expected.size()));
+}
+
+TEST_F(HipExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevice) {
+  const auto files = testing::reduced_models({"32"});
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 3);
+  ASSERT_NE(model, nullptr);
+  auto gpu = hip();
+  ASSERT_NE(gpu, nullptr);
+  ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
+  const Plan& plan = model->plans[2];  // batch 3
+  ASSERT_EQ(plan.inputs.size(), 1u);
+  ASSERT_EQ(plan.outputs.size(), 1u);
+  const size_t in_floats = size_t(plan.values[size_t(plan.inputs[0])].element_count()) / 3;
+  const size_t out_floats = size_t(plan.values[size_t(plan.outputs[0])].element_count()) / 3;
+  std::vector<float> arena((in_floats + out_floats + 16) * 3);
+  ASSERT_TRUE(gpu->register_host_memory(std::as_writable_bytes(std::span(arena))).is_ok());
+  ASSERT_EQ(device().registered.size(), 1u);
+  EXPECT_EQ(device().registered[0].first, arena.data());
+  EXPECT_EQ(device().registered[0].second, arena.size() * sizeof(float));
+  const auto whole = random_inputs(plan, 3);
+  std::vector<const std::byte*> in(3);
+  std::vector<std::byte*> out(3);
+  std::vector<Executor::ItemBuffers> items;
+  for (size_t i = 0; i < 3; ++i) {
+    float* slot = arena.data() + i * (in_floats + out_floats + 16);
+    std::copy_n(whole[0].data() + i * in_floats, in_floats, slot);
+    in[i] = reinterpret_cast<const std::byte*>(slot);
+    out[i] = reinterpret_cast<std::byte*>(slot + in_floats);
+  }
+  for (size_t i = 0; i < 3; ++i) items.push_back({std::span(&in[i], 1), std::span(&out[i], 1)});
+  device().copies.clear();
+  ASSERT_TRUE(gpu->runs_items());
+  QueueContext ctx;
+  ctx.queue = {nullptr, stream_of(0x7000), 0};
+  const Status ran = gpu->run_items(2, items, ctx);
+  ASSERT_TRUE(ran.is_ok()) << ran.to_string();
+  // One copy in and one out per item, in from the registered slots, all on the slice's stream.
+  int h2d = 0, d2h = 0;
+  const auto* begin = reinterpret_cast<const std::byte*>(arena.data());
+  const auto* end = begin + arena.size() * sizeof(float);
+  for (const Copy& c : device().copies) {
+    EXPECT_EQ(c.stream, ctx.queue.stream);
+    if (c.kind == hipMemcpyHostToDevice) {
+      ++h2d;
+      const auto* src = static_cast<const std::byte*>(c.src);
+      EXPECT_TRUE(src >= begin && src + c.bytes <= end) << "a copy from outside the slots";
+      EXPECT_EQ(c.bytes, in_floats * sizeof(float));
+    } else {
+      ++d2h;
+    }
+  }
+  EXPECT_EQ(h2d, 3);
+  EXPECT_EQ(d2h, 3);
+  std::vector<float> got(out_floats * 3);
+  for (size_t i = 0; i < 3; ++i) {
+    std::memcpy(got.data() + i * out_floats, out[i], out_floats * sizeof(float));
+  }
+  expect_close({got}, run(*gpu, plan, 2, whole, ctx), "items");
+  // A batch of the wrong size is refused before anything is copied.
+  device().copies.clear();
+  EXPECT_FALSE(gpu->run_items(1, items, ctx).is_ok());
+  EXPECT_TRUE(device().copies.empty());
+  gpu.reset();
+  EXPECT_EQ(device().unregistered, 1);
+}
+
+TEST_F(HipExecutorEmulatedTest, ProfileRunTimesEveryStepWithDeviceEventsOnItsStream) {
+  const auto files = testing::reduced_models({"32"});
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 1);
+  ASSERT_NE(model, nullptr);
+  const Plan& plan = model->plans[0];
+  const std::vector<std::string> labels = step_labels(plan);
+  auto cpu = create_cpu_executor();
+  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
+  auto gpu = hip();
+  ASSERT_NE(gpu, nullptr);
+  ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
+  const auto inputs = random_inputs(plan, 11);
+  QueueContext ctx;
+  ctx.queue = {nullptr, stream_of(0x7000), 0};
+  ctx.layers[labels[0]] = {nullptr, stream_of(0x7100), 2};
+  std::vector<std::vector<float>> outputs;
+  std::vector<const std::byte*> in;
+  std::vector<std::byte*> out;
+  for (const auto& x : inputs) in.push_back(reinterpret_cast<const std::byte*>(x.data()));
+  for (int v : plan.outputs) outputs.emplace_back(size_t(plan.values[size_t(v)].element_count()));
+  for (auto& y : outputs) out.push_back(reinterpret_cast<std::byte*>(y.data()));
+  auto timings = gpu->profile_run(0, in, out, ctx);
+  ASSERT_TRUE(timings.is_ok()) << timings.status().to_string();
+  ASSERT_EQ(timings->size(), labels.size());
+  for (size_t s = 0; s < labels.size(); ++s) {
+    EXPECT_EQ((*timings)[s].label, labels[s]);
+    EXPECT_DOUBLE_EQ((*timings)[s].ms, 0.25);
+  }
+  expect_close(outputs, run(*cpu, plan, 0, inputs, *cpu_slice_), "profiled run");
+  // Timing pairs (events that time) around each step on its own stream: the first step's on the
+  // right-sized stream, after the ordering event that moved the run there.
+  std::vector<std::pair<hipEvent_t, hipStream_t>> timing;
+  for (const auto& record : device().records) {
+    if (device().event_flags.at(record.first) == hipEventDefault) timing.push_back(record);
+  }
+  ASSERT_EQ(timing.size(), 2 * labels.size());
+  const std::vector<hipStream_t> streams = step_streams(ctx, labels);
+  EXPECT_EQ(streams[0], stream_of(0x7100));
+  for (size_t s = 0; s < labels.size(); ++s) {
+    EXPECT_EQ(timing[2 * s].second, streams[s]) << labels[s];
+    EXPECT_EQ(timing[2 * s + 1].second, streams[s]) << labels[s];
+  }
+  // A second profile reuses the pooled events.
+  const int created = device().events_created;
+  ASSERT_TRUE(gpu->profile_run(0, in, out, ctx).is_ok());
+  EXPECT_EQ(device().events_created, created);
+}
+
+TEST_F(HipExecutorEmulatedTest, WeightsGoToADeviceStoreAndAMappedRegionIsNotPrivate) {
+  const auto files = testing::reduced_models({"32"});
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 1);
+  ASSERT_NE(model, nullptr);
+  FakeDeviceStore filled(false);
+  FakeDeviceStore mapped(true);
+  auto first = hip();
+  ASSERT_TRUE(first->compile(model->plans, &filled, 0).is_ok());
+  auto second = hip();
+  ASSERT_TRUE(second->compile(model->plans, &mapped, 0).is_ok());
+  ASSERT_EQ(filled.keys.size(), 1u);
+  EXPECT_EQ(filled.keys, mapped.keys);
+  EXPECT_EQ(filled.keys[0].rfind("hip-engine-", 0), 0u);
+  EXPECT_EQ(first->weights().private_bytes, first->weights().bytes);
+  EXPECT_EQ(second->weights().private_bytes, 0u);
+  // A host store is no place for device weights: a private copy.
+  auto host_store = open_host_weight_store("/sliceserve.test-hip-emulated.m");
+  ASSERT_TRUE(host_store.is_ok());
+  auto third = hip();
+  ASSERT_TRUE(third->compile(model->plans, host_store->get(), 0).is_ok());
+  EXPECT_EQ((*host_store)->mapped_bytes(), 0u);
+  EXPECT_EQ(third->weights().private_bytes, third->weights().bytes);
+  remove_host_weights("/sliceserve.test-hip-emulated.m");
+}
+
+TEST_F(HipExecutorEmulatedTest, FailedCallsSayTheCallTheRuntimesTextAndWhere) {
+  const auto files = testing::reduced_models({"32"});
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 1);
+  ASSERT_NE(model, nullptr);
+  auto gpu = hip();
+  device().fail_malloc = hipErrorOutOfMemory;
+  const Status compiled = gpu->compile(model->plans, nullptr, 0);
+  device().fail_malloc = hipSuccess;
+  ASSERT_FALSE(compiled.is_ok());
+  const std::string message = compiled.message();
+  EXPECT_NE(message.find("hipMalloc(&private_weights_, host.size()): hipErrorOutOfMemory: out of "
+                         "memory at "),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("hip_executor.cpp:"), std::string::npos) << message;
+  gpu.reset();
+  // A kernel missing from the code object fails the executor's creation, naming it.
+  device().unknown_kernel = true;
+  auto missing = create_hip_executor(api_, 0, kCodeObject);
+  ASSERT_FALSE(missing.is_ok());
+  EXPECT_EQ(missing.status().message().rfind("HIP kernel ss_gemm: hipModuleGetFunction(", 0), 0u)
+      << missing.status().message();
+  // No code object (a build whose hipcc could not make one): kUnavailable, before any call.
+  auto none = create_hip_executor(api_, 0, {});
+  ASSERT_FALSE(none.is_ok());
+  EXPECT_EQ(none.status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(none.status().message().rfind("this build has no HIP kernels", 0), 0u);
+}
+
+TEST_F(HipExecutorEmulatedTest, TheRealExecutorSaysWhenThereIsNoHipDevice) {
+  auto executor = create_hip_executor(0);
+  if (executor.is_ok()) GTEST_SKIP() << "this machine has a HIP device";
+  EXPECT_EQ(executor.status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(executor.status().message().rfind("no HIP device: ", 0), 0u)
+      << executor.status().message();
+}
+
+}  // namespace
+}  // namespace sliceserve::backends
