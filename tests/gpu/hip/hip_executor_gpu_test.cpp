@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -57,7 +58,8 @@ TEST(HipExecutorGpuTest, ATorchvisionModelMatchesTheCpuOnEveryPoolEntry) {
   if (!runtime.is_ok()) GTEST_SKIP() << runtime.status().to_string();
   const std::string path = std::string(SLICESERVE_SOURCE_DIR) + "/models/resnet18-32.onnx";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "no " << path << " (scripts/models)";
-  auto slice = backends::create_cu_mask_slice({.device = 0, .percent = 100});
+  backends::CuMaskSliceOptions options;  // device 0, the whole device, spread
+  auto slice = backends::create_cu_mask_slice(options);
   ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
   auto half = (*slice)->prepare(50);
   ASSERT_TRUE(half.is_ok()) << half.status().to_string();
