@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sliceserve/backends/layer_profile.h"
 #include "sliceserve/controller/config.h"
 #include "sliceserve/controller/model_supervisor.h"
 #include "sliceserve/worker/engine/engine.h"
@@ -124,6 +125,98 @@ TEST_F(CumaskConfigTest, WorkerArgumentsCarryTheDeviceThePolicyAndTheSlicePool) 
   auto env = worker_environment(*c, c->models[0], MpsState{});
   ASSERT_TRUE(env.is_ok());
   EXPECT_TRUE(env->empty());
+}
+
+// ---- placement and right-sizing ----
+
+bool has_flag(const std::vector<std::string>& args, const std::string& flag) {
+  return std::find(args.begin(), args.end(), flag) != args.end();
+}
+
+TEST_F(CumaskConfigTest, EachCumaskModelIsPlacedAfterTheOnesBeforeIt) {
+  // Three cumask models with a cpu one between: the cpu model takes no CUs.
+  std::string text = "[server]\nbackend = \"cumask\"\n";
+  for (const char* name : {"a", "b", "c"}) {
+    text += "[[model]]\nname = \"" + std::string(name) + "\"\nkind = \"onnx\"\npath = \"" +
+            model_ + "\"\nslice = " + (name[0] == 'c' ? "35" : "30") + "\n";
+    if (name[0] == 'b') {
+      text += "backend = \"cpu:affinity\"\n";
+    }
+  }
+  Result<Config> c = parse(text);
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  const CumaskPlacement a = cumask_placement(*c, "a");
+  EXPECT_EQ(a.shares, (std::vector<double>{30, 35}));
+  EXPECT_EQ(a.index, 0u);
+  const CumaskPlacement third = cumask_placement(*c, "c");
+  EXPECT_EQ(third.shares, (std::vector<double>{30, 35}));
+  EXPECT_EQ(third.index, 1u);
+  EXPECT_TRUE(cumask_placement(*c, "b").shares.empty()) << "not on cumask";
+  auto args = worker_arguments(*c, c->models[2], "/s", 2, {2, 0});
+  EXPECT_TRUE(has_pair(args, "--cu-shares", "30,35"));
+  EXPECT_TRUE(has_pair(args, "--cu-index", "1"));
+  EXPECT_FALSE(has_flag(args, "--profile")) << "right_size is off by default";
+  EXPECT_FALSE(has_flag(worker_arguments(*c, c->models[1], "/s", 2, {2, 0}), "--cu-shares"));
+  // A resized model keeps its start: the placement is the config's, not the model's now.
+  ModelConfig resized = c->models[2];
+  resized.slice = 60;
+  EXPECT_TRUE(has_pair(worker_arguments(*c, resized, "/s", 2, {2, 0}), "--cu-shares", "30,35"));
+}
+
+class CumaskProfileConfigTest : public CumaskConfigTest {
+ protected:
+  std::string profile_file(const std::string& device, const std::string& model_path) {
+    backends::LayerProfile p;
+    p.model = "m.onnx";
+    auto hash = backends::file_sha256(model_path);
+    EXPECT_TRUE(hash.is_ok());
+    p.model_sha256 = hash.is_ok() ? *hash : std::string(64, '0');
+    p.device = device;
+    p.units = {4, 8};
+    p.layers = {{"node 'relu' (Relu)", {1.0, 1.0}, 4}};
+    return dir_.write(device + ".profile.json", backends::format_layer_profile(p));
+  }
+  std::string cumask_model(const std::string& extra) const {
+    return "[server]\nbackend = \"cumask\"\n" + onnx_model(extra);
+  }
+};
+
+TEST_F(CumaskProfileConfigTest, RightSizeGivesTheWorkerTheProfile) {
+  const std::string profile = profile_file("hip", model_);
+  Result<Config> c =
+      parse(cumask_model("profile = \"" + profile + "\"\nright_size = true\n"));
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->models[0].profile, profile);
+  EXPECT_TRUE(c->models[0].right_size);
+  auto args = worker_arguments(*c, c->models[0], "/s", 2, {2, 0});
+  EXPECT_TRUE(has_pair(args, "--profile", profile));
+  EXPECT_TRUE(has_flag(args, "--right-size"));
+  // A profile alone is checked and kept, and the worker runs plain cumask.
+  Result<Config> off = parse(cumask_model("profile = \"" + profile + "\"\n"));
+  ASSERT_TRUE(off.is_ok()) << off.status().to_string();
+  EXPECT_FALSE(off->models[0].right_size);
+  EXPECT_FALSE(has_flag(worker_arguments(*off, off->models[0], "/s", 2, {2, 0}), "--profile"));
+}
+
+TEST_F(CumaskProfileConfigTest, EachRightSizingRuleNamesItsKey) {
+  const std::string hip = profile_file("hip", model_);
+  expect_error(cumask_model("right_size = true\n"), "model[0].right_size",
+               "needs a layer profile of the model");
+  expect_error(onnx_model("profile = \"" + hip + "\"\nright_size = true\n"),
+               "model[0].right_size", "needs the cumask backend (per-layer CU masks); the model "
+                                      "runs on cpu:process ([server] backend)");
+  expect_error(cumask_model("profile = \"" + profile_file("cpu", model_) +
+                            "\"\nright_size = true\n"),
+               "model[0].profile", "right_size needs a profile measured on hip");
+  expect_error(cumask_model("profile = \"" + dir_.path() + "/none.json\"\n"), "model[0].profile",
+               "No such file");
+  expect_error(cumask_model("profile = \"" + dir_.write("bad.json", "{}") + "\"\n"),
+               "model[0].profile", "not a sliceserve-layer-profile file");
+  expect_error(cumask_model("right_size = 1\n"), "model[0].right_size", "must be true or false");
+  // A profile of another model file.
+  const std::string other = dir_.write("other.onnx", "other bytes");
+  expect_error(cumask_model("profile = \"" + profile_file("hip", other) + "\"\n"),
+               "model[0].profile", "the layer profile is of model 'm.onnx'");
 }
 
 // config/cumask.toml parses (its models built by scripts/models).
