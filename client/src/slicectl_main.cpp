@@ -167,7 +167,6 @@ int main(int argc, char** argv) {
   infer_cmd->add_option("--timeout-ms", infer.timeout_ms, "Per-request timeout (default 10000)")
       ->check(CLI::Range(1u, 3'600'000u));
 
-  CLI11_PARSE(app, argc, argv);
   slicectl::ProfileOptions profile;
   auto* profile_cmd = app.add_subcommand(
       "profile",
@@ -194,10 +193,11 @@ int main(int argc, char** argv) {
   profile_cmd->add_option("--wgp", profile.wgp, "hip: CUs in pairs: auto | true | false")
       ->check(CLI::IsMember({"auto", "true", "false"}));
 
+  CLI11_PARSE(app, argc, argv);
 
   if (run_model_cmd->parsed()) return slicectl::run_model(run_model);
-
   if (profile_cmd->parsed()) return slicectl::run_profile(profile);
+
   if (bench_cmd->parsed() && !bench.rate && !bench.concurrency) {
     fmt::print(stderr, "slicectl bench: give --rate R or --concurrency C\n");
     return slicectl::kExitFailure;

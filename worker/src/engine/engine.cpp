@@ -159,12 +159,6 @@ Status Engine::run(int64_t batch, std::span<const std::byte* const> inputs,
   return executor_->run(index, inputs, outputs, ctx);
 }
 
-Status Engine::run_items(std::span<const backends::Executor::ItemBuffers> items,
-                         backends::ComputeContext& ctx) {
-  const auto batch = static_cast<int64_t>(items.size());
-  if (max_batch_ == 0 || batch < 1 || batch > max_batch_) {
-    return {ErrorCode::kInvalidArgument,
-            fmt::format("a batch of {} items is out of range (the engine was built for 1..{})",
 Result<std::vector<backends::Executor::OpTiming>> Engine::profile_run(
     int64_t batch, std::span<const std::byte* const> inputs, std::span<std::byte* const> outputs,
     backends::ComputeContext& ctx) {
@@ -172,6 +166,12 @@ Result<std::vector<backends::Executor::OpTiming>> Engine::profile_run(
   return executor_->profile_run(index, inputs, outputs, ctx);
 }
 
+Status Engine::run_items(std::span<const backends::Executor::ItemBuffers> items,
+                         backends::ComputeContext& ctx) {
+  const auto batch = static_cast<int64_t>(items.size());
+  if (max_batch_ == 0 || batch < 1 || batch > max_batch_) {
+    return {ErrorCode::kInvalidArgument,
+            fmt::format("a batch of {} items is out of range (the engine was built for 1..{})",
                         batch, max_batch_)};
   }
   for (const backends::Executor::ItemBuffers& item : items) {

@@ -62,13 +62,13 @@ class Engine {
   Status run(int64_t batch, std::span<const std::byte* const> inputs,
              std::span<std::byte* const> outputs, backends::ComputeContext& ctx);
 
-  // Runs batch.size() items given one by one (shared-memory slots), where the executor copies
   // run() with the time of each op (Executor::profile_run: slicectl profile); kUnavailable where
   // the executor cannot time single ops.
   Result<std::vector<backends::Executor::OpTiming>> profile_run(
       int64_t batch, std::span<const std::byte* const> inputs,
       std::span<std::byte* const> outputs, backends::ComputeContext& ctx);
 
+  // Runs batch.size() items given one by one (shared-memory slots), where the executor copies
   // them to and from its device itself (runs_items()); otherwise the caller gathers them into
   // the contiguous buffers run() takes.
   bool runs_items() const { return executor_->runs_items(); }
@@ -79,9 +79,9 @@ class Engine {
 
  private:
   Engine() = default;
-
   // The plan of `batch`, after checking it and the buffer counts.
   Result<size_t> plan_index(int64_t batch, size_t inputs, size_t outputs) const;
+
   int64_t max_batch_ = 0;
   std::vector<ValueInfo> inputs_;
   std::vector<ValueInfo> outputs_;
