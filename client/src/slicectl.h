@@ -32,14 +32,14 @@ struct BenchOptions {
   uint32_t clients = 0;                    // client lanes to use, 0: automatic
   std::optional<uint32_t> spin_us;         // sync spin before sleeping, default: automatic
   uint64_t seed = 1;                       // input data
-  std::string transport = "shm";           // "shm" | "tcp"
-  std::string address = "127.0.0.1:8700";  // tcp: sliceserved's [server] tcp
+  std::string transport = "shm";  // "shm" | "tcp" | "http"
+  std::string address;             // tcp/http: host:port; empty: 127.0.0.1:8700 / :8000
 };
 int run_bench(const std::string& instance, const BenchOptions& options);
 
 // resize / policy / backend, through sliceserved's admin socket.
 struct ControlOptions {
-  std::string command;  // "resize" | "policy" | "backend"
+  std::string command;  // "resize" | "policy" | "backend" | "unload"
   std::string model;
   double slice = 0;       // resize
   bool policy_on = true;  // policy
@@ -47,7 +47,7 @@ struct ControlOptions {
   bool wait = true;       // resize/backend: wait until the swap is done or failed
   uint32_t wait_timeout_ms = 60000;
 };
-int run_control(const std::string& instance, const ControlOptions& options);
+// run_control(AdminTarget, ControlOptions): slicectl_admin.h.
 
 // run-model / infer: .npy files bound to a model's inputs and outputs. Plain files fill the
 // tensors that no NAME=FILE pair names, in the model's declaration order. Every input needs a

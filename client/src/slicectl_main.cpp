@@ -5,6 +5,10 @@
 //   slicectl resize MODEL SLICE [--no-wait]
 //   slicectl policy MODEL on|off
 //   slicectl backend MODEL NAME [--no-wait]
+//   slicectl load FILE.toml | --name M --path F.onnx --slice S [...] [--no-wait]
+//   slicectl unload MODEL [--no-wait]
+//   status, resize, policy, backend, load, unload take --server http://host:port (the daemon's
+//   HTTP admin routes; --token or $SLICESERVE_TOKEN) instead of the local admin socket.
 //   slicectl run-model FILE.onnx --input IN.npy --output OUT.npy [--threads N] [--device cuda:N]
 //                      [--runs N]   (no daemon)
 //   slicectl infer MODEL --input IN.npy --output OUT.npy [--timeout-ms T]
@@ -24,6 +28,7 @@
 #include <string>
 
 #include "slicectl.h"
+#include "slicectl_admin.h"
 #include "sliceserve/controller/config.h"
 
 namespace {
@@ -65,6 +70,11 @@ int main(int argc, char** argv) {
   app.add_option("--config", global.config, "Take the instance from this sliceserved config file")
       ->check(CLI::ExistingFile)
       ->excludes(instance_opt);
+  slicectl::AdminTarget admin;
+  app.add_option("--server", admin.server,
+                 "status/resize/policy/backend/load/unload through this daemon's HTTP front-end, "
+                 "http://host:port, instead of the local admin socket");
+  app.add_option("--token", admin.token, "The HTTP front-end's token (default $SLICESERVE_TOKEN)");
 
   slicectl::StatusOptions status;
   auto* status_cmd = app.add_subcommand("status",
@@ -100,11 +110,12 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--seed", bench.seed, "Seed of the random input data");
   bench_cmd
       ->add_option("--transport", bench.transport,
-                   "shm (same host, default) or tcp (the daemon's TCP front-end; token from "
-                   "$SLICESERVE_TOKEN)")
-      ->check(CLI::IsMember({"shm", "tcp"}));
+                   "shm (same host, default), tcp (the daemon's TCP front-end) or http (its "
+                   "KServe v2 front-end, binary tensors); token from $SLICESERVE_TOKEN")
+      ->check(CLI::IsMember({"shm", "tcp", "http"}));
   bench_cmd->add_option("--address", bench.address,
-                        "With --transport tcp: host:port (default 127.0.0.1:8700)");
+                        "With --transport tcp or http: host:port (default 127.0.0.1:8700 for "
+                        "tcp, 127.0.0.1:8000 for http)");
 
   slicectl::ControlOptions control;
   bool no_wait = false;
@@ -128,6 +139,24 @@ int main(int argc, char** argv) {
   backend_cmd->add_option("model", control.model, "Model")->required();
   backend_cmd->add_option("name", control.backend, "Backend name")->required();
   backend_cmd->add_flag("--no-wait", no_wait, "Return once the switch has started");
+  slicectl::LoadOptions load;
+  auto* load_cmd = app.add_subcommand(
+      "load", "Load a model into the running daemon: FILE.toml with one [[model]] table, or flags");
+  load_cmd->add_option("file", load.file, "TOML file with one [[model]] table")
+      ->check(CLI::ExistingFile);
+  auto* load_name = load_cmd->add_option("--name", load.name, "Model name (instead of a file)");
+  load_cmd->add_option("--kind", load.kind, "Model kind (default onnx)")->needs(load_name);
+  load_cmd->add_option("--path", load.path, "Model file, as the daemon's host sees it")
+      ->needs(load_name);
+  load_cmd->add_option("--slice", load.slice, "Initial slice, percent")->needs(load_name);
+  load_cmd->add_option("--slo-ms", load.slo_ms, "p99 objective, ms")->needs(load_name);
+  load_cmd->add_option("--max-batch", load.max_batch, "Batch limit")->needs(load_name);
+  load_cmd->add_option("--backend", load.backend, "Backend, e.g. cpu:affinity")->needs(load_name);
+  load_cmd->add_flag("--no-wait", no_wait, "Return once the daemon has taken the model");
+  auto* unload_cmd = app.add_subcommand(
+      "unload", "Stop serving a model: its workers stop and its segment is removed");
+  unload_cmd->add_option("model", control.model, "Model")->required();
+  unload_cmd->add_flag("--no-wait", no_wait, "Return once the unload has started");
 
   // run-model / infer: .npy files for the model's inputs and outputs; each option once per file.
   auto add_tensor_files = [](CLI::App* cmd, slicectl::TensorFiles& files) {
@@ -204,14 +233,29 @@ int main(int argc, char** argv) {
   }
   std::optional<std::string> instance = resolve_instance(global);
   if (!instance) return slicectl::kExitFailure;
+  admin.instance = *instance;
+  if (const char* env = std::getenv("SLICESERVE_TOKEN"); admin.token.empty() && env != nullptr) {
+    admin.token = env;
+  }
+  if (status_cmd->parsed() && !admin.server.empty()) {
+    return slicectl::run_remote_status(admin, status);
+  }
   if (status_cmd->parsed()) return slicectl::run_status(*instance, status);
+  if (load_cmd->parsed()) {
+    if (load.file.empty() == load.name.empty()) {
+      fmt::print(stderr, "slicectl load: give FILE.toml or --name ... (not both)\n");
+      return slicectl::kExitFailure;
+    }
+    load.wait = !no_wait;
+    return slicectl::run_load(admin, load);
+  }
   if (infer_cmd->parsed()) return slicectl::run_infer(*instance, infer);
-  for (auto* cmd : {resize_cmd, policy_cmd, backend_cmd}) {
+  for (auto* cmd : {resize_cmd, policy_cmd, backend_cmd, unload_cmd}) {
     if (!cmd->parsed()) continue;
     control.command = cmd->get_name();
     control.policy_on = policy_state == "on";
     control.wait = !no_wait;
-    return slicectl::run_control(*instance, control);
+    return slicectl::run_control(admin, control);
   }
   return slicectl::run_bench(*instance, bench);
 }
