@@ -4,8 +4,12 @@
 // each one blocking request in flight (closed loop), the same frame bytes (an INT32 [4] infer
 // frame). One JSON line:
 //   {"bench":"tcp_overhead","sliceserve_p50_us":X,"echo_p50_us":Y,"sliceserve_rps":N,"echo_rps":M,...}
+// Then, through the HTTP front-end (KServe v2) to a null model with an FP32 [E] tensor, the same
+// closed loop with JSON tensors and with binary tensors (Inference-Header-Content-Length), same
+// concurrency and tensor, one line each:
+//   {"bench":"http","encoding":"json"|"binary","p50_us":X,"p99_us":Y,"rps":N,"tensor_bytes":B,...}
 //
-//   net_bench [--concurrency C] [--seconds S]
+//   net_bench [--concurrency C] [--seconds S] [--http-elements E]
 // sliceserved and sliceserve-worker are found next to this binary and run as child processes.
 
 #include <arpa/inet.h>
@@ -94,9 +98,10 @@ struct Result {
   uint64_t errors = 0;
 };
 
-// C closed-loop connections for `seconds` after a short warm-up.
-Result load(uint16_t port, bool hello, unsigned concurrency, double seconds) {
-  const std::vector<std::byte> request = infer_frame();
+// C closed-loop connections for `seconds` after a short warm-up. `setup` runs once per
+// connection, `round` is one request and its reply; false from either is an error.
+template <typename Setup, typename Round>
+Result measure(uint16_t port, unsigned concurrency, double seconds, Setup setup, Round round) {
   std::vector<std::vector<uint64_t>> latencies(concurrency);
   std::atomic<uint64_t> errors{0};
   std::atomic<bool> measuring{false}, stop{false};
@@ -108,14 +113,10 @@ Result load(uint16_t port, bool hello, unsigned concurrency, double seconds) {
         ++errors;
         return;
       }
-      std::vector<std::byte> body;
-      if (hello) {
-        const auto h = wire::frame(wire::FrameType::kHello, 0, wire::encode(wire::Hello{}));
-        if (!send_all(fd, h) || !read_frame(fd, body)) ++errors;
-      }
+      if (!setup(fd)) ++errors;
       while (!stop.load(std::memory_order_relaxed)) {
         const auto begin = Clock::now();
-        if (!send_all(fd, request) || !read_frame(fd, body)) {
+        if (!round(fd)) {
           ++errors;
           break;
         }
@@ -143,6 +144,81 @@ Result load(uint16_t port, bool hello, unsigned concurrency, double seconds) {
     r.rps = double(all.size()) / seconds;
   }
   return r;
+}
+
+Result load(uint16_t port, bool hello, unsigned concurrency, double seconds) {
+  const std::vector<std::byte> request = infer_frame();
+  return measure(
+      port, concurrency, seconds,
+      [&](int fd) {
+        if (!hello) return true;
+        std::vector<std::byte> body;
+        const auto h = wire::frame(wire::FrameType::kHello, 0, wire::encode(wire::Hello{}));
+        return send_all(fd, h) && read_frame(fd, body);
+      },
+      [&](int fd) {
+        thread_local std::vector<std::byte> body;
+        return send_all(fd, request) && read_frame(fd, body);
+      });
+}
+
+// ---- HTTP ----
+
+// An infer request for model "tensor" (FP32 [elements]): JSON data both ways, or binary.
+std::string http_request(uint32_t elements, bool binary) {
+  std::vector<float> x(elements);
+  for (uint32_t i = 0; i < elements; ++i) x[i] = 0.001F * float(i % 1000) - 0.25F;
+  std::string json = "{\"inputs\":[{\"name\":\"x\",\"shape\":[1," + std::to_string(elements) +
+                     "],\"datatype\":\"FP32\"";
+  std::string data;
+  if (binary) {
+    json += ",\"parameters\":{\"binary_data_size\":" + std::to_string(elements * 4) +
+            "}}],\"outputs\":[{\"name\":\"y\",\"parameters\":{\"binary_data\":true}}]}";
+    data.assign(reinterpret_cast<const char*>(x.data()), x.size() * 4);
+  } else {
+    json += ",\"data\":[";
+    char num[32];
+    for (uint32_t i = 0; i < elements; ++i) {
+      std::snprintf(num, sizeof num, "%s%.9g", i ? "," : "", double(x[i]));
+      json += num;
+    }
+    json += "]}]}";
+  }
+  std::string head = "POST /v2/models/tensor/infer HTTP/1.1\r\nHost: bench\r\nContent-Length: " +
+                     std::to_string(json.size() + data.size()) + "\r\n";
+  if (binary) head += "Inference-Header-Content-Length: " + std::to_string(json.size()) + "\r\n";
+  return head + "\r\n" + json + data;
+}
+
+// Reads one HTTP reply (head, Content-Length bytes); true for a 200.
+bool read_http_reply(int fd, std::string& in) {
+  char buf[65536];
+  size_t end;
+  while ((end = in.find("\r\n\r\n")) == std::string::npos) {
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    in.append(buf, size_t(n));
+  }
+  const size_t at = in.find("Content-Length: ");
+  if (at == std::string::npos || at > end) return false;
+  const size_t total = end + 4 + std::strtoul(in.c_str() + at + 16, nullptr, 10);
+  while (in.size() < total) {
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    in.append(buf, size_t(n));
+  }
+  const bool ok = in.compare(0, 12, "HTTP/1.1 200") == 0;
+  in.erase(0, total);
+  return ok;
+}
+
+Result load_http(uint16_t port, const std::string& request, unsigned concurrency, double seconds) {
+  return measure(
+      port, concurrency, seconds, [](int) { return true; },
+      [&](int fd) {
+        thread_local std::string in;
+        return send_all(fd, std::as_bytes(std::span(request))) && read_http_reply(fd, in);
+      });
 }
 
 // The echo peer: reads a frame (header, metadata, data) and writes those bytes back.
@@ -216,29 +292,41 @@ std::string self_dir() {
 int main(int argc, char** argv) {
   unsigned concurrency = 4;
   double seconds = 5;
+  uint32_t elements = 4096;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--concurrency" && i + 1 < argc) {
       concurrency = unsigned(std::atoi(argv[++i]));
     } else if (arg == "--seconds" && i + 1 < argc) {
       seconds = std::atof(argv[++i]);
+    } else if (arg == "--http-elements" && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
+      elements = uint32_t(std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: net_bench [--concurrency C] [--seconds S]\n");
+      std::fprintf(stderr,
+                   "usage: net_bench [--concurrency C] [--seconds S] [--http-elements E]\n");
       return 2;
     }
   }
   const uint16_t port = free_port();
+  uint16_t http_port = free_port();
+  while (http_port == port) http_port = free_port();
   const std::string dir =
       std::filesystem::temp_directory_path() / ("sliceserve-net-bench-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   const std::string config = dir + "/net.toml";
   // One request per batch, no batching delay: the round trip is the front-end's and the ring's.
   std::ofstream(config) << "[server]\ninstance = \"netbench" << getpid()
-                        << "\"\ntcp = \"127.0.0.1:" << port << "\"\n[policy]\nenabled = false\n"
+                        << "\"\ntcp = \"127.0.0.1:" << port << "\"\nhttp = \"127.0.0.1:" << http_port
+                        << "\"\n[policy]\nenabled = false\n"
                         << "[[model]]\nname = \"null\"\nkind = \"null\"\nslice = 50\n"
                         << "max_batch = 1\nmax_queue_delay_us = 0\n"
                         << "inputs = [ { name = \"x\", dtype = \"INT32\", shape = [4] } ]\n"
-                        << "outputs = [ { name = \"y\", dtype = \"INT32\", shape = [4] } ]\n";
+                        << "outputs = [ { name = \"y\", dtype = \"INT32\", shape = [4] } ]\n"
+                        << "[[model]]\nname = \"tensor\"\nkind = \"null\"\nslice = 20\n"
+                        << "max_batch = 1\nmax_queue_delay_us = 0\n"
+                        << "inputs = [ { name = \"x\", dtype = \"FP32\", shape = [" << elements
+                        << "] } ]\noutputs = [ { name = \"y\", dtype = \"FP32\", shape = [" << elements
+                        << "] } ]\n";
   const std::string daemon = self_dir() + "/sliceserved";
   const std::string log = dir + "/sliceserved.log";
   posix_spawn_file_actions_t actions;
@@ -285,6 +373,18 @@ int main(int argc, char** argv) {
         e.p50_us > 0 ? s.p50_us / e.p50_us : 0.0, concurrency, seconds,
         static_cast<unsigned long long>(s.errors + e.errors));
     rc = s.errors + e.errors == 0 ? 0 : 1;
+    for (const bool binary : {false, true}) {
+      const std::string request = http_request(elements, binary);
+      const Result h = load_http(http_port, request, concurrency, seconds);
+      std::printf(
+          "{\"bench\":\"http\",\"encoding\":\"%s\",\"p50_us\":%.1f,\"p99_us\":%.1f,"
+          "\"rps\":%.0f,\"tensor_bytes\":%u,\"request_bytes\":%zu,\"concurrency\":%u,"
+          "\"seconds\":%.1f,\"errors\":%llu}\n",
+          binary ? "binary" : "json", h.p50_us, h.p99_us, h.rps, elements * 4, request.size(),
+          concurrency, seconds, static_cast<unsigned long long>(h.errors));
+      std::fflush(stdout);
+      if (h.errors != 0) rc = 1;
+    }
   }
   kill(pid, SIGTERM);
   waitpid(pid, nullptr, 0);

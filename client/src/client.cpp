@@ -13,6 +13,7 @@
 #include "sliceserve/shm/client_lane.h"
 #include "sliceserve/shm/futex.h"
 #include "sliceserve/shm/segment.h"
+#include "http_transport.h"
 #include "tcp_transport.h"
 
 namespace sliceserve::client {
@@ -677,6 +678,7 @@ uint64_t SlotResult::compute_ns() const {
 
 Client::Client(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Client::Client(std::unique_ptr<TcpState> tcp) : tcp_(std::move(tcp)) {}
+Client::Client(std::unique_ptr<HttpState> http) : http_(std::move(http)) {}
 Client::Client(Client&& other) noexcept = default;
 Client& Client::operator=(Client&& other) noexcept = default;
 Client::~Client() = default;
@@ -707,26 +709,37 @@ Result<Client> Client::connect_tcp(std::string_view model, std::string_view host
   return Client(std::move(tcp));
 }
 
+Result<Client> Client::connect_http(std::string_view model, std::string_view host, uint16_t port,
+                                    const ConnectOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<HttpState> http,
+                   HttpState::connect(model, host, port, options));
+  return Client(std::move(http));
+}
+
 const shm::ModelSpec& Client::spec() const {
   if (tcp_) return tcp_->spec();
+  if (http_) return http_->spec();
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->spec();
 }
 
 const std::string& Client::model() const {
   if (tcp_) return tcp_->model();
+  if (http_) return http_->model();
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->model;
 }
 
 const std::string& Client::instance() const {
   if (tcp_) return tcp_->address();
+  if (http_) return http_->address();
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->instance;
 }
 
 uint32_t Client::max_in_flight() const {
   if (tcp_) return tcp_->max_in_flight();
+  if (http_) return http_->max_in_flight();
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->lane->slots();
 }
@@ -734,6 +747,7 @@ uint32_t Client::max_in_flight() const {
 Result<InferResult> Client::infer(std::span<const Tensor> inputs,
                                   std::optional<std::chrono::milliseconds> timeout) {
   if (tcp_) return tcp_->infer(inputs, timeout.value_or(tcp_->default_timeout()));
+  if (http_) return http_->infer(inputs, timeout.value_or(http_->default_timeout()));
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->infer(inputs, deadline_after(timeout.value_or(state_->default_timeout)));
 }
@@ -743,6 +757,10 @@ void Client::infer_async(std::span<const Tensor> inputs, Callback done,
   SS_CHECK(done != nullptr, "infer_async needs a callback");
   if (tcp_) {
     return tcp_->infer_async(inputs, std::move(done), timeout.value_or(tcp_->default_timeout()));
+  }
+  if (http_) {
+    return http_->infer_async(inputs, std::move(done),
+                              timeout.value_or(http_->default_timeout()));
   }
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   state_->infer_async(inputs, std::move(done),
@@ -761,7 +779,7 @@ std::future<Result<InferResult>> Client::infer_async(
 
 Result<PreparedRequest> Client::prepare(std::span<const TensorInfo> inputs,
                                         std::chrono::milliseconds wait) {
-  if (tcp_) {
+  if (tcp_ || http_) {
     return Status(ErrorCode::kUnavailable, "zero-copy requests need the shared-memory transport");
   }
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");

@@ -254,17 +254,22 @@ class ProgressPrinter {
 
 // ---- load ----
 
-// One client over the chosen transport: a lane of the model's segment, or a TCP connection.
+// One client over the chosen transport: a lane of the model's segment, a TCP connection, or a
+// pool of HTTP connections.
 Result<Client> connect_one(const BenchOptions& o, const client::ConnectOptions& options) {
-  if (o.transport != "tcp") return Client::connect(o.model, options);
-  const size_t colon = o.address.rfind(':');
-  std::string host = o.address.substr(0, colon);
+  if (o.transport != "tcp" && o.transport != "http") return Client::connect(o.model, options);
+  const bool http = o.transport == "http";
+  const std::string address =
+      !o.address.empty() ? o.address : (http ? "127.0.0.1:8000" : "127.0.0.1:8700");
+  const size_t colon = address.rfind(':');
+  std::string host = address.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  const int port = colon == std::string::npos ? 0 : std::atoi(o.address.c_str() + colon + 1);
+  const int port = colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
   if (port <= 0 || port > 65535) {
-    return Status(ErrorCode::kInvalidArgument, "--address must be host:port, not " + o.address);
+    return Status(ErrorCode::kInvalidArgument, "--address must be host:port, not " + address);
   }
-  return Client::connect_tcp(o.model, host, uint16_t(port), options);
+  return http ? Client::connect_http(o.model, host, uint16_t(port), options)
+              : Client::connect_tcp(o.model, host, uint16_t(port), options);
 }
 
 // Connects `n` clients (at least one); fails if the first cannot connect, or if `need_all`.

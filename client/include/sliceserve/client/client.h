@@ -14,6 +14,10 @@
 //
 //   auto client = sliceserve::client::Client::connect_tcp("resnet50", "10.0.0.5", 8700, options);
 //
+// and over HTTP (KServe v2 with the binary tensor data extension, docs/http.md):
+//
+//   auto client = sliceserve::client::Client::connect_http("resnet50", "10.0.0.5", 8000, options);
+//
 // A Client owns one client lane of the model's segment (lanes x slots_per_lane in flight for
 // the whole model, slots_per_lane per Client). All member functions are thread-safe; the lane
 // itself is serialised by a mutex that is held only around slot bookkeeping, never while
@@ -106,6 +110,13 @@ class Client {
   // unused: the address names the daemon.
   static Result<Client> connect_tcp(std::string_view model, std::string_view host, uint16_t port,
                                     const ConnectOptions& options = {});
+  // The same API over sliceserved's HTTP front-end: reads the model's tensors from
+  // GET /v2/models/{m} (options.token as 'Authorization: Bearer'; empty: $SLICESERVE_TOKEN), then
+  // sends each request as POST .../infer with binary tensors, on a pool of up to max_in_flight()
+  // keep-alive connections. Errors as the server sent them (kUnknownModel for 404,
+  // kInvalidArgument "unauthenticated: ..." for 401, kTimeout for an expired timeout).
+  static Result<Client> connect_http(std::string_view model, std::string_view host, uint16_t port,
+                                     const ConnectOptions& options = {});
 
   Client(Client&& other) noexcept;
   Client& operator=(Client&& other) noexcept;
@@ -141,7 +152,7 @@ class Client {
   void infer_async(std::span<const Tensor> inputs, Callback done,
                    std::optional<std::chrono::milliseconds> timeout = {});
 
-  // Zero-copy requests (shm transport only; kUnavailable over TCP): validates the inputs as
+  // Zero-copy requests (shm transport only; kUnavailable over TCP and HTTP): validates the inputs as
   // infer() does and takes a slot, waiting for one at most `wait` (0: not at all, kBusy at once).
   Result<PreparedRequest> prepare(std::span<const TensorInfo> inputs,
                                   std::chrono::milliseconds wait);
@@ -153,12 +164,15 @@ class Client {
 
   struct State;     // the shm transport, defined in client.cpp
   struct TcpState;  // the TCP transport, defined in tcp_transport.cpp
+  struct HttpState;  // the HTTP transport, defined in http_transport.cpp
 
  private:
   explicit Client(std::unique_ptr<State> state);
   explicit Client(std::unique_ptr<TcpState> tcp);
+  explicit Client(std::unique_ptr<HttpState> http);
   std::unique_ptr<State> state_;
-  std::unique_ptr<TcpState> tcp_;  // set instead of state_ for a TCP client
+  std::unique_ptr<TcpState> tcp_;    // set instead of state_ for a TCP client
+  std::unique_ptr<HttpState> http_;  // set instead of state_ for an HTTP client
 };
 
 // A request whose slot is taken and whose input bytes are written straight into shared memory
