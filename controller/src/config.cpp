@@ -1104,46 +1104,62 @@ class ConfigParser {
   std::vector<Issue> issues_;
 };
 
-// A JSON value as the TOML value a file would hold, handed to `add` (a table's insert or an
-// array's push_back); kInvalidArgument for null and integers beyond int64.
-template <typename Add>
-Status add_from_json(const nlohmann::json& value, const std::string& key, Add&& add) {
+// Where a converted JSON value goes: a table under a key, or the end of an array. Not a template
+// (a recursive template over the caller's lambda would instantiate a new function per level).
+struct TomlSink {
+  toml::table* table = nullptr;
+  std::string_view key;
+  toml::array* array = nullptr;
+
+  template <typename T>
+  void add(T&& value) const {
+    if (table != nullptr) {
+      table->insert(key, std::forward<T>(value));
+    } else {
+      array->push_back(std::forward<T>(value));
+    }
+  }
+};
+
+// A JSON value as the TOML value a file would hold, added to `sink`; kInvalidArgument for null
+// and integers beyond int64.
+Status add_from_json(const nlohmann::json& value, const std::string& key, const TomlSink& sink) {
   switch (value.type()) {
     case nlohmann::json::value_t::object: {
       toml::table table;
       for (const auto& [k, v] : value.items()) {
-        RETURN_IF_ERROR(add_from_json(v, join_key(key, k),
-                                      [&](auto&& x) { table.insert(k, std::move(x)); }));
+        const TomlSink member{.table = &table, .key = k, .array = nullptr};
+        RETURN_IF_ERROR(add_from_json(v, join_key(key, k), member));
       }
-      add(std::move(table));
+      sink.add(std::move(table));
       return Status::ok();
     }
     case nlohmann::json::value_t::array: {
       toml::array array;
       for (size_t i = 0; i < value.size(); ++i) {
-        RETURN_IF_ERROR(add_from_json(value[i], fmt::format("{}[{}]", key, i),
-                                      [&](auto&& x) { array.push_back(std::move(x)); }));
+        const TomlSink element{.table = nullptr, .key = {}, .array = &array};
+        RETURN_IF_ERROR(add_from_json(value[i], fmt::format("{}[{}]", key, i), element));
       }
-      add(std::move(array));
+      sink.add(std::move(array));
       return Status::ok();
     }
     case nlohmann::json::value_t::string:
-      add(value.get<std::string>());
+      sink.add(value.get<std::string>());
       return Status::ok();
     case nlohmann::json::value_t::boolean:
-      add(value.get<bool>());
+      sink.add(value.get<bool>());
       return Status::ok();
     case nlohmann::json::value_t::number_integer:
-      add(value.get<int64_t>());
+      sink.add(value.get<int64_t>());
       return Status::ok();
     case nlohmann::json::value_t::number_unsigned:
       if (value.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())) {
         return Status(ErrorCode::kInvalidArgument, fmt::format("key '{}': integer too large", key));
       }
-      add(value.get<int64_t>());
+      sink.add(value.get<int64_t>());
       return Status::ok();
     case nlohmann::json::value_t::number_float:
-      add(value.get<double>());
+      sink.add(value.get<double>());
       return Status::ok();
     default:
       return Status(ErrorCode::kInvalidArgument,
@@ -1173,8 +1189,7 @@ Result<ModelConfig> parse_model_json(const Config& base, const nlohmann::json& m
                               source_name, model.type_name()));
   }
   toml::array models;
-  Status converted =
-      add_from_json(model, "model", [&](auto&& x) { models.push_back(std::move(x)); });
+  Status converted = add_from_json(model, "model", TomlSink{.table = nullptr, .key = {}, .array = &models});
   if (!converted.is_ok()) {
     return Status(ErrorCode::kInvalidArgument, source_name + ": " + converted.message());
   }
