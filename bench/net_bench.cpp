@@ -199,9 +199,10 @@ bool read_http_reply(int fd, std::string& in) {
     if (n <= 0) return false;
     in.append(buf, size_t(n));
   }
-  const size_t at = in.find("Content-Length: ");
+  // At a line's start: Inference-Header-Content-Length ends the same way.
+  const size_t at = in.find("\r\nContent-Length: ");
   if (at == std::string::npos || at > end) return false;
-  const size_t total = end + 4 + std::strtoul(in.c_str() + at + 16, nullptr, 10);
+  const size_t total = end + 4 + std::strtoul(in.c_str() + at + 18, nullptr, 10);
   while (in.size() < total) {
     const ssize_t n = recv(fd, buf, sizeof buf, 0);
     if (n <= 0) return false;

@@ -49,12 +49,14 @@ void store(std::byte* out, T v) {
   std::memcpy(out, &v, sizeof v);
 }
 
-template <typename T>
-Status put_int(const json& v, std::byte* out, const std::string& where, std::string_view type) {
+// `where` names the element for an error message; it is only called on an error, since most
+// requests have none and tensors have many elements.
+template <typename T, typename Where>
+Status put_int(const json& v, std::byte* out, const Where& where, std::string_view type) {
   if (v.is_number_unsigned()) {
     const uint64_t u = v.get<uint64_t>();
     if (u > uint64_t(std::numeric_limits<T>::max())) {
-      return bad(where + " is " + std::to_string(u) + ", out of range for " + std::string(type));
+      return bad(where() + " is " + std::to_string(u) + ", out of range for " + std::string(type));
     }
     store(out, T(u));
     return Status::ok();
@@ -62,17 +64,18 @@ Status put_int(const json& v, std::byte* out, const std::string& where, std::str
   if (v.is_number_integer()) {  // negative
     const int64_t i = v.get<int64_t>();
     if (!std::numeric_limits<T>::is_signed || i < int64_t(std::numeric_limits<T>::min())) {
-      return bad(where + " is " + std::to_string(i) + ", out of range for " + std::string(type));
+      return bad(where() + " is " + std::to_string(i) + ", out of range for " + std::string(type));
     }
     store(out, T(i));
     return Status::ok();
   }
   // Integers beyond 64 bits parse as floating point: out of every integer type's range too.
-  return bad(where + " is not an integer in " + std::string(type) + "'s range");
+  return bad(where() + " is not an integer in " + std::string(type) + "'s range");
 }
 
-Status put_float(const json& v, std::byte* out, const std::string& where, shm::DataType dtype) {
-  if (!v.is_number()) return bad(where + " is not a number");
+template <typename Where>
+Status put_float(const json& v, std::byte* out, const Where& where, shm::DataType dtype) {
+  if (!v.is_number()) return bad(where() + " is not a number");
   const double d = v.get<double>();
   switch (dtype) {
     case shm::DataType::kFp64:
@@ -80,13 +83,13 @@ Status put_float(const json& v, std::byte* out, const std::string& where, shm::D
       return Status::ok();
     case shm::DataType::kFp32: {
       const float f = float(d);
-      if (std::isinf(f)) return bad(where + " is out of range for FP32");
+      if (std::isinf(f)) return bad(where() + " is out of range for FP32");
       store(out, f);
       return Status::ok();
     }
     default: {  // kFp16
       const uint16_t h = float_to_half(float(d));
-      if ((h & 0x7c00) == 0x7c00) return bad(where + " is out of range for FP16");
+      if ((h & 0x7c00) == 0x7c00) return bad(where() + " is out of range for FP16");
       store(out, h);
       return Status::ok();
     }
@@ -94,11 +97,12 @@ Status put_float(const json& v, std::byte* out, const std::string& where, shm::D
 }
 
 // One element of `dtype` from a JSON scalar, written to `out`.
-Status put(const json& v, shm::DataType dtype, std::byte* out, const std::string& where) {
+template <typename Where>
+Status put(const json& v, shm::DataType dtype, std::byte* out, const Where& where) {
   using shm::DataType;
   switch (dtype) {
     case DataType::kBool:
-      if (!v.is_boolean()) return bad(where + " is not a boolean (true/false)");
+      if (!v.is_boolean()) return bad(where() + " is not a boolean (true/false)");
       store(out, uint8_t(v.get<bool>() ? 1 : 0));
       return Status::ok();
     case DataType::kUint8:
@@ -124,7 +128,7 @@ Status put(const json& v, shm::DataType dtype, std::byte* out, const std::string
     case DataType::kInvalid:
       break;
   }
-  return bad(where + ": the model's datatype cannot be written from JSON");
+  return bad(where() + ": the model's datatype cannot be written from JSON");
 }
 
 struct Converter {
@@ -136,32 +140,42 @@ struct Converter {
   size_t next = 0;  // elements written
 
   Status scalar(const json& v) {
-    RETURN_IF_ERROR(put(v, dtype, out + next * elem,
-                        "input " + tensor_name(tensor) + ": element " + std::to_string(next)));
+    RETURN_IF_ERROR(put(v, dtype, out + next * elem, [this] {
+      return "input " + tensor_name(tensor) + ": element " + std::to_string(next);
+    }));
     ++next;
     return Status::ok();
   }
 
   // data nested as `shape` from dimension `dim` on; recursion depth is at most the rank.
-  Status nested(const json& v, size_t dim, const std::string& path) {
+  // `at` holds the indices down to here, for messages ("data[1][0]").
+  Status nested(const json& v, size_t dim) {
     if (dim == shape.size()) {
       if (v.is_array() || v.is_object()) {
-        return bad("input " + tensor_name(tensor) + ": " + path +
+        return bad("input " + tensor_name(tensor) + ": " + path() +
                    " nests deeper than its shape " + shape_string());
       }
       return scalar(v);
     }
     if (!v.is_array() || v.size() != size_t(shape[dim])) {
-      return bad("input " + tensor_name(tensor) + ": " + path + " should be an array of " +
+      return bad("input " + tensor_name(tensor) + ": " + path() + " should be an array of " +
                  std::to_string(shape[dim]) + " (shape " + shape_string() + "), it is " +
                  (v.is_array() ? "an array of " + std::to_string(v.size()) : "not an array"));
     }
     for (size_t i = 0; i < v.size(); ++i) {
-      RETURN_IF_ERROR(nested(v[i], dim + 1, path + "[" + std::to_string(i) + "]"));
+      at.push_back(i);
+      RETURN_IF_ERROR(nested(v[i], dim + 1));
+      at.pop_back();
     }
     return Status::ok();
   }
 
+  std::string path() const {
+    std::string text = "data";
+    for (size_t i : at) text += "[" + std::to_string(i) + "]";
+    return text;
+  }
+  std::vector<size_t> at{};
   std::string shape_string() const { return shm::shape_to_string(shape); }
 };
 
@@ -183,7 +197,7 @@ Status convert(const json& data, Converter c, size_t count) {
     }
     return Status::ok();
   }
-  return c.nested(data, 0, "data");
+  return c.nested(data, 0);
 }
 
 Result<bool> optional_bool(const json& parameters, const char* key, const std::string& where) {
