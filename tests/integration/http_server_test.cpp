@@ -12,6 +12,7 @@
 #include <bit>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
@@ -633,6 +634,41 @@ TEST_F(HttpServerTest, InferOnALoadingModelIs503AndATimeoutIs503) {
   EXPECT_NE(r.body.find("error"), std::string::npos) << r.body;
   body.erase("parameters");
   EXPECT_EQ(round_trip(port_, infer_request("busy", body.dump())).status, 200);
+}
+
+TEST_F(HttpServerTest, ClientHttpTransportMatchesTheShmPath) {
+  start();
+  ASSERT_EQ(wait_ready().status, 200);
+  client::ConnectOptions o;
+  auto http = client::Client::connect_http("echo", "127.0.0.1", port_, o);
+  ASSERT_TRUE(http.is_ok()) << http.status().message();
+  EXPECT_EQ(http->spec().n_inputs, 1u);
+  EXPECT_EQ(http->spec().outputs[0].byte_size(), 16u);
+  const std::vector<int32_t> x = float_bits({0.5F, 8.0F, -1.0F, 2.5F});
+  const client::Tensor t{"x", shm::DataType::kInt32, {4}, std::as_bytes(std::span(x))};
+  auto r = http->infer(std::span(&t, 1));
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  EXPECT_EQ(r->outputs[0].data, shm_output("echo", t));
+  EXPECT_EQ(r->outputs[0].shape, std::vector<int64_t>({2, 2}));
+  // Many in flight at once through infer_async: every one answered, each with its own bytes.
+  std::vector<std::future<Result<client::InferResult>>> futures;
+  std::vector<std::vector<int32_t>> inputs;
+  for (int i = 0; i < 40; ++i) inputs.push_back({i, i + 1, i + 2, i + 3});
+  for (const auto& in : inputs) {
+    futures.push_back(http->infer_async(
+        std::vector<client::Tensor>{{"x", shm::DataType::kInt32, {4}, std::as_bytes(std::span(in))}}));
+  }
+  for (size_t i = 0; i < futures.size(); ++i) {
+    auto a = futures[i].get();
+    ASSERT_TRUE(a.is_ok()) << a.status().message();
+    EXPECT_EQ(a->outputs[0].data.size(), 16u);
+    EXPECT_EQ(std::memcmp(a->outputs[0].data.data(), inputs[i].data(), 16), 0) << i;
+  }
+  // Errors as values: a wrong dtype before the network, an unknown model from the server's 404.
+  const client::Tensor bad{"x", shm::DataType::kFp32, {4}, std::as_bytes(std::span(x))};
+  EXPECT_EQ(http->infer(std::span(&bad, 1)).status().code(), ErrorCode::kWrongDtype);
+  EXPECT_EQ(client::Client::connect_http("nope", "127.0.0.1", port_, o).status().code(),
+            ErrorCode::kUnknownModel);
 }
 
 TEST_F(HttpServerTest, MetricsParseAsPrometheusText) {
