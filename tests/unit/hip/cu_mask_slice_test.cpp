@@ -85,8 +85,14 @@ class CuMaskSliceTest : public ::testing::Test {
     return CuMaskSlice::create(std::make_unique<FakeCuMaskDevice>(log_, facts), percent, policy,
                                config, std::move(setup));
   }
-  Result<std::unique_ptr<CuMaskSlice>> make_with(double percent, CuSliceSetup setup,
+  // The setup built here, not as a braced temporary at the call (GCC 12 then warns that its
+  // vectors may be used uninitialized).
+  Result<std::unique_ptr<CuMaskSlice>> make_with(double percent, CuSlicePlacement placement,
+                                                 std::vector<CuLayerSize> layers,
                                                  CuMaskPolicy policy = CuMaskPolicy::kSpread) {
+    CuSliceSetup setup;
+    setup.placement = std::move(placement);
+    setup.layers = std::move(layers);
     return make(percent, policy, kMi50, {}, std::move(setup));
   }
   std::vector<std::string>& calls() { return log_->calls; }
@@ -270,7 +276,7 @@ TEST_F(CuMaskSliceTest, ParallelForRunsOnTheCaller) {
 
 TEST_F(CuMaskSliceTest, APlacedSliceStartsAfterTheModelsBeforeIt) {
   // MI50, three models of 30, 30 and 40%: 20 CUs from 0, 20 from 20, 24 from 40 (wrapping).
-  auto slice = make_with(30, {.placement = {{30, 30, 40}, 1}, .layers = {}});
+  auto slice = make_with(30, {{30, 30, 40}, 1}, {});
   ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
   EXPECT_EQ(calls().at(0), "create_stream(0xfffff00000, 2 words)");
   EXPECT_EQ((*slice)->cu_offset(), 20u);
@@ -293,7 +299,7 @@ TEST_F(CuMaskSliceTest, APlacedSliceStartsAfterTheModelsBeforeIt) {
 }
 
 TEST_F(CuMaskSliceTest, ThePlacementOfTheLastModelWrapsAndSaysWhatItOverlaps) {
-  auto slice = make_with(40, {.placement = {{30, 30, 40}, 2}, .layers = {}});
+  auto slice = make_with(40, {{30, 30, 40}, 2}, {});
   ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
   EXPECT_EQ(calls().at(0), "create_stream(0xfffff000000000f, 2 words)");
   EXPECT_EQ((*slice)->info().placement,
@@ -305,7 +311,7 @@ TEST_F(CuMaskSliceTest, ThePlacementOfTheLastModelWrapsAndSaysWhatItOverlaps) {
 
 TEST_F(CuMaskSliceTest, PackPlacementFillsTheNextEngine) {
   // 25% = 15 CUs = engine 0; the second model starts on engine 1 (bits 1, 5, 9, ...).
-  auto slice = make_with(25, {.placement = {{25, 25}, 1}, .layers = {}}, CuMaskPolicy::kPack);
+  auto slice = make_with(25, {{25, 25}, 1}, {}, CuMaskPolicy::kPack);
   ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
   EXPECT_EQ(calls().at(0), "create_stream(0x222222222222222, 2 words)");
   EXPECT_EQ(cus_per_engine((*slice)->layout(), (*slice)->active_mask()),
@@ -313,11 +319,11 @@ TEST_F(CuMaskSliceTest, PackPlacementFillsTheNextEngine) {
 }
 
 TEST_F(CuMaskSliceTest, ABadPlacementFailsBeforeAnyStream) {
-  auto slice = make_with(30, {.placement = {{30, 30}, 2}, .layers = {}});
+  auto slice = make_with(30, {{30, 30}, 2}, {});
   ASSERT_FALSE(slice.is_ok());
   EXPECT_EQ(slice.status().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(slice.status().message(), "cumask placement: model index 2 of 2 models");
-  auto zero = make_with(30, {.placement = {{30, 0}, 0}, .layers = {}});
+  auto zero = make_with(30, {{30, 0}, 0}, {});
   ASSERT_FALSE(zero.is_ok());
   EXPECT_NE(zero.status().message().find("cumask model 1"), std::string::npos)
       << zero.status().message();
@@ -330,7 +336,7 @@ const std::vector<CuLayerSize> kLayers = {
     {"conv1", 8}, {"conv2", 16}, {"fc", 60}, {"relu", 6}};  // relu: 6 rounds up to 8
 
 TEST_F(CuMaskSliceTest, EachEntryBuildsAStreamPerSmallerLayerCountAtLoad) {
-  auto slice = make_with(50, {.placement = {}, .layers = kLayers});
+  auto slice = make_with(50, {}, kLayers);
   ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
   EXPECT_EQ(calls(), (std::vector<std::string>{
                          "create_stream(0xffffffff, 2 words)", "stream_mask(1, 2)",
@@ -357,7 +363,7 @@ TEST_F(CuMaskSliceTest, EachEntryBuildsAStreamPerSmallerLayerCountAtLoad) {
 }
 
 TEST_F(CuMaskSliceTest, SelectSwitchesTheLayerStreamsWithTheEntry) {
-  auto slice = make_with(50, {.placement = {}, .layers = kLayers});
+  auto slice = make_with(50, {}, kLayers);
   ASSERT_TRUE(slice.is_ok());
   CuMaskSlice& s = **slice;
   calls().clear();
@@ -382,7 +388,7 @@ TEST_F(CuMaskSliceTest, SelectSwitchesTheLayerStreamsWithTheEntry) {
 }
 
 TEST_F(CuMaskSliceTest, LayerMasksAreTheFirstCusOfThePlacedSlice) {
-  auto slice = make_with(30, {.placement = {{30, 30, 40}, 1}, .layers = {{"conv1", 8}}});
+  auto slice = make_with(30, {{30, 30, 40}, 1}, {{"conv1", 8}});
   ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
   // The slice holds CUs 20-39; its 8-CU layer stream CUs 20-27, inside it and balanced.
   EXPECT_EQ(calls().at(0), "create_stream(0xfffff00000, 2 words)");
@@ -390,7 +396,7 @@ TEST_F(CuMaskSliceTest, LayerMasksAreTheFirstCusOfThePlacedSlice) {
   // Pack: the layer's CUs are the first of the slice's engine-1 CUs.
   calls().clear();
   auto pack =
-      make_with(25, {.placement = {{25, 25}, 1}, .layers = {{"conv1", 3}}}, CuMaskPolicy::kPack);
+      make_with(25, {{25, 25}, 1}, {{"conv1", 3}}, CuMaskPolicy::kPack);
   ASSERT_TRUE(pack.is_ok()) << pack.status().to_string();
   EXPECT_EQ(calls().at(0), "create_stream(0x222222222222222, 2 words)");
   EXPECT_EQ(calls().at(2), "create_stream(0x222, 2 words)");
@@ -398,7 +404,7 @@ TEST_F(CuMaskSliceTest, LayerMasksAreTheFirstCusOfThePlacedSlice) {
 
 TEST_F(CuMaskSliceTest, LayerStreamsAreDestroyedWithTheirEntryLastMadeFirst) {
   {
-    auto slice = make_with(50, {.placement = {}, .layers = kLayers});
+    auto slice = make_with(50, {}, kLayers);
     ASSERT_TRUE(slice.is_ok());
     ASSERT_TRUE((*slice)->prepare(25).is_ok());
     calls().clear();
@@ -409,7 +415,7 @@ TEST_F(CuMaskSliceTest, LayerStreamsAreDestroyedWithTheirEntryLastMadeFirst) {
 }
 
 TEST_F(CuMaskSliceTest, AFailedLayerStreamDestroysTheEntrysStreamsAndLeavesThePool) {
-  auto slice = make_with(50, {.placement = {}, .layers = kLayers});
+  auto slice = make_with(50, {}, kLayers);
   ASSERT_TRUE(slice.is_ok());
   calls().clear();
   log_->fail = "create_stream";
@@ -435,10 +441,10 @@ TEST_F(CuMaskSliceTest, WithoutLayerSizesEveryLayerGetsTheSlicesQueue) {
 }
 
 TEST_F(CuMaskSliceTest, LayerSizesThatCannotBeUsedAreRefused) {
-  auto twice = make_with(50, {.placement = {}, .layers = {{"conv1", 8}, {"conv1", 16}}});
+  auto twice = make_with(50, {}, {{"conv1", 8}, {"conv1", 16}});
   ASSERT_FALSE(twice.is_ok());
   EXPECT_EQ(twice.status().message(), "cumask right-sizing: layer conv1 is sized twice");
-  auto zero = make_with(50, {.placement = {}, .layers = {{"conv1", 0}}});
+  auto zero = make_with(50, {}, {{"conv1", 0}});
   ASSERT_FALSE(zero.is_ok());
   EXPECT_EQ(zero.status().message(), "cumask right-sizing: layer conv1 has 0 CUs");
   EXPECT_TRUE(calls().empty());
