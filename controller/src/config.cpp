@@ -345,11 +345,12 @@ class ConfigParser {
     if (!table) {
       report(node ? *node : static_cast<const toml::node&>(root), "model",
              "the request must hold exactly one model table ([[model]])");
+      issues_.back().missing = true;
     } else {
       parse_model(*table, "model", model);
       check_model_backend(*table, "model", base, model);
     }
-    RETURN_IF_ERROR(first_issue());
+    RETURN_IF_ERROR(first_issue(/*values_first=*/true));
     return model;
   }
 
@@ -378,10 +379,13 @@ class ConfigParser {
 
  private:
   // The earliest problem in the document, or ok.
-  Status first_issue() const {
+  // A loaded model's document is short and its missing keys are reported at the table's start,
+  // so there a wrong value or key (`values_first`) is named before what is missing.
+  Status first_issue(bool values_first = false) const {
     if (issues_.empty()) return Status::ok();
-    const auto first =
-        std::min_element(issues_.begin(), issues_.end(), [](const Issue& a, const Issue& b) {
+    const auto first = std::min_element(
+        issues_.begin(), issues_.end(), [values_first](const Issue& a, const Issue& b) {
+          if (values_first && a.missing != b.missing) return b.missing;
           return a.pos.line != b.pos.line ? a.pos.line < b.pos.line : a.pos.column < b.pos.column;
         });
     return Status(ErrorCode::kInvalidArgument, first->text);
@@ -390,6 +394,7 @@ class ConfigParser {
   struct Issue {
     toml::source_position pos;
     std::string text;
+    bool missing = false;  // a required key or table is absent
   };
 
   // Where the first model's name and slice were seen, for the checks across models.
@@ -440,6 +445,7 @@ class ConfigParser {
   bool require(const toml::table& table, std::string_view prefix, std::string_view key) {
     if (table.contains(key)) return true;
     report(table, join_key(prefix, key), "missing required key");
+    issues_.back().missing = true;
     return false;
   }
 
