@@ -153,7 +153,7 @@ struct ModelState {
 };
 
 // A model's segment and client, as the front-end serves it.
-Result<std::unique_ptr<ModelState>> open_model(const std::string& instance, const HttpModel& m) {
+Result<std::shared_ptr<ModelState>> open_model(const std::string& instance, const HttpModel& m) {
   ASSIGN_OR_RETURN(std::string name, shm::segment_name(instance, m.name));
   Result<shm::Segment> segment = shm::Segment::attach(name);
   if (!segment.is_ok()) return segment.status().with_context("HTTP front-end");
@@ -162,7 +162,7 @@ Result<std::unique_ptr<ModelState>> open_model(const std::string& instance, cons
   connect.spin = std::chrono::microseconds(0);  // the completion thread waits on the bell
   Result<client::Client> c = client::Client::connect(m.name, connect);
   if (!c.is_ok()) return c.status().with_context("HTTP front-end");
-  return std::make_unique<ModelState>(
+  return std::make_shared<ModelState>(
       ModelState{m, std::move(segment).value(), std::move(c).value(), 0, {}, {}});
 }
 
@@ -171,9 +171,10 @@ Result<std::unique_ptr<ModelState>> open_model(const std::string& instance, cons
 struct HttpServer::Impl {
   HttpServerOptions options;
   // Before `ioc`: destroyed after it, so a SlotResult in a pending handler still finds its
-  // Client when the io_context destroys that handler.
-  std::vector<std::unique_ptr<ModelState>> models;
-  std::vector<std::unique_ptr<ModelState>> removed;  // unloaded; sessions may still point here
+  // Client when the io_context destroys that handler. A session shares its request's model, so
+  // an unloaded one lives on until its last request is answered, then goes (on the I/O thread:
+  // completion threads hold sessions only by weak reference).
+  std::vector<std::shared_ptr<ModelState>> models;
   uint32_t connections = 0;  // I/O thread only
   std::mutex gate_mu;
   bool gate_open = true;  // false once the I/O thread is gone: completions are dropped
@@ -200,9 +201,9 @@ struct HttpServer::Impl {
   std::optional<Response> check_token(const http::request_header<>& req) const;
   Response handle(const Request& req);
   // The one lookup of a model by name (the model list may change while serving).
-  ModelState* find(std::string_view name) {
+  std::shared_ptr<ModelState> find(std::string_view name) {
     for (auto& m : models) {
-      if (m->info.name == name) return m.get();
+      if (m->info.name == name) return m;
     }
     return nullptr;
   }
@@ -651,6 +652,11 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void send(Response res, bool close_after) {
+    // The answer is out of the slots by now; an unloaded model need not wait for this
+    // connection's next request to go.
+    prepared_.clear();
+    results_.clear();
+    model_.reset();
     res_ = std::move(res);
     res_.keep_alive(!close_after);
     res_.prepare_payload();
@@ -687,7 +693,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool keep_alive_ = true;
 
   // The infer request in progress.
-  ModelState* model_ = nullptr;
+  // Shared from the request's start to its answer (see Impl::models). Declared before the slots
+  // and results below, so it outlives them.
+  std::shared_ptr<ModelState> model_;
   bool expect_continue_ = false;
   std::optional<http::response<http::empty_body>> continue_;
   std::optional<uint64_t> json_len_;  // unset: chunked without a binary part
@@ -775,7 +783,7 @@ Response HttpServer::Impl::handle(const Request& req) {
     const std::string_view name = rest.substr(0, slash);
     const std::string_view action =
         slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
-    ModelState* m = find(name);
+    const std::shared_ptr<ModelState> m = find(name);
     if (m == nullptr) {
       return error_response(http::status::not_found, "unknown model '" + std::string(name) + "'");
     }
@@ -900,7 +908,7 @@ HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HttpServer::~HttpServer() = default;
 
 Status HttpServer::add_model(const HttpModel& model) {
-  ASSIGN_OR_RETURN(std::unique_ptr<ModelState> state, open_model(impl_->options.instance, model));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> state, open_model(impl_->options.instance, model));
   Impl* impl = impl_.get();
   impl->post([impl, m = std::move(state)]() mutable { impl->models.push_back(std::move(m)); });
   spdlog::info("http: serving model {}", model.name);
@@ -912,9 +920,7 @@ void HttpServer::remove_model(const std::string& name) {
   impl->post([impl, name] {
     auto it = std::find_if(impl->models.begin(), impl->models.end(),
                            [&](const auto& m) { return m->info.name == name; });
-    if (it == impl->models.end()) return;
-    impl->removed.push_back(std::move(*it));
-    impl->models.erase(it);
+    if (it != impl->models.end()) impl->models.erase(it);
   });
   spdlog::info("http: model {} no longer served", name);
 }
@@ -931,7 +937,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const HttpServerOptions& o
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   for (const HttpModel& m : options.models) {
-    ASSIGN_OR_RETURN(std::unique_ptr<ModelState> model, open_model(options.instance, m));
+    ASSIGN_OR_RETURN(std::shared_ptr<ModelState> model, open_model(options.instance, m));
     impl->models.push_back(std::move(model));
   }
 

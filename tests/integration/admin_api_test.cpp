@@ -2,11 +2,7 @@
 // TCP and HTTP as they come and go), every /v2/admin route over HTTP with and without the token,
 // slicectl --server, and the policy and SLO metrics.
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 
 #include <atomic>
 #include <nlohmann/json.hpp>
@@ -18,6 +14,7 @@
 #include "support/cli_run.h"
 #include "support/daemon_harness.h"
 #include "support/free_port.h"
+#include "support/raw_http.h"
 
 namespace sliceserve::testing {
 namespace {
@@ -33,39 +30,14 @@ struct Reply {
 };
 
 // One request on a fresh connection ("Connection: close"), the reply read until the server
-// closes it or 10 s pass.
+// closes it or is silent for 10 s.
 Reply http(uint16_t port, const std::string& method, const std::string& target,
            const std::string& body = "", const std::string& token = "") {
-  Reply r;
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return r;
-  }
   std::string raw = method + " " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
   if (!token.empty()) raw += "Authorization: Bearer " + token + "\r\n";
   raw += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  send(fd, raw.data(), raw.size(), MSG_NOSIGNAL);
-  std::string in;
-  char buf[4096];
-  for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, 10000) <= 0) break;
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    in.append(buf, size_t(n));
-  }
-  close(fd);
-  const size_t end = in.find("\r\n\r\n");
-  if (in.rfind("HTTP/1.1 ", 0) != 0 || end == std::string::npos) return r;
-  r.status = std::stoi(in.substr(9, 3));
-  r.text = in.substr(end + 4);
-  r.body = nlohmann::json::parse(r.text, nullptr, false);
-  return r;
+  const HttpReply in = http_round_trip(port, raw, 10s);
+  return {in.status, nlohmann::json::parse(in.body, nullptr, false), in.body};
 }
 
 std::string null_model_json(const std::string& name, double slice) {
@@ -277,6 +249,38 @@ TEST_F(AdminApiTest, UnloadWhileClientsSubmitEndsTheirRequestsWithErrorsAndRemov
   EXPECT_EQ(run_one(echo, 3), (std::vector<float>{3, 4, 5, 6}));
   ASSERT_EQ(admin("POST", "/v2/admin/models/load", null_model_json("doomed", 10)).status, 200);
   EXPECT_NE(wait_serving(instance_, "doomed", 30s), 0u) << log();
+}
+
+// Whether the process maps a file of the model's segment (/dev/shm/NAME, "(deleted)" once
+// unlinked).
+bool maps_segment(pid_t pid, const std::string& instance, const std::string& model) {
+  const Result<std::string> name = shm::segment_name(instance, model);
+  const std::string file = "/dev/shm/" + name->substr(name->find_first_not_of('/'));
+  return read_file("/proc/" + std::to_string(pid) + "/maps").find(file) != std::string::npos;
+}
+
+TEST_F(AdminApiTest, AnUnloadedModelIsUnmappedByTheFrontEndsAfterTheirLastRequest) {
+  start();
+  ASSERT_EQ(admin("POST", "/v2/admin/models/load", null_model_json("brief", 10)).status, 200);
+  ASSERT_NE(wait_serving(instance_, "brief", 30s), 0u) << log();
+  // A keep-alive HTTP connection and a TCP client each answered once, and both stay open.
+  const int keep = connect_loopback(http_port_);
+  ASSERT_GE(keep, 0);
+  const std::string body =
+      R"({"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]})";
+  const std::string raw = "POST /v2/models/brief/infer HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                          std::to_string(body.size()) + "\r\n\r\n" + body;
+  send(keep, raw.data(), raw.size(), MSG_NOSIGNAL);
+  EXPECT_EQ(parse_http_reply(read_until_closed(keep, 500ms)).status, 200);
+  auto tcp = client::Client::connect_tcp("brief", "127.0.0.1", tcp_port_);
+  ASSERT_TRUE(tcp.is_ok()) << tcp.status().message();
+  EXPECT_EQ(run_one(*tcp, 1), (std::vector<float>{1, 2, 3, 4}));
+  ASSERT_TRUE(maps_segment(daemon_->pid(), instance_, "brief"));
+
+  ASSERT_EQ(admin("POST", "/v2/admin/models/brief/unload").status, 200);
+  EXPECT_TRUE(eventually([&] { return !maps_segment(daemon_->pid(), instance_, "brief"); }))
+      << "the daemon still maps the unloaded model's segment\n" << log();
+  close(keep);
 }
 
 TEST_F(AdminApiTest, EveryRouteAnswersWithTheTokenAndNoneWithout) {

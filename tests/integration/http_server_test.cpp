@@ -3,11 +3,7 @@
 // checked against the shared-memory path), every refused request answered with its error while
 // other connections are served, tokens, limits, truncated bodies and pipelining.
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 
 #include <bit>
 #include <cstring>
@@ -23,6 +19,7 @@
 #include "support/daemon_harness.h"
 #include "support/free_port.h"
 #include "support/onnx_model_builder.h"
+#include "support/raw_http.h"
 
 namespace sliceserve::testing {
 namespace {
@@ -30,77 +27,6 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr const char* kToken = "a-token-of-twenty-chars";
-
-struct Reply {
-  int status = 0;  // 0: no reply
-  std::string head;
-  std::string body;
-};
-
-// Sends `raw` on a fresh connection and reads until the server closes it (requests carry
-// "Connection: close") or 5 s pass.
-Reply round_trip(uint16_t port, const std::string& raw) {
-  Reply r;
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return r;
-  }
-  send(fd, raw.data(), raw.size(), MSG_NOSIGNAL);
-  std::string in;
-  char buf[4096];
-  for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, 5000) <= 0) break;
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    in.append(buf, size_t(n));
-  }
-  close(fd);
-  const size_t end = in.find("\r\n\r\n");
-  if (in.rfind("HTTP/1.1 ", 0) != 0 || end == std::string::npos) return r;
-  r.status = std::stoi(in.substr(9, 3));
-  r.head = in.substr(0, end);
-  r.body = in.substr(end + 4);
-  return r;
-}
-
-// A header's value in a reply's head ("" when absent).
-std::string header(const Reply& r, const std::string& name) {
-  std::istringstream in(r.head);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.size() > name.size() + 1 && strncasecmp(line.c_str(), name.c_str(), name.size()) == 0 &&
-        line[name.size()] == ':') {
-      return line.substr(name.size() + 2);
-    }
-  }
-  return "";
-}
-
-// The replies one after another in what round_trip read as one (keep-alive, pipelined).
-std::vector<Reply> split_replies(const Reply& all) {
-  std::vector<Reply> out;
-  std::string in = all.status == 0 ? "" : all.head + "\r\n\r\n" + all.body;
-  while (in.rfind("HTTP/1.1 ", 0) == 0) {
-    const size_t end = in.find("\r\n\r\n");
-    if (end == std::string::npos) break;
-    Reply r;
-    r.status = std::stoi(in.substr(9, 3));
-    r.head = in.substr(0, end);
-    const std::string length = header(r, "Content-Length");
-    const size_t n = length.empty() ? 0 : std::stoul(length);
-    r.body = in.substr(end + 4, n);
-    out.push_back(r);
-    in.erase(0, std::min(in.size(), end + 4 + n));
-  }
-  return out;
-}
 
 // POST /v2/models/{model}/infer; `json` then `binary` (with Inference-Header-Content-Length when
 // there is a binary part).
@@ -132,9 +58,9 @@ std::string tiny_gemm() {
   return b.bytes();
 }
 
-Reply request(uint16_t port, const std::string& method, const std::string& target,
+HttpReply request(uint16_t port, const std::string& method, const std::string& target,
               const std::string& extra_headers = "") {
-  return round_trip(port, method + " " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
+  return http_round_trip(port, method + " " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
                               extra_headers + "\r\n");
 }
 
@@ -202,8 +128,8 @@ class HttpServerTest : public ::testing::Test {
     }
   }
   // The front-end's port is bound by the time the daemon serves; health needs the worker too.
-  Reply wait_ready() {
-    Reply r;
+  HttpReply wait_ready() {
+    HttpReply r;
     for (int i = 0; i < 200; ++i) {
       r = request(port_, "GET", "/v2/health/ready");
       if (r.status == 200) break;
@@ -222,14 +148,14 @@ TEST_F(HttpServerTest, HealthEndpointsAnswer200OnceTheWorkerServes) {
   start();
   EXPECT_EQ(request(port_, "GET", "/v2/health/live").status, 200);
   EXPECT_EQ(wait_ready().status, 200);
-  Reply r = request(port_, "GET", "/v2/models/echo/ready");
+  HttpReply r = request(port_, "GET", "/v2/models/echo/ready");
   EXPECT_EQ(r.status, 200);
   EXPECT_TRUE(r.body.empty());
 }
 
 TEST_F(HttpServerTest, ServerMetadataNamesSliceserve) {
   start();
-  Reply r = request(port_, "GET", "/v2");
+  HttpReply r = request(port_, "GET", "/v2");
   ASSERT_EQ(r.status, 200);
   auto j = nlohmann::json::parse(r.body);
   EXPECT_EQ(j["name"], "sliceserve");
@@ -240,7 +166,7 @@ TEST_F(HttpServerTest, ServerMetadataNamesSliceserve) {
 
 TEST_F(HttpServerTest, ModelMetadataHasKServeDatatypesAndBatchDimension) {
   start();
-  Reply r = request(port_, "GET", "/v2/models/echo");
+  HttpReply r = request(port_, "GET", "/v2/models/echo");
   ASSERT_EQ(r.status, 200) << r.body;
   auto j = nlohmann::json::parse(r.body);
   EXPECT_EQ(j["name"], "echo");
@@ -256,11 +182,11 @@ TEST_F(HttpServerTest, ModelMetadataHasKServeDatatypesAndBatchDimension) {
 TEST_F(HttpServerTest, UnknownModelsPathsAndMethodsGetJsonErrors) {
   start();
   for (const char* target : {"/v2/models/nope", "/v2/models/nope/ready", "/nothing"}) {
-    Reply r = request(port_, "GET", target);
+    HttpReply r = request(port_, "GET", target);
     EXPECT_EQ(r.status, 404) << target;
     EXPECT_TRUE(nlohmann::json::parse(r.body).contains("error")) << r.body;
   }
-  Reply r = request(port_, "DELETE", "/v2/health/live");
+  HttpReply r = request(port_, "DELETE", "/v2/health/live");
   EXPECT_EQ(r.status, 405);
   EXPECT_NE(r.head.find("Allow: GET"), std::string::npos) << r.head;
 }
@@ -290,9 +216,9 @@ TEST_F(HttpServerTest, JsonInferOnTheNullModelMatchesTheShmPath) {
   const nlohmann::json body = {
       {"id", "r-1"},
       {"inputs", {{{"name", "x"}, {"shape", {1, 4}}, {"datatype", "INT32"}, {"data", x}}}}};
-  Reply r = round_trip(port_, infer_request("echo", body.dump()));
+  HttpReply r = http_round_trip(port_, infer_request("echo", body.dump()));
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(header(r, "Content-Type"), "application/json");
+  EXPECT_EQ(http_header(r, "Content-Type"), "application/json");
   const auto j = nlohmann::json::parse(r.body);
   EXPECT_EQ(j["model_name"], "echo");
   EXPECT_EQ(j["model_version"], "1");
@@ -308,7 +234,7 @@ TEST_F(HttpServerTest, JsonInferOnTheNullModelMatchesTheShmPath) {
       {"inputs",
        {{{"name", "x"}, {"shape", {2, 4}}, {"datatype", "INT32"}, {"data", {x, x2}}}}},
       {"outputs", {{{"name", "y"}}}}};
-  r = round_trip(port_, infer_request("echo", batch.dump()));
+  r = http_round_trip(port_, infer_request("echo", batch.dump()));
   ASSERT_EQ(r.status, 200) << r.body;
   const auto jb = nlohmann::json::parse(r.body);
   EXPECT_FALSE(jb.contains("id"));
@@ -333,7 +259,7 @@ TEST_F(HttpServerTest, JsonInferOnSyntheticAndOnnxModelsMatchesTheShmPath) {
     ASSERT_FALSE(want.empty()) << model;
     const nlohmann::json body = {
         {"inputs", {{{"name", in}, {"shape", {1, 4}}, {"datatype", "FP32"}, {"data", x}}}}};
-    Reply r = round_trip(port_, infer_request(model, body.dump()));
+    HttpReply r = http_round_trip(port_, infer_request(model, body.dump()));
     ASSERT_EQ(r.status, 200) << model << ": " << r.body;
     const auto j = nlohmann::json::parse(r.body);
     EXPECT_EQ(j["outputs"][0]["name"], out);
@@ -344,7 +270,7 @@ TEST_F(HttpServerTest, JsonInferOnSyntheticAndOnnxModelsMatchesTheShmPath) {
   // The ONNX model's answer is W x + b itself, not merely what shared memory says.
   const nlohmann::json body = {
       {"inputs", {{{"name", "features"}, {"shape", {1, 4}}, {"datatype", "FP32"}, {"data", x}}}}};
-  const auto j = nlohmann::json::parse(round_trip(port_, infer_request("gemm", body.dump())).body);
+  const auto j = nlohmann::json::parse(http_round_trip(port_, infer_request("gemm", body.dump())).body);
   const std::vector<float> got = j["outputs"][0]["data"].get<std::vector<float>>();
   EXPECT_NEAR(got[0], 0.25F + 1.0F + 4.0F + 1.0F + 0.1F, 1e-5);
   EXPECT_NEAR(got[1], 5.5F + 0.2F, 1e-5);
@@ -367,10 +293,10 @@ TEST_F(HttpServerTest, BinaryInferCarriesRawTensorsBothWays) {
          {"parameters", {{"binary_data_size", 4}}}}}},
       {"outputs", {{{"name", "o"}, {"parameters", {{"binary_data", true}}}}}}};
   const std::string json = head.dump();
-  Reply r = round_trip(port_, infer_request("mixed", json, bytes_of(a) + bytes_of(b) + bytes_of(c)));
+  HttpReply r = http_round_trip(port_, infer_request("mixed", json, bytes_of(a) + bytes_of(b) + bytes_of(c)));
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(header(r, "Content-Type"), "application/octet-stream");
-  const size_t n = std::stoul(header(r, "Inference-Header-Content-Length"));
+  EXPECT_EQ(http_header(r, "Content-Type"), "application/octet-stream");
+  const size_t n = std::stoul(http_header(r, "Inference-Header-Content-Length"));
   ASSERT_LE(n, r.body.size());
   const auto j = nlohmann::json::parse(r.body.substr(0, n));
   EXPECT_EQ(j["id"], "bin");
@@ -403,10 +329,10 @@ TEST_F(HttpServerTest, BinaryInputWithJsonOutputAnswersJson) {
          {"parameters", {{"binary_data_size", 3}}}},
         {{"name", "b"}, {"shape", {1, 2}}, {"datatype", "FP16"}, {"data", {1.0, -2.5}}},
         {{"name", "c"}, {"shape", {1, 2}}, {"datatype", "BOOL"}, {"data", {true, false}}}}}};
-  Reply r = round_trip(port_, infer_request("mixed", head.dump(), bytes_of(a)));
+  HttpReply r = http_round_trip(port_, infer_request("mixed", head.dump(), bytes_of(a)));
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(header(r, "Content-Type"), "application/json");
-  EXPECT_EQ(header(r, "Inference-Header-Content-Length"), "");
+  EXPECT_EQ(http_header(r, "Content-Type"), "application/json");
+  EXPECT_EQ(http_header(r, "Inference-Header-Content-Length"), "");
   const auto j = nlohmann::json::parse(r.body);
   ASSERT_EQ(j["outputs"].size(), 2u);  // every output, in the model's order
   EXPECT_EQ(j["outputs"][0]["data"], nlohmann::json({9, 8, 7}));
@@ -416,9 +342,9 @@ TEST_F(HttpServerTest, BinaryInputWithJsonOutputAnswersJson) {
   // binary_data_output asks for every output in binary.
   nlohmann::json all = head;
   all["parameters"] = {{"binary_data_output", true}};
-  r = round_trip(port_, infer_request("mixed", all.dump(), bytes_of(a)));
+  r = http_round_trip(port_, infer_request("mixed", all.dump(), bytes_of(a)));
   ASSERT_EQ(r.status, 200) << r.body;
-  const size_t n = std::stoul(header(r, "Inference-Header-Content-Length"));
+  const size_t n = std::stoul(http_header(r, "Inference-Header-Content-Length"));
   EXPECT_EQ(r.body.size(), n + 3 + 8);
   EXPECT_EQ(r.body.substr(n, 3), bytes_of(a));
 }
@@ -485,15 +411,15 @@ TEST_F(HttpServerTest, RefusedInferRequestsGet400NamingTheTensorWhileOthersAreSe
   std::atomic<int> served{0}, failed{0};
   std::thread other([&] {
     while (!stop) {
-      const Reply r = round_trip(port_, infer_request("echo", good));
+      const HttpReply r = http_round_trip(port_, infer_request("echo", good));
       (r.status == 200 ? served : failed)++;
     }
   });
   for (const Case& c : cases) {
     // The refused request, then a good one on the same connection: a 400 keeps it open.
-    const Reply both = round_trip(port_, infer_request(c.model, c.body, c.binary, false) +
+    const HttpReply both = http_round_trip(port_, infer_request(c.model, c.body, c.binary, false) +
                                              infer_request("echo", good));
-    const std::vector<Reply> replies = split_replies(both);
+    const std::vector<HttpReply> replies = split_http_replies(both);
     ASSERT_EQ(replies.size(), 2u) << c.error << "\n" << both.head << both.body;
     EXPECT_EQ(replies[0].status, 400) << c.error;
     const auto j = nlohmann::json::parse(replies[0].body, nullptr, false);
@@ -507,7 +433,7 @@ TEST_F(HttpServerTest, RefusedInferRequestsGet400NamingTheTensorWhileOthersAreSe
   EXPECT_GT(served.load(), 0);
   EXPECT_EQ(failed.load(), 0);
   // Unknown model and wrong method.
-  EXPECT_EQ(round_trip(port_, infer_request("nope", good)).status, 404);
+  EXPECT_EQ(http_round_trip(port_, infer_request("nope", good)).status, 404);
   EXPECT_EQ(request(port_, "GET", "/v2/models/echo/infer").status, 405);
 }
 
@@ -516,23 +442,11 @@ TEST_F(HttpServerTest, TruncatedAndOversizedInferBodiesAreRefused) {
   // Part of a request, then the client ends its side (what a dying client does): the server says
   // the body was cut short, then closes.
   auto truncated = [&](const std::string& part) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port_);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    const int fd = connect_loopback(port_);
+    EXPECT_GE(fd, 0);
     send(fd, part.data(), part.size(), MSG_NOSIGNAL);
     shutdown(fd, SHUT_WR);
-    std::string in;
-    char buf[4096];
-    for (;;) {
-      pollfd p{fd, POLLIN, 0};
-      if (poll(&p, 1, 5000) <= 0) break;
-      const ssize_t n = recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      in.append(buf, size_t(n));
-    }
+    std::string in = read_until_closed(fd, 5s);
     close(fd);
     return in;
   };
@@ -555,17 +469,17 @@ TEST_F(HttpServerTest, TruncatedAndOversizedInferBodiesAreRefused) {
       nlohmann::json{{"parameters", {{"timeout", 3000000}}},
                      {"inputs", {{{"name", "x"}, {"shape", {16, 4}}, {"datatype", "INT32"},
                                   {"data", std::vector<int>(64, 5)}}}}}.dump();
-  Reply full = round_trip(port_, infer_request("echo", all_slots));
+  HttpReply full = http_round_trip(port_, infer_request("echo", all_slots));
   EXPECT_EQ(full.status, 200) << full.body;
-  Reply r;
+  HttpReply r;
   // Over the limit (1 MiB here): 413 at once, from Content-Length alone.
-  r = round_trip(port_, "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n"
+  r = http_round_trip(port_, "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n"
                         "Content-Length: 2000000\r\n\r\n");
   EXPECT_EQ(r.status, 413);
   EXPECT_NE(r.body.find("1048576"), std::string::npos) << r.body;
   // A header length beyond the body, and a zero one.
   for (const char* bad : {"99999", "0", "x"}) {
-    r = round_trip(port_, "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    r = http_round_trip(port_, "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                           "Content-Length: 2\r\nInference-Header-Content-Length: " +
                               std::string(bad) + "\r\n\r\n{}");
     EXPECT_EQ(r.status, 400) << bad << r.body;
@@ -584,7 +498,7 @@ TEST_F(HttpServerTest, PipelinedInferRequestsOnOneConnectionAnswerInOrder) {
     if (i == 2) all += "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
   }
   all += "GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  const std::vector<Reply> replies = split_replies(round_trip(port_, all));
+  const std::vector<HttpReply> replies = split_http_replies(http_round_trip(port_, all));
   ASSERT_EQ(replies.size(), 8u);
   int next = 0;
   for (size_t k = 0; k < 7; ++k) {
@@ -606,8 +520,8 @@ TEST_F(HttpServerTest, InferNeedsTheToken) {
   const std::string body =
       nlohmann::json{{"inputs", {{{"name", "x"}, {"shape", {1, 4}}, {"datatype", "INT32"},
                                   {"data", {1, 2, 3, 4}}}}}}.dump();
-  EXPECT_EQ(round_trip(port_, infer_request("echo", body)).status, 401);
-  EXPECT_EQ(round_trip(port_, infer_request("echo", body, "", true,
+  EXPECT_EQ(http_round_trip(port_, infer_request("echo", body)).status, 401);
+  EXPECT_EQ(http_round_trip(port_, infer_request("echo", body, "", true,
                                             std::string("Authorization: Bearer ") + kToken + "\r\n"))
                 .status,
             200);
@@ -625,15 +539,15 @@ TEST_F(HttpServerTest, InferOnALoadingModelIs503AndATimeoutIs503) {
         {"busy"});
   nlohmann::json body = {
       {"inputs", {{{"name", "x"}, {"shape", {1, 1}}, {"datatype", "FP32"}, {"data", {1.0}}}}}};
-  Reply r = round_trip(port_, infer_request("slow", body.dump()));
+  HttpReply r = http_round_trip(port_, infer_request("slow", body.dump()));
   EXPECT_EQ(r.status, 503) << r.body;
   EXPECT_NE(r.body.find("no serving worker"), std::string::npos) << r.body;
   body["parameters"] = {{"timeout", 1000}};  // microseconds, as Triton's
-  r = round_trip(port_, infer_request("busy", body.dump()));
+  r = http_round_trip(port_, infer_request("busy", body.dump()));
   EXPECT_EQ(r.status, 503) << r.body;
   EXPECT_NE(r.body.find("error"), std::string::npos) << r.body;
   body.erase("parameters");
-  EXPECT_EQ(round_trip(port_, infer_request("busy", body.dump())).status, 200);
+  EXPECT_EQ(http_round_trip(port_, infer_request("busy", body.dump())).status, 200);
 }
 
 TEST_F(HttpServerTest, ClientHttpTransportMatchesTheShmPath) {
@@ -681,7 +595,7 @@ TEST_F(HttpServerTest, MetricsParseAsPrometheusText) {
   int32_t x[4] = {1, 2, 3, 4};
   client::Tensor t{"x", shm::DataType::kInt32, {4}, std::as_bytes(std::span(x))};
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(c->infer(std::span(&t, 1)).is_ok());
-  Reply r = request(port_, "GET", "/metrics");
+  HttpReply r = request(port_, "GET", "/metrics");
   ASSERT_EQ(r.status, 200);
   EXPECT_NE(r.head.find("text/plain"), std::string::npos);
   const std::regex sample(
@@ -722,18 +636,14 @@ TEST_F(HttpServerTest, MetricsParseAsPrometheusText) {
 TEST_F(HttpServerTest, MalformedAndOversizedRequestsGet400And431WhileOthersAreServed) {
   start();
   // A client that sends half a request and waits holds its connection open meanwhile.
-  const int slow = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port_);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(slow, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const int slow = connect_loopback(port_);
+  ASSERT_GE(slow, 0);
   send(slow, "GET /v2 HT", 10, MSG_NOSIGNAL);
 
-  Reply bad_line;
-  Reply big;
-  Reply good;
-  std::thread t1([&] { bad_line = round_trip(port_, "GARBAGE\r\n\r\n"); });
+  HttpReply bad_line;
+  HttpReply big;
+  HttpReply good;
+  std::thread t1([&] { bad_line = http_round_trip(port_, "GARBAGE\r\n\r\n"); });
   std::thread t2([&] {
     big = request(port_, "GET", "/v2", "X-Big: " + std::string(64 * 1024, 'a') + "\r\n");
   });
@@ -745,7 +655,7 @@ TEST_F(HttpServerTest, MalformedAndOversizedRequestsGet400And431WhileOthersAreSe
   EXPECT_TRUE(nlohmann::json::parse(bad_line.body).contains("error"));
   EXPECT_EQ(big.status, 431);
   EXPECT_EQ(good.status, 200);
-  Reply body = round_trip(port_,
+  HttpReply body = http_round_trip(port_,
                           "POST /v2/models/echo/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                           "Content-Length: 100000\r\n\r\n");
   EXPECT_EQ(body.status, 413);  // 4 KiB for bodies other than infer's
@@ -755,7 +665,7 @@ TEST_F(HttpServerTest, MalformedAndOversizedRequestsGet400And431WhileOthersAreSe
 
 TEST_F(HttpServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
   start();
-  Reply r = round_trip(port_,
+  HttpReply r = http_round_trip(port_,
                        "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
                        "GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(r.status, 200);
@@ -764,7 +674,7 @@ TEST_F(HttpServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
 
 TEST_F(HttpServerTest, TokenIsAskedAsBearerHeader) {
   start(std::string("token = \"") + kToken + "\"\n");
-  Reply no = request(port_, "GET", "/v2");
+  HttpReply no = request(port_, "GET", "/v2");
   EXPECT_EQ(no.status, 401);
   EXPECT_NE(no.head.find("WWW-Authenticate: Bearer"), std::string::npos);
   EXPECT_EQ(request(port_, "GET", "/v2", "Authorization: Bearer wrong-token-of-twenty\r\n").status,
