@@ -8,17 +8,18 @@
 #include <string>
 #include <utility>
 
+#include "cu_mask_slice_internal.h"
 #include "hip_runtime_api.h"
 #include "sliceserve/backends/hip/hip_runtime.h"
 
 namespace sliceserve::backends {
 namespace {
 
-// The real device over the loaded runtime.
+// The real device over a runtime table: the loaded one, or a test's emulated one.
 class HipCuMaskDevice final : public CuMaskDevice {
  public:
-  HipCuMaskDevice(const HipRuntime& runtime, HipDeviceInfo info)
-      : api_(runtime.api()), info_(std::move(info)) {}
+  HipCuMaskDevice(const HipRuntimeApi& api, HipDeviceInfo info)
+      : api_(api), info_(std::move(info)) {}
 
   std::string name() const override {
     return info_.name + " (device " + std::to_string(info_.index) + ")";
@@ -52,13 +53,16 @@ class HipCuMaskDevice final : public CuMaskDevice {
 
 }  // namespace
 
+std::unique_ptr<CuMaskDevice> hip_cu_mask_device(const HipRuntimeApi& api, HipDeviceInfo info) {
+  return std::make_unique<HipCuMaskDevice>(api, std::move(info));
+}
+
 Result<std::unique_ptr<CuMaskDevice>> hip_cu_mask_device(int index) {
   ASSIGN_OR_RETURN(const HipRuntime* runtime, load_hip_runtime());
   ASSIGN_OR_RETURN(HipDeviceInfo info, runtime->device_info(index));
   // Streams are created on the calling thread's current device.
   SS_HIP_CHECK(runtime->api(), runtime->api().hipSetDevice(index));
-  return std::unique_ptr<CuMaskDevice>(
-      std::make_unique<HipCuMaskDevice>(*runtime, std::move(info)));
+  return hip_cu_mask_device(runtime->api(), std::move(info));
 }
 
 Result<std::vector<CuLayerSize>> right_sizes(const LayerProfile& profile) {

@@ -1,9 +1,9 @@
 // The HIP executor's host code on an emulated device, against the cpu executor: every torchvision
 // export under models/ and a hand-made Gemm/MatMul plan, run through the executor's real compile
-// and run paths with the HIP runtime replaced by a recording fake whose "device" is host memory:
-// module launches run the kernels' own bodies on the host by name (device_host_kernels.h), copies
-// are memcpy, events and streams are handles whose use is recorded. What is checked here is
-// everything but the GPU: buffer placement, every launch's parameters, the stream of every call,
+// and run paths with the HIP runtime replaced by a recording fake whose "device" is host memory
+// (support/emulated_hip_runtime.h): module launches run the kernels' own bodies on the host by
+// name, copies are memcpy, events and streams are handles whose use is recorded. What is checked
+// here is everything but the GPU: buffer placement, every launch's parameters, the stream of every call,
 // the events that order per-layer streams (and that none is recorded without them), copies per
 // item from registered memory, per-step timing, where the weights go, and the checked calls'
 // error text.
@@ -24,216 +24,51 @@
 #include "hip_runtime_api.h"
 #include "sliceserve/backends/cpu/cpu_slice.h"
 #include "sliceserve/backends/hip/hip_executor.h"
-#include "support/device_host_kernels.h"
 #include "support/emulated_executor.h"
+#include "support/emulated_hip_runtime.h"
 #include "support/torchvision_models.h"
 
 namespace sliceserve::backends {
 namespace {
 
+using testing::emulated_hip_runtime;
 using testing::expect_close;
 using testing::FakeDeviceStore;
 using testing::gemm_matmul_plan;
+using testing::hip_device;
+using testing::HipCopy;
+using testing::kEmulatedCodeObject;
 using testing::plans_of;
 using testing::QueueContext;
 using testing::random_inputs;
 using testing::run;
 
-// ---- the emulated device ---------------------------------------------------------------------
-
-struct Copy {
-  hipMemcpyKind kind;
-  const void* src;
-  size_t bytes;
-  hipStream_t stream;
-};
-
-// What the fake saw, and the knobs the tests turn. Work runs when it is enqueued (the host is
-// one in-order "device"), so what is asserted is which stream and event each call named.
-struct Device {
-  std::map<hipFunction_t, DeviceKernel> functions;
-  std::vector<int> devices_set;
-  const void* image = nullptr;
-  std::vector<hipStream_t> launch_streams;  // per kernel launch
-  std::vector<DeviceKernel> launched;
-  std::vector<Copy> copies;
-  std::vector<hipStream_t> synchronized;
-  std::vector<std::pair<hipEvent_t, hipStream_t>> records;  // hipEventRecord(event, stream)
-  std::vector<std::pair<hipStream_t, hipEvent_t>> waits;    // hipStreamWaitEvent(stream, event)
-  std::map<hipEvent_t, unsigned> event_flags;               // live events
-  int events_created = 0;
-  int allocations = 0;
-  int modules = 0;
-  std::vector<std::pair<void*, size_t>> registered;
-  int unregistered = 0;
-  hipError_t fail_malloc = hipSuccess;
-  bool unknown_kernel = false;  // hipModuleGetFunction fails for ss_gemm
-};
-
-Device& device() {
-  static Device d;
-  return d;
-}
-
-template <typename T>
-T handle(uintptr_t value) {
-  return reinterpret_cast<T>(value);
-}
-
-const char* fake_error_name(hipError_t error) {
-  return error == hipErrorOutOfMemory ? "hipErrorOutOfMemory" : "hipErrorFake";
-}
-const char* fake_error_string(hipError_t error) {
-  return error == hipErrorOutOfMemory ? "out of memory" : "fake failure";
-}
-hipError_t fake_set_device(int d) {
-  device().devices_set.push_back(d);
-  return hipSuccess;
-}
-hipError_t fake_stream_create(hipStream_t* stream, unsigned) {
-  static uintptr_t next = 0x1000;
-  *stream = handle<hipStream_t>(next++);
-  return hipSuccess;
-}
-hipError_t fake_stream_destroy(hipStream_t) { return hipSuccess; }
-hipError_t fake_stream_sync(hipStream_t stream) {
-  device().synchronized.push_back(stream);
-  return hipSuccess;
-}
-hipError_t fake_malloc(void** p, size_t bytes) {
-  if (device().fail_malloc != hipSuccess) return device().fail_malloc;
-  *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-  std::memset(*p, 0xCD, bytes);  // garbage, as fresh device memory is
-  ++device().allocations;
-  return hipSuccess;
-}
-hipError_t fake_free(void* p) {
-  std::free(p);
-  --device().allocations;
-  return hipSuccess;
-}
-hipError_t fake_memcpy(void* dst, const void* src, size_t bytes, hipMemcpyKind kind,
-                       hipStream_t stream) {
-  device().copies.push_back({kind, src, bytes, stream});
-  std::memcpy(dst, src, bytes);
-  return hipSuccess;
-}
-hipError_t fake_host_register(void* p, size_t bytes, unsigned) {
-  device().registered.emplace_back(p, bytes);
-  return hipSuccess;
-}
-hipError_t fake_host_unregister(void*) {
-  ++device().unregistered;
-  return hipSuccess;
-}
-hipError_t fake_module_load(hipModule_t* module, const void* image) {
-  device().image = image;
-  ++device().modules;
-  *module = handle<hipModule_t>(0x200);
-  return hipSuccess;
-}
-hipError_t fake_module_unload(hipModule_t) {
-  --device().modules;
-  return hipSuccess;
-}
-hipError_t fake_get_function(hipFunction_t* f, hipModule_t, const char* name) {
-  if (device().unknown_kernel && std::strcmp(name, "ss_gemm") == 0) return hipErrorNotFound;
-  for (size_t i = 0; i < kDeviceKernelCount; ++i) {
-    const auto kernel = static_cast<DeviceKernel>(i);
-    if (std::strcmp(device_kernel_name(kernel), name) == 0) {
-      *f = handle<hipFunction_t>(0x300 + i);
-      device().functions[*f] = kernel;
-      return hipSuccess;
-    }
-  }
-  return hipErrorNotFound;
-}
-hipError_t fake_launch(hipFunction_t f, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                       unsigned, hipStream_t stream, void** params, void**) {
-  const DeviceKernel kernel = device().functions.at(f);
-  device().launch_streams.push_back(stream);
-  device().launched.push_back(kernel);
-  testing::host_kernel(kernel, params[0])();
-  return hipSuccess;
-}
-hipError_t fake_event_create(hipEvent_t* event, unsigned flags) {
-  static uintptr_t next = 0x9000;
-  *event = handle<hipEvent_t>(next++);
-  device().event_flags[*event] = flags;
-  ++device().events_created;
-  return hipSuccess;
-}
-hipError_t fake_event_destroy(hipEvent_t event) {
-  device().event_flags.erase(event);
-  return hipSuccess;
-}
-hipError_t fake_event_record(hipEvent_t event, hipStream_t stream) {
-  device().records.emplace_back(event, stream);
-  return hipSuccess;
-}
-hipError_t fake_wait_event(hipStream_t stream, hipEvent_t event, unsigned) {
-  device().waits.emplace_back(stream, event);
-  return hipSuccess;
-}
-// Every step "takes" 0.25 ms.
-hipError_t fake_elapsed(float* ms, hipEvent_t, hipEvent_t) {
-  *ms = 0.25F;
-  return hipSuccess;
-}
-
-HipRuntimeApi fake_runtime() {
-  HipRuntimeApi api;
-  api.hipGetErrorName = &fake_error_name;
-  api.hipGetErrorString = &fake_error_string;
-  api.hipSetDevice = &fake_set_device;
-  api.hipStreamCreateWithFlags = &fake_stream_create;
-  api.hipStreamDestroy = &fake_stream_destroy;
-  api.hipStreamSynchronize = &fake_stream_sync;
-  api.hipMalloc = &fake_malloc;
-  api.hipFree = &fake_free;
-  api.hipMemcpyAsync = &fake_memcpy;
-  api.hipHostRegister = &fake_host_register;
-  api.hipHostUnregister = &fake_host_unregister;
-  api.hipModuleLoadData = &fake_module_load;
-  api.hipModuleUnload = &fake_module_unload;
-  api.hipModuleGetFunction = &fake_get_function;
-  api.hipModuleLaunchKernel = &fake_launch;
-  api.hipEventCreateWithFlags = &fake_event_create;
-  api.hipEventDestroy = &fake_event_destroy;
-  api.hipEventRecord = &fake_event_record;
-  api.hipStreamWaitEvent = &fake_wait_event;
-  api.hipEventElapsedTime = &fake_elapsed;
-  return api;
-}
-
-// Stands in for the embedded code object (the fake loader only records where it is).
-const unsigned char kCodeObject[] = {0x7f, 'E', 'L', 'F'};
-
 class HipExecutorEmulatedTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    device() = Device{};
+    hip_device() = testing::EmulatedHip{};
     auto slice = create_cpu_slice({.percent = 100});
     ASSERT_TRUE(slice.is_ok());
     cpu_slice_ = std::move(slice).value();
   }
   void TearDown() override {
-    EXPECT_EQ(device().allocations, 0) << "device memory leaked";
-    EXPECT_EQ(device().modules, 0) << "module leaked";
-    EXPECT_TRUE(device().event_flags.empty()) << "events leaked";
+    EXPECT_EQ(hip_device().allocations, 0) << "device memory leaked";
+    EXPECT_EQ(hip_device().modules, 0) << "module leaked";
+    EXPECT_TRUE(hip_device().event_flags.empty()) << "events leaked";
+    EXPECT_TRUE(hip_device().live_streams.empty()) << "streams leaked";
   }
 
   std::unique_ptr<Executor> hip() {
-    auto executor = create_hip_executor(api_, 0, kCodeObject);
+    auto executor = create_hip_executor(api_, 0, kEmulatedCodeObject);
     EXPECT_TRUE(executor.is_ok()) << executor.status().to_string();
     return executor.is_ok() ? std::move(executor).value() : nullptr;
   }
 
-  HipRuntimeApi api_ = fake_runtime();
+  HipRuntimeApi api_ = emulated_hip_runtime();
   std::unique_ptr<Slice> cpu_slice_;
 };
 
-hipStream_t stream_of(uintptr_t value) { return handle<hipStream_t>(value); }
+hipStream_t stream_of(uintptr_t value) { return reinterpret_cast<hipStream_t>(value); }
 
 TEST_F(HipExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutorOnTheContextsStream) {
   const auto files = testing::reduced_models({"32"});
@@ -244,16 +79,16 @@ TEST_F(HipExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutorOnThe
     SCOPED_TRACE(file.filename().string());
     auto model = plans_of(file, 2);
     ASSERT_NE(model, nullptr);
-    device() = Device{};
+    hip_device() = testing::EmulatedHip{};
     auto cpu = create_cpu_executor();
     ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
     auto gpu = hip();
     ASSERT_NE(gpu, nullptr);
-    EXPECT_EQ(device().image, kCodeObject);
+    EXPECT_EQ(hip_device().image, kEmulatedCodeObject);
     const Status compiled = gpu->compile(model->plans, nullptr, 0);
     ASSERT_TRUE(compiled.is_ok()) << compiled.to_string();
     EXPECT_EQ(gpu->weights().private_bytes, gpu->weights().bytes);
-    const size_t compile_copies = device().copies.size();
+    const size_t compile_copies = hip_device().copies.size();
     for (size_t index = 0; index < model->plans.size(); ++index) {
       SCOPED_TRACE("batch " + std::to_string(model->plans[index].batch));
       const auto inputs = random_inputs(model->plans[index], unsigned(index) + 1);
@@ -262,17 +97,17 @@ TEST_F(HipExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutorOnThe
     }
     // Every launch, copy and synchronisation of the runs went to the slice's stream, and with no
     // per-layer queue no event exists.
-    ASSERT_FALSE(device().launch_streams.empty());
-    for (hipStream_t s : device().launch_streams) EXPECT_EQ(s, ctx.queue.stream);
-    for (size_t i = compile_copies; i < device().copies.size(); ++i) {
-      EXPECT_EQ(device().copies[i].stream, ctx.queue.stream);
+    ASSERT_FALSE(hip_device().launch_streams.empty());
+    for (hipStream_t s : hip_device().launch_streams) EXPECT_EQ(s, ctx.queue.stream);
+    for (size_t i = compile_copies; i < hip_device().copies.size(); ++i) {
+      EXPECT_EQ(hip_device().copies[i].stream, ctx.queue.stream);
     }
-    EXPECT_EQ(device().synchronized.back(), ctx.queue.stream);
-    EXPECT_EQ(device().events_created, 0);
-    EXPECT_TRUE(device().records.empty());
-    EXPECT_TRUE(device().waits.empty());
+    EXPECT_EQ(hip_device().synchronized.back(), ctx.queue.stream);
+    EXPECT_EQ(hip_device().events_created, 0);
+    EXPECT_TRUE(hip_device().records.empty());
+    EXPECT_TRUE(hip_device().waits.empty());
     // Convolutions and GEMMs run on the library's own kernels.
-    const std::set<DeviceKernel> kinds(device().launched.begin(), device().launched.end());
+    const std::set<DeviceKernel> kinds(hip_device().launched.begin(), hip_device().launched.end());
     EXPECT_TRUE(kinds.count(DeviceKernel::ss_conv)) << "no convolution launched";
   }
 }
@@ -289,11 +124,11 @@ TEST_F(HipExecutorEmulatedTest, GemmWithBroadcastBiasAndBatchedMatMulMatchTheCpu
   const auto inputs = random_inputs(plans[0], 7);
   expect_close(run(*gpu, plans[0], 0, inputs, *cpu_slice_),
                run(*cpu, plans[0], 0, inputs, *cpu_slice_), "gemm and matmul");
-  EXPECT_EQ(std::count(device().launched.begin(), device().launched.end(), DeviceKernel::ss_gemm),
+  EXPECT_EQ(std::count(hip_device().launched.begin(), hip_device().launched.end(), DeviceKernel::ss_gemm),
             3);
   // A host context has no device queue: the executor's own stream.
-  ASSERT_FALSE(device().launch_streams.empty());
-  EXPECT_NE(device().launch_streams[0], nullptr);
+  ASSERT_FALSE(hip_device().launch_streams.empty());
+  EXPECT_NE(hip_device().launch_streams[0], nullptr);
 }
 
 // The stream each step is to run on under `ctx`.
@@ -353,26 +188,26 @@ TEST_F(HipExecutorEmulatedTest, LayersOnOtherStreamsAreOrderedWithPooledEventsAn
   ASSERT_GE(expected.size(), 3u);
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
-    device().records.clear();
-    device().waits.clear();
+    hip_device().records.clear();
+    hip_device().waits.clear();
     ctx.asked.clear();
     expect_close(run(*gpu, plan, 0, inputs, ctx), want, "right-sized");
     EXPECT_EQ(ctx.asked, labels);  // every step asked for its layer's queue, in order
-    ASSERT_EQ(device().records.size(), expected.size());
-    ASSERT_EQ(device().waits.size(), expected.size());
+    ASSERT_EQ(hip_device().records.size(), expected.size());
+    ASSERT_EQ(hip_device().waits.size(), expected.size());
     for (size_t i = 0; i < expected.size(); ++i) {
       // Recorded on the producer's stream, waited on by the consumer's, the same event.
-      EXPECT_EQ(device().records[i].second, expected[i].first) << i;
-      EXPECT_EQ(device().waits[i].first, expected[i].second) << i;
-      EXPECT_EQ(device().waits[i].second, device().records[i].first) << i;
-      EXPECT_EQ(device().event_flags.at(device().records[i].first), hipEventDisableTiming);
+      EXPECT_EQ(hip_device().records[i].second, expected[i].first) << i;
+      EXPECT_EQ(hip_device().waits[i].first, expected[i].second) << i;
+      EXPECT_EQ(hip_device().waits[i].second, hip_device().records[i].first) << i;
+      EXPECT_EQ(hip_device().event_flags.at(hip_device().records[i].first), hipEventDisableTiming);
     }
     // The run ends on the slice's stream: the output copy and the synchronisation.
-    EXPECT_EQ(device().copies.back().stream, main);
-    EXPECT_EQ(device().synchronized.back(), main);
+    EXPECT_EQ(hip_device().copies.back().stream, main);
+    EXPECT_EQ(hip_device().synchronized.back(), main);
   }
   // One event per ordering, created in the first round and reused in the second.
-  EXPECT_EQ(device().events_created, int(expected.size()));
+  EXPECT_EQ(hip_device().events_created, int(expected.size()));
 }
 
 TEST_F(HipExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevice) {
@@ -390,9 +225,9 @@ TEST_F(HipExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevic
   const size_t out_floats = size_t(plan.values[size_t(plan.outputs[0])].element_count()) / 3;
   std::vector<float> arena((in_floats + out_floats + 16) * 3);
   ASSERT_TRUE(gpu->register_host_memory(std::as_writable_bytes(std::span(arena))).is_ok());
-  ASSERT_EQ(device().registered.size(), 1u);
-  EXPECT_EQ(device().registered[0].first, arena.data());
-  EXPECT_EQ(device().registered[0].second, arena.size() * sizeof(float));
+  ASSERT_EQ(hip_device().registered.size(), 1u);
+  EXPECT_EQ(hip_device().registered[0].first, arena.data());
+  EXPECT_EQ(hip_device().registered[0].second, arena.size() * sizeof(float));
   const auto whole = random_inputs(plan, 3);
   std::vector<const std::byte*> in(3);
   std::vector<std::byte*> out(3);
@@ -404,7 +239,7 @@ TEST_F(HipExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevic
     out[i] = reinterpret_cast<std::byte*>(slot + in_floats);
   }
   for (size_t i = 0; i < 3; ++i) items.push_back({std::span(&in[i], 1), std::span(&out[i], 1)});
-  device().copies.clear();
+  hip_device().copies.clear();
   ASSERT_TRUE(gpu->runs_items());
   QueueContext ctx;
   ctx.queue = {nullptr, stream_of(0x7000), 0};
@@ -414,7 +249,7 @@ TEST_F(HipExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevic
   int h2d = 0, d2h = 0;
   const auto* begin = reinterpret_cast<const std::byte*>(arena.data());
   const auto* end = begin + arena.size() * sizeof(float);
-  for (const Copy& c : device().copies) {
+  for (const HipCopy& c : hip_device().copies) {
     EXPECT_EQ(c.stream, ctx.queue.stream);
     if (c.kind == hipMemcpyHostToDevice) {
       ++h2d;
@@ -433,11 +268,11 @@ TEST_F(HipExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevic
   }
   expect_close({got}, run(*gpu, plan, 2, whole, ctx), "items");
   // A batch of the wrong size is refused before anything is copied.
-  device().copies.clear();
+  hip_device().copies.clear();
   EXPECT_FALSE(gpu->run_items(1, items, ctx).is_ok());
-  EXPECT_TRUE(device().copies.empty());
+  EXPECT_TRUE(hip_device().copies.empty());
   gpu.reset();
-  EXPECT_EQ(device().unregistered, 1);
+  EXPECT_EQ(hip_device().unregistered, 1);
 }
 
 TEST_F(HipExecutorEmulatedTest, ProfileRunTimesEveryStepWithDeviceEventsOnItsStream) {
@@ -473,8 +308,8 @@ TEST_F(HipExecutorEmulatedTest, ProfileRunTimesEveryStepWithDeviceEventsOnItsStr
   // Timing pairs (events that time) around each step on its own stream: the first step's on the
   // right-sized stream, after the ordering event that moved the run there.
   std::vector<std::pair<hipEvent_t, hipStream_t>> timing;
-  for (const auto& record : device().records) {
-    if (device().event_flags.at(record.first) == hipEventDefault) timing.push_back(record);
+  for (const auto& record : hip_device().records) {
+    if (hip_device().event_flags.at(record.first) == hipEventDefault) timing.push_back(record);
   }
   ASSERT_EQ(timing.size(), 2 * labels.size());
   const std::vector<hipStream_t> streams = step_streams(ctx, labels);
@@ -484,9 +319,9 @@ TEST_F(HipExecutorEmulatedTest, ProfileRunTimesEveryStepWithDeviceEventsOnItsStr
     EXPECT_EQ(timing[2 * s + 1].second, streams[s]) << labels[s];
   }
   // A second profile reuses the pooled events.
-  const int created = device().events_created;
+  const int created = hip_device().events_created;
   ASSERT_TRUE(gpu->profile_run(0, in, out, ctx).is_ok());
-  EXPECT_EQ(device().events_created, created);
+  EXPECT_EQ(hip_device().events_created, created);
 }
 
 TEST_F(HipExecutorEmulatedTest, WeightsGoToADeviceStoreAndAMappedRegionIsNotPrivate) {
@@ -521,9 +356,9 @@ TEST_F(HipExecutorEmulatedTest, FailedCallsSayTheCallTheRuntimesTextAndWhere) {
   auto model = plans_of(files.front(), 1);
   ASSERT_NE(model, nullptr);
   auto gpu = hip();
-  device().fail_malloc = hipErrorOutOfMemory;
+  hip_device().fail_malloc = hipErrorOutOfMemory;
   const Status compiled = gpu->compile(model->plans, nullptr, 0);
-  device().fail_malloc = hipSuccess;
+  hip_device().fail_malloc = hipSuccess;
   ASSERT_FALSE(compiled.is_ok());
   const std::string message = compiled.message();
   EXPECT_NE(message.find("hipMalloc(&private_weights_, host.size()): hipErrorOutOfMemory: out of "
@@ -533,8 +368,8 @@ TEST_F(HipExecutorEmulatedTest, FailedCallsSayTheCallTheRuntimesTextAndWhere) {
   EXPECT_NE(message.find("hip_executor.cpp:"), std::string::npos) << message;
   gpu.reset();
   // A kernel missing from the code object fails the executor's creation, naming it.
-  device().unknown_kernel = true;
-  auto missing = create_hip_executor(api_, 0, kCodeObject);
+  hip_device().unknown_kernel = true;
+  auto missing = create_hip_executor(api_, 0, kEmulatedCodeObject);
   ASSERT_FALSE(missing.is_ok());
   EXPECT_EQ(missing.status().message().rfind("HIP kernel ss_gemm: hipModuleGetFunction(", 0), 0u)
       << missing.status().message();
