@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "sliceserve/client/client.h"
+
 namespace sliceserve::slicectl {
 
 // Exit codes: 0 success, 1 failure (its reason on stderr). CLI11 reports usage errors itself
@@ -20,6 +22,16 @@ struct StatusOptions {
 };
 int run_status(const std::string& instance, const StatusOptions& options);
 
+// How bench and infer reach the model: a lane of its shared-memory segment (same host), the
+// daemon's TCP front-end, or its KServe v2 HTTP front-end (binary tensors). The TCP and HTTP
+// token comes from $SLICESERVE_TOKEN.
+struct Transport {
+  std::string name = "shm";  // "shm" | "tcp" | "http"
+  std::string address;       // tcp/http: host:port; empty: 127.0.0.1:8700 / :8000
+};
+Result<client::Client> connect_over(const std::string& model, const Transport& transport,
+                                    const client::ConnectOptions& options);
+
 struct BenchOptions {
   std::string model;
   std::optional<double> rate;           // open loop, requests per second
@@ -32,8 +44,7 @@ struct BenchOptions {
   uint32_t clients = 0;                    // client lanes to use, 0: automatic
   std::optional<uint32_t> spin_us;         // sync spin before sleeping, default: automatic
   uint64_t seed = 1;                       // input data
-  std::string transport = "shm";  // "shm" | "tcp" | "http"
-  std::string address;             // tcp/http: host:port; empty: 127.0.0.1:8700 / :8000
+  Transport transport;
 };
 int run_bench(const std::string& instance, const BenchOptions& options);
 
@@ -91,6 +102,7 @@ struct InferOptions {
   std::string model;
   TensorFiles files;
   uint32_t timeout_ms = 10000;  // per request
+  Transport transport;
 };
 int run_infer(const std::string& instance, const InferOptions& options);
 

@@ -254,31 +254,13 @@ class ProgressPrinter {
 
 // ---- load ----
 
-// One client over the chosen transport: a lane of the model's segment, a TCP connection, or a
-// pool of HTTP connections.
-Result<Client> connect_one(const BenchOptions& o, const client::ConnectOptions& options) {
-  if (o.transport != "tcp" && o.transport != "http") return Client::connect(o.model, options);
-  const bool http = o.transport == "http";
-  const std::string address =
-      !o.address.empty() ? o.address : (http ? "127.0.0.1:8000" : "127.0.0.1:8700");
-  const size_t colon = address.rfind(':');
-  std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  const int port = colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
-  if (port <= 0 || port > 65535) {
-    return Status(ErrorCode::kInvalidArgument, "--address must be host:port, not " + address);
-  }
-  return http ? Client::connect_http(o.model, host, uint16_t(port), options)
-              : Client::connect_tcp(o.model, host, uint16_t(port), options);
-}
-
 // Connects `n` clients (at least one); fails if the first cannot connect, or if `need_all`.
 Result<std::vector<Client>> connect_clients(const BenchOptions& o, uint32_t n, bool need_all,
                                             const client::ConnectOptions& options) {
   const std::string& model = o.model;
   std::vector<Client> clients;
   for (uint32_t i = 0; i < n; ++i) {
-    auto c = connect_one(o, options);
+    auto c = connect_over(o.model, o.transport, options);
     if (!c.is_ok()) {
       if (clients.empty()) return c.status();
       if (need_all) {
@@ -358,7 +340,7 @@ int run_bench(const std::string& instance, const BenchOptions& o) {
   // Spinning pays off with one request in flight; with more, it steals the worker's cores.
   connect.spin = std::chrono::microseconds(o.spin_us.value_or(concurrency == 1 ? 20 : 0));
 
-  auto first = connect_one(o, connect);
+  auto first = connect_over(o.model, o.transport, connect);
   if (!first.is_ok()) {
     fmt::print(stderr, "slicectl: {}\n", first.status().message());
     return kExitFailure;

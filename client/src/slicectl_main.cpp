@@ -57,6 +57,17 @@ std::optional<std::string> resolve_instance(const GlobalOptions& g) {
   return std::string("default");
 }
 
+// --transport and --address of bench and infer.
+void add_transport(CLI::App* cmd, slicectl::Transport& transport) {
+  cmd->add_option("--transport", transport.name,
+                  "shm (same host, default), tcp (the daemon's TCP front-end) or http (its "
+                  "KServe v2 front-end, binary tensors); token from $SLICESERVE_TOKEN")
+      ->check(CLI::IsMember({"shm", "tcp", "http"}));
+  cmd->add_option("--address", transport.address,
+                  "With --transport tcp or http: host:port (default 127.0.0.1:8700 for tcp, "
+                  "127.0.0.1:8000 for http)");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,14 +119,7 @@ int main(int argc, char** argv) {
                         "Microseconds a waiting request spins before sleeping (default: 20 "
                         "with one request in flight, else 0)");
   bench_cmd->add_option("--seed", bench.seed, "Seed of the random input data");
-  bench_cmd
-      ->add_option("--transport", bench.transport,
-                   "shm (same host, default), tcp (the daemon's TCP front-end) or http (its "
-                   "KServe v2 front-end, binary tensors); token from $SLICESERVE_TOKEN")
-      ->check(CLI::IsMember({"shm", "tcp", "http"}));
-  bench_cmd->add_option("--address", bench.address,
-                        "With --transport tcp or http: host:port (default 127.0.0.1:8700 for "
-                        "tcp, 127.0.0.1:8000 for http)");
+  add_transport(bench_cmd, bench.transport);
 
   slicectl::ControlOptions control;
   bool no_wait = false;
@@ -195,6 +199,7 @@ int main(int argc, char** argv) {
   add_tensor_files(infer_cmd, infer.files);
   infer_cmd->add_option("--timeout-ms", infer.timeout_ms, "Per-request timeout (default 10000)")
       ->check(CLI::Range(1u, 3'600'000u));
+  add_transport(infer_cmd, infer.transport);
 
   slicectl::ProfileOptions profile;
   auto* profile_cmd = app.add_subcommand(

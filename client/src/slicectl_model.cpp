@@ -348,7 +348,7 @@ int run_infer(const std::string& instance, const InferOptions& o) {
   connect.instance = instance;
   connect.default_timeout = timeout;
   connect.spin = std::chrono::microseconds(0);
-  auto cl = client::Client::connect(o.model, connect);
+  auto cl = connect_over(o.model, o.transport, connect);
   if (!cl.is_ok()) return fail(kExitFailure, cl.status().message());
   const shm::ModelSpec& spec = cl->spec();
   std::vector<std::string> input_names;

@@ -13,6 +13,7 @@
 #include "sliceserve/client/npy.h"
 #include "support/cli_run.h"
 #include "support/daemon_harness.h"
+#include "support/free_port.h"
 #include "support/onnx_model_builder.h"
 
 namespace sliceserve {
@@ -272,8 +273,12 @@ class InferTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir();
     instance_ = new std::string(testing::unique_instance("npyinfer"));
-    const std::string config =
-        dir_->write("infer.toml", "[server]\ninstance = \"" + *instance_ + "\"\n" + R"(
+    tcp_port_ = testing::free_port();
+    http_port_ = testing::free_port();
+    const std::string config = dir_->write(
+        "infer.toml", "[server]\ninstance = \"" + *instance_ + "\"\ntcp = \"127.0.0.1:" +
+                          std::to_string(tcp_port_) + "\"\nhttp = \"127.0.0.1:" +
+                          std::to_string(http_port_) + "\"\n" + R"(
 [policy]
 enabled = false
 
@@ -315,6 +320,8 @@ outputs = [ { name = "c", dtype = "INT32", shape = [2, 3] } ]
   static inline std::string* instance_ = nullptr;
   static inline testing::DaemonProcess* daemon_ = nullptr;
   static inline bool serving_ = false;
+  static inline uint16_t tcp_port_ = 0;
+  static inline uint16_t http_port_ = 0;
 };
 
 TEST_F(InferTest, OneItemKeepsTheItemShape) {
@@ -349,6 +356,36 @@ TEST_F(InferTest, StackedItemsAreSentTogetherAndStackedBack) {
   ASSERT_TRUE(y1.is_ok());
   EXPECT_EQ(y1->shape, (std::vector<int64_t>{1, 4}));
   EXPECT_EQ(values_of(*y1), (std::vector<float>{3, 5, 7, 9}));
+}
+
+TEST_F(InferTest, TcpAndHttpTransportsGiveTheShmAnswer) {
+  const std::vector<float> x = random_floats(3 * 4, 9);
+  ASSERT_TRUE(write_npy(path("net.npy"), floats({3, 4}, x)).is_ok());
+  CliRun shm = infer("syn --input " + path("net.npy") + " --output " + path("net_shm.npy"));
+  ASSERT_EQ(shm.rc, 0) << shm.err;
+  const auto expected = read_npy(path("net_shm.npy"));
+  ASSERT_TRUE(expected.is_ok());
+  for (const auto& [transport, port] : {std::pair{"tcp", tcp_port_}, std::pair{"http", http_port_}}) {
+    const std::string out = path(std::string("net_") + transport + ".npy");
+    CliRun r = infer("syn --input " + path("net.npy") + " --output " + out + " --transport " +
+                     transport + " --address 127.0.0.1:" + std::to_string(port));
+    ASSERT_EQ(r.rc, 0) << transport << ": " << r.err;
+    auto y = read_npy(out);
+    ASSERT_TRUE(y.is_ok()) << transport;
+    EXPECT_EQ(y->shape, expected->shape) << transport;
+    EXPECT_EQ(values_of(*y), values_of(*expected)) << transport;
+    EXPECT_NE(r.err.find("infer syn: 3 requests -> y FP32 [3,4]; "), std::string::npos) << r.err;
+  }
+  // Nothing listening: the address is in the error.
+  CliRun refused = infer("syn --input " + path("net.npy") + " --output " + path("w.npy") +
+                         " --transport http --address 127.0.0.1:" +
+                         std::to_string(testing::free_port()));
+  EXPECT_EQ(refused.rc, 1);
+  EXPECT_NE(refused.err.find("127.0.0.1"), std::string::npos) << refused.err;
+  CliRun bad = infer("syn --input " + path("net.npy") + " --output " + path("w.npy") +
+                     " --transport tcp --address nowhere");
+  EXPECT_EQ(bad.rc, 1);
+  EXPECT_NE(bad.err.find("--address must be host:port, not nowhere"), std::string::npos) << bad.err;
 }
 
 TEST_F(InferTest, TwoInputsOfANullModel) {
