@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <map>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -77,6 +78,9 @@ class CudaExecutor final : public Executor {
   Status run_items(size_t index, std::span<const ItemBuffers> items, ComputeContext& ctx) override;
   Status register_host_memory(std::span<std::byte> memory) override;
   ExecutorWeights weights() const override { return usage_; }
+  Result<std::vector<OpTiming>> profile_run(size_t index, std::span<const std::byte* const> inputs,
+                                            std::span<std::byte* const> outputs,
+                                            ComputeContext& ctx) override;
 
  private:
   Status open_context();
@@ -91,7 +95,15 @@ class CudaExecutor final : public Executor {
   // Enqueues program `index` on `stream`: its graph for this queue (captured on first use), or
   // its steps one by one once capture has proven impossible.
   Status launch(size_t index, const DeviceQueue& queue);
-  Status record(size_t index, CUstream stream);
+  // Enqueues program `index`'s steps one by one on `stream`. With `timing` (profile_run's), an
+  // event pair around each step s: timing[2s] before it, timing[2s + 1] after.
+  Status record(size_t index, CUstream stream, std::span<const CUevent> timing = {});
+  // `count` timing events of queue `queue`, made in its context (current) on first use: an event
+  // is recorded only on streams of the context it was created in, and a pool's entries are
+  // contexts of their own.
+  Result<std::span<const CUevent>> timing_events(size_t queue, size_t count);
+  Status copy_in(size_t index, std::span<const std::byte* const> inputs, CUstream stream);
+  Status copy_out(size_t index, std::span<std::byte* const> outputs, CUstream stream);
   // The record_* functions enqueue one step of program `index`.
   Status record_step(size_t index, const DeviceStep& step, const ConvSetup* conv, CUstream stream);
   Status record_gemm(size_t index, const DeviceStep& step, CUstream stream);
@@ -128,6 +140,7 @@ class CudaExecutor final : public Executor {
 
   std::map<std::pair<size_t, size_t>, CUgraphExec> graphs_;  // (program, queue index)
   bool capture_works_ = true;
+  std::map<size_t, std::vector<CUevent>> timing_events_;  // per queue index, reused by each profile
   std::vector<void*> registered_;  // host ranges pinned by register_host_memory
 };
 
@@ -135,6 +148,9 @@ CudaExecutor::~CudaExecutor() {
   // Teardown is best effort: a failing driver call here has nobody to report to.
   if (primary_ != nullptr) api_.cuCtxSetCurrent(primary_);
   for (auto& [key, graph] : graphs_) api_.cuGraphExecDestroy(graph);
+  for (auto& [queue, events] : timing_events_) {
+    for (CUevent event : events) api_.cuEventDestroy(event);
+  }
   for (auto& setups : convs_) {
     for (auto& [step, setup] : setups) destroy(libs_.cudnn, setup);
   }
@@ -342,16 +358,28 @@ Result<DeviceQueue> CudaExecutor::enter(const ComputeContext& ctx) {
   return queue;
 }
 
-Status CudaExecutor::record(size_t index, CUstream stream) {
+Status CudaExecutor::record(size_t index, CUstream stream, std::span<const CUevent> timing) {
   const DeviceProgram& program = programs_[index];
   SS_CUDNN_CHECK(libs_.cudnn, libs_.cudnn.cudnnSetStream(cudnn_, stream));
   SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasSetStream(cublas_, stream));
   for (size_t s = 0; s < program.steps.size(); ++s) {
     const auto conv = convs_[index].find(s);
+    if (!timing.empty()) SS_CU_CHECK(api_, api_.cuEventRecord(timing[2 * s], stream));
     RETURN_IF_ERROR(record_step(index, program.steps[s],
                                 conv == convs_[index].end() ? nullptr : &conv->second, stream));
+    if (!timing.empty()) SS_CU_CHECK(api_, api_.cuEventRecord(timing[2 * s + 1], stream));
   }
   return Status::ok();
+}
+
+Result<std::span<const CUevent>> CudaExecutor::timing_events(size_t queue, size_t count) {
+  std::vector<CUevent>& pool = timing_events_[queue];
+  while (pool.size() < count) {
+    CUevent event = nullptr;
+    SS_CU_CHECK(api_, api_.cuEventCreate(&event, CU_EVENT_DEFAULT));
+    pool.push_back(event);
+  }
+  return std::span<const CUevent>(pool.data(), count);
 }
 
 std::vector<CUdeviceptr> CudaExecutor::sums_of(size_t index, const PlanOp& op) const {
@@ -536,25 +564,62 @@ Status CudaExecutor::check_batch(size_t index, size_t inputs, size_t outputs) co
   return Status::ok();
 }
 
-Status CudaExecutor::run(size_t index, std::span<const std::byte* const> inputs,
-                         std::span<std::byte* const> outputs, ComputeContext& ctx) {
-  RETURN_IF_ERROR(check_batch(index, inputs.size(), outputs.size()));
-  ASSIGN_OR_RETURN(const DeviceQueue queue, enter(ctx));
-  auto stream = static_cast<CUstream>(queue.stream);
+Status CudaExecutor::copy_in(size_t index, std::span<const std::byte* const> inputs,
+                             CUstream stream) {
   const Plan& plan = plans_[index];
   for (size_t i = 0; i < inputs.size(); ++i) {
     const PlanValue& v = plan.values[size_t(plan.inputs[i])];
     SS_CU_CHECK(api_, api_.cuMemcpyHtoDAsync(address(programs_[index], plan.inputs[i]), inputs[i],
                                              v.byte_size(), stream));
   }
-  RETURN_IF_ERROR(launch(index, queue));
+  return Status::ok();
+}
+
+Status CudaExecutor::copy_out(size_t index, std::span<std::byte* const> outputs,
+                              CUstream stream) {
+  const Plan& plan = plans_[index];
   for (size_t i = 0; i < outputs.size(); ++i) {
     const PlanValue& v = plan.values[size_t(plan.outputs[i])];
     SS_CU_CHECK(api_, api_.cuMemcpyDtoHAsync(outputs[i], address(programs_[index], plan.outputs[i]),
                                              v.byte_size(), stream));
   }
+  return Status::ok();
+}
+
+Status CudaExecutor::run(size_t index, std::span<const std::byte* const> inputs,
+                         std::span<std::byte* const> outputs, ComputeContext& ctx) {
+  RETURN_IF_ERROR(check_batch(index, inputs.size(), outputs.size()));
+  ASSIGN_OR_RETURN(const DeviceQueue queue, enter(ctx));
+  auto stream = static_cast<CUstream>(queue.stream);
+  RETURN_IF_ERROR(copy_in(index, inputs, stream));
+  RETURN_IF_ERROR(launch(index, queue));
+  RETURN_IF_ERROR(copy_out(index, outputs, stream));
   SS_CU_CHECK(api_, api_.cuStreamSynchronize(stream));
   return Status::ok();
+}
+
+Result<std::vector<Executor::OpTiming>> CudaExecutor::profile_run(
+    size_t index, std::span<const std::byte* const> inputs, std::span<std::byte* const> outputs,
+    ComputeContext& ctx) {
+  RETURN_IF_ERROR(check_batch(index, inputs.size(), outputs.size()));
+  ASSIGN_OR_RETURN(const DeviceQueue queue, enter(ctx));
+  auto stream = static_cast<CUstream>(queue.stream);
+  const DeviceProgram& program = programs_[index];
+  ASSIGN_OR_RETURN(std::span<const CUevent> events,
+                   timing_events(queue.index, 2 * program.steps.size()));
+  RETURN_IF_ERROR(copy_in(index, inputs, stream));
+  // Eagerly, never the captured graph: a graph launch is one unit on the stream, with no point
+  // between two steps to record an event at. The steps run as a graph would run them.
+  RETURN_IF_ERROR(record(index, stream, events));
+  RETURN_IF_ERROR(copy_out(index, outputs, stream));
+  SS_CU_CHECK(api_, api_.cuStreamSynchronize(stream));
+  std::vector<OpTiming> timings;
+  for (size_t s = 0; s < program.steps.size(); ++s) {
+    float ms = 0;
+    SS_CU_CHECK(api_, api_.cuEventElapsedTime(&ms, events[2 * s], events[2 * s + 1]));
+    timings.push_back({plans_[index].ops[program.steps[s].op].label, double(ms)});
+  }
+  return timings;
 }
 
 Status CudaExecutor::run_items(size_t index, std::span<const ItemBuffers> items,

@@ -6,7 +6,8 @@
 // into a graph that a launch replays. What is checked here is everything but the vendor code:
 // buffer placement, every launch's parameters, the GEMM transposition arguments, the fused
 // convolution's z and bias, graphs per plan and queue, copies per item, host registration, the
-// eager fallback, and where the weights go.
+// eager fallback, where the weights go, and profile_run's event pair around each step (the fake
+// device's clock counts the work it has run, so an event pair times the work between them).
 
 #include <gtest/gtest.h>
 
@@ -20,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -70,6 +72,18 @@ struct Device {
   std::vector<std::pair<void*, size_t>> registered;
   bool fail_next_end_capture = false;
   int live_graphs = 0;
+  int work_done = 0;  // the device's clock: pieces of work run so far (each "takes" 0.5 ms)
+  std::map<CUevent, unsigned> event_flags;       // live events
+  std::map<CUevent, CUcontext> event_contexts;   // the context current when each was created
+  std::map<CUevent, int> event_times;            // work_done when each was last recorded
+  struct EventRecord {
+    CUevent event = nullptr;
+    CUstream stream = nullptr;
+    CUcontext current = nullptr;
+  };
+  std::vector<EventRecord> event_records;
+  std::vector<std::pair<CUevent, CUevent>> elapsed;  // cuEventElapsedTime(start, end)
+  int events_created = 0;
 };
 
 Device& device() {
@@ -84,6 +98,7 @@ void enqueue(CUstream stream, std::function<void()> work) {
     capture->second->push_back(std::move(work));
   } else {
     work();
+    ++device().work_done;
   }
 }
 
@@ -203,6 +218,29 @@ CUresult fake_graph_launch(CUgraphExec exec, CUstream stream) {
   return CUDA_SUCCESS;
 }
 
+CUresult fake_event_create(CUevent* event, unsigned flags) {
+  static uintptr_t next = 0x9000;
+  *event = reinterpret_cast<CUevent>(next++);
+  device().event_flags[*event] = flags;
+  device().event_contexts[*event] = device().current;
+  ++device().events_created;
+  return CUDA_SUCCESS;
+}
+CUresult fake_event_destroy(CUevent event) {
+  device().event_flags.erase(event);
+  return CUDA_SUCCESS;
+}
+CUresult fake_event_record(CUevent event, CUstream stream) {
+  device().event_times[event] = device().work_done;  // work runs when enqueued: all done by now
+  device().event_records.push_back({event, stream, device().current});
+  return CUDA_SUCCESS;
+}
+CUresult fake_elapsed(float* ms, CUevent start, CUevent end) {
+  device().elapsed.emplace_back(start, end);
+  *ms = 0.5F * float(device().event_times.at(end) - device().event_times.at(start));
+  return CUDA_SUCCESS;
+}
+
 CudaDriverApi fake_driver() {
   CudaDriverApi api;
   api.cuGetErrorName = &fake_name;
@@ -229,6 +267,10 @@ CudaDriverApi fake_driver() {
   api.cuGraphDestroy = &fake_graph_destroy;
   api.cuGraphExecDestroy = &fake_exec_destroy;
   api.cuGraphLaunch = &fake_graph_launch;
+  api.cuEventCreate = &fake_event_create;
+  api.cuEventDestroy = &fake_event_destroy;
+  api.cuEventRecord = &fake_event_record;
+  api.cuEventElapsedTime = &fake_elapsed;
   return api;
 }
 
@@ -530,6 +572,7 @@ class CudaExecutorEmulatedTest : public ::testing::Test {
   void TearDown() override {
     EXPECT_EQ(device().allocations, 0) << "device memory leaked";
     EXPECT_EQ(device().live_graphs, 0) << "graphs leaked";
+    EXPECT_TRUE(device().event_flags.empty()) << "events leaked";
   }
 
   std::unique_ptr<Executor> cuda() { return create_cuda_executor(api_, libs_, 0); }
@@ -700,6 +743,92 @@ TEST_F(CudaExecutorEmulatedTest, WeightsGoToADeviceStoreAndAMappedRegionIsNotPri
   EXPECT_EQ((*host_store)->mapped_bytes(), 0u);
   EXPECT_EQ(third->weights().private_bytes, third->weights().bytes);
   remove_host_weights("/sliceserve.test-emulated.m");
+}
+
+// Labels of the ops that are steps (a Copy is a view: no step), in order.
+std::vector<std::string> step_labels(const Plan& plan) {
+  std::vector<std::string> labels;
+  for (const PlanOp& op : plan.ops) {
+    if (op.kind != OpKind::kCopy) labels.push_back(op.label);
+  }
+  return labels;
+}
+
+TEST_F(CudaExecutorEmulatedTest, ProfileRunTimesEveryStepEagerlyBetweenTwoEventsOnItsQueue) {
+  const auto files = testing::reduced_models({"32"});
+  if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
+  auto model = plans_of(files.front(), 1);
+  ASSERT_NE(model, nullptr);
+  const Plan& plan = model->plans[0];
+  const std::vector<std::string> labels = step_labels(plan);
+  auto cpu = create_cpu_executor();
+  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
+  auto gpu = cuda();
+  ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
+  const auto inputs = random_inputs(plan, 11);
+  const auto want = run(*cpu, plan, 0, inputs, *cpu_slice_);
+  // Two entries of a greenctx pool: a context and a stream each.
+  auto* green_a = reinterpret_cast<CUcontext>(0xA0);
+  auto* green_b = reinterpret_cast<CUcontext>(0xB0);
+  QueueContext ctx;
+  ctx.queue = {green_a, reinterpret_cast<CUstream>(0x7000), 0};
+  // A run first: its graph is captured, and the profile must not replay it.
+  expect_close(run(*gpu, plan, 0, inputs, ctx), want, "graph");
+  ASSERT_EQ(device().captures, 1);
+  ASSERT_EQ(device().graph_launches, 1);
+
+  std::vector<std::vector<float>> outputs;
+  std::vector<const std::byte*> in;
+  std::vector<std::byte*> out;
+  for (const auto& x : inputs) in.push_back(reinterpret_cast<const std::byte*>(x.data()));
+  for (int v : plan.outputs) outputs.emplace_back(size_t(plan.values[size_t(v)].element_count()));
+  for (auto& y : outputs) out.push_back(reinterpret_cast<std::byte*>(y.data()));
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    if (round == 2) ctx.queue = {green_b, reinterpret_cast<CUstream>(0x7001), 1};
+    device().event_records.clear();
+    device().elapsed.clear();
+    const int events_before = device().events_created;
+    const int work_before = device().work_done;
+    const int copies_before = device().h2d + device().d2h;
+    auto timings = gpu->profile_run(0, in, out, ctx);
+    ASSERT_TRUE(timings.is_ok()) << timings.status().to_string();
+    expect_close(outputs, want, "profiled run");
+    // Eager: no capture, no graph launch.
+    EXPECT_EQ(device().captures, 1);
+    EXPECT_EQ(device().graph_launches, 1);
+    // One timing per step, in order, each the device time of the work between its two events:
+    // together all the run's work but its copies.
+    ASSERT_EQ(timings->size(), labels.size());
+    double sum = 0;
+    for (size_t s = 0; s < labels.size(); ++s) {
+      EXPECT_EQ((*timings)[s].label, labels[s]);
+      EXPECT_GT((*timings)[s].ms, 0.0) << labels[s];
+      sum += (*timings)[s].ms;
+    }
+    const int copies = device().h2d + device().d2h - copies_before;
+    EXPECT_DOUBLE_EQ(sum, 0.5 * (device().work_done - work_before - copies));
+    // A pair of timing events per step, recorded on the queue's stream with its context current,
+    // and one elapsed-time query per pair.
+    ASSERT_EQ(device().event_records.size(), 2 * labels.size());
+    ASSERT_EQ(device().elapsed.size(), labels.size());
+    std::set<CUevent> distinct;
+    for (size_t s = 0; s < labels.size(); ++s) {
+      const auto& start = device().event_records[2 * s];
+      const auto& end = device().event_records[2 * s + 1];
+      for (const auto* r : {&start, &end}) {
+        EXPECT_EQ(r->stream, ctx.queue.stream) << labels[s];
+        EXPECT_EQ(r->current, ctx.queue.context) << labels[s];
+        EXPECT_EQ(device().event_flags.at(r->event), unsigned(CU_EVENT_DEFAULT)) << labels[s];
+        EXPECT_EQ(device().event_contexts.at(r->event), ctx.queue.context) << labels[s];
+        distinct.insert(r->event);
+      }
+      EXPECT_EQ(device().elapsed[s], std::make_pair(start.event, end.event)) << labels[s];
+    }
+    EXPECT_EQ(distinct.size(), 2 * labels.size());
+    // The first profile on a queue makes its events; later ones on it reuse them.
+    EXPECT_EQ(device().events_created - events_before, round == 1 ? 0 : int(2 * labels.size()));
+  }
 }
 
 }  // namespace

@@ -4,7 +4,10 @@
 // one call), Gemm and MatMul on cuBLAS, every other op on the wing's own kernels
 // (backends/cuda/kernels). Each plan is captured into one CUDA graph per device queue (a slice's
 // pool entry: the primary context's stream, or one green context's) on its first run there and
-// replayed after, so a batch costs one graph launch plus its copies.
+// replayed after, so a batch costs one graph launch plus its copies. profile_run (slicectl
+// profile --device cuda:N) runs the steps eagerly instead, each between a pair of CUDA events
+// recorded on the queue's stream (pooled per queue: an event belongs to the context it was made
+// in), and answers each step's elapsed time.
 //
 // Memory: one activation arena for all plans (one run at a time), the weights in one region of
 // the model's WeightStore when it holds device memory (a shadow worker maps the live one's
