@@ -254,7 +254,7 @@ json element_json(const std::byte* p, shm::DataType dtype) {
 
 }  // namespace
 
-Result<Request> parse_request(std::string_view header, uint64_t binary_bytes,
+Result<Request> parse_request(std::string_view header, std::optional<uint64_t> binary_bytes,
                               const shm::ModelSpec& spec, std::string_view model,
                               uint32_t max_batch) {
   const json j = json::parse(header, nullptr, /*allow_exceptions=*/false);
@@ -375,8 +375,8 @@ Result<Request> parse_request(std::string_view header, uint64_t binary_bytes,
                  std::string(model) + "' is missing");
     }
   }
-  if (binary_offset != binary_bytes) {
-    return bad("the binary part has " + std::to_string(binary_bytes) +
+  if (binary_bytes && binary_offset != *binary_bytes) {
+    return bad("the binary part has " + std::to_string(*binary_bytes) +
                " bytes, the inputs' binary_data_size add up to " + std::to_string(binary_offset));
   }
 

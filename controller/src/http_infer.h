@@ -41,9 +41,10 @@ struct Request {
 // Parses and checks `header` (the JSON part) against the model: every input named once with the
 // model's datatype and shape [B, per-item dims...], 1 <= B <= max_batch, JSON data converted to
 // the datatype (flat or nested row-major, each number in the datatype's range), binary sizes
-// that add up to `binary_bytes`, requested outputs the model has. Every error is
-// kInvalidArgument with a message that names the tensor.
-Result<Request> parse_request(std::string_view header, uint64_t binary_bytes,
+// that add up to `binary_bytes` (unknown for a chunked body: the reader checks as it goes),
+// requested outputs the model has. Every error is kInvalidArgument with a message that names the
+// tensor.
+Result<Request> parse_request(std::string_view header, std::optional<uint64_t> binary_bytes,
                               const shm::ModelSpec& spec, std::string_view model,
                               uint32_t max_batch);
 

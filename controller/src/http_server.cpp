@@ -417,11 +417,7 @@ class Session : public std::enable_shared_from_this<Session> {
         return refuse(http::status::bad_request,
                       std::string(kHeaderLengthField) + " must be a positive number of bytes");
       }
-      if (!body_len) {
-        return refuse(http::status::length_required,
-                      "a binary infer request needs Content-Length, not chunked encoding");
-      }
-      if (n > *body_len) {
+      if (body_len && n > *body_len) {
         return refuse(http::status::bad_request,
                       std::string(kHeaderLengthField) + " " + std::to_string(n) +
                           " is more than the body's " + std::to_string(*body_len) + " bytes");
@@ -430,7 +426,9 @@ class Session : public std::enable_shared_from_this<Session> {
     } else if (body_len) {
       json_len_ = *body_len;
     }
-    binary_len_ = json_len_ && body_len ? *body_len - *json_len_ : 0;
+    // Chunked with a binary part: its length is known only at its end (read_binary checks).
+    binary_len_ = !body_len ? (field != header.end() ? std::nullopt : std::optional<uint64_t>(0))
+                            : std::optional<uint64_t>(*body_len - *json_len_);
     json_.clear();
     if (expect_continue_) {
       continue_.emplace(http::status::continue_, 11);
@@ -543,12 +541,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // The binary part goes from the read buffer straight into the slots, piece by piece.
   void read_binary() {
     if (next_piece_ == pieces_.size()) {
-      if (!infer_->is_done()) {
-        // Only a chunked body without a binary part gets here: it must end now.
-        prepared_.clear();
-        return refuse(http::status::bad_request, "the body is longer than its JSON header");
-      }
-      return submit();
+      if (infer_->is_done()) return submit();
+      return read_body_end();
     }
     const http_infer::Piece& piece = pieces_[next_piece_];
     const std::span<std::byte> target = prepared_[piece.item].input(piece.input);
@@ -568,6 +562,24 @@ class Session : public std::enable_shared_from_this<Session> {
         return self->refuse(http::status::bad_request, "the body ended inside a tensor");
       }
       self->read_binary();
+    });
+  }
+
+  // A chunked body after its last tensor: only its end (the last chunk) may follow.
+  void read_body_end() {
+    scratch_.resize(kBodyChunk);
+    http::buffer_body::value_type& b = infer_->get().body();
+    b.data = scratch_.data();
+    b.size = scratch_.size();
+    b.more = true;
+    read_body([self = shared_from_this()] {
+      if (self->infer_->get().body().size != self->scratch_.size()) {
+        self->prepared_.clear();
+        return self->refuse(http::status::bad_request,
+                            "the body is longer than its JSON header and tensors");
+      }
+      if (self->infer_->is_done()) return self->submit();
+      self->read_body_end();
     });
   }
 
@@ -698,8 +710,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::shared_ptr<ModelState> model_;
   bool expect_continue_ = false;
   std::optional<http::response<http::empty_body>> continue_;
-  std::optional<uint64_t> json_len_;  // unset: chunked without a binary part
-  uint64_t binary_len_ = 0;
+  std::optional<uint64_t> json_len_;    // unset: chunked without a binary part
+  std::optional<uint64_t> binary_len_;  // unset: chunked with a binary part
   std::string json_;
   http_infer::Request request_;
   std::vector<client::TensorInfo> infos_;

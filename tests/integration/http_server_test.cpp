@@ -319,6 +319,51 @@ TEST_F(HttpServerTest, BinaryInferCarriesRawTensorsBothWays) {
   EXPECT_EQ(bytes_of(std::vector<std::byte>(s->outputs[0].data)), r.body.substr(n, 3));
 }
 
+// A chunked infer request: the JSON header, then the binary part, in chunks of `chunk` bytes.
+std::string chunked_infer_request(const std::string& model, const std::string& json,
+                                  const std::string& binary, size_t chunk) {
+  std::string r = "POST /v2/models/" + model +
+                  "/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  "Transfer-Encoding: chunked\r\nInference-Header-Content-Length: " +
+                  std::to_string(json.size()) + "\r\n\r\n";
+  const std::string body = json + binary;
+  for (size_t at = 0; at < body.size(); at += chunk) {
+    const std::string piece = body.substr(at, chunk);
+    char size[32];
+    std::snprintf(size, sizeof size, "%zx\r\n", piece.size());
+    r += size + piece + "\r\n";
+  }
+  return r + "0\r\n\r\n";
+}
+
+TEST_F(HttpServerTest, ChunkedBinaryInferIsReadLikeOneWithContentLength) {
+  start();
+  const std::vector<int32_t> x = {5, -6, 7, 8, 1, 2, 3, 4};
+  const std::string head =
+      nlohmann::json{{"inputs", {{{"name", "x"}, {"shape", {2, 4}}, {"datatype", "INT32"},
+                                  {"parameters", {{"binary_data_size", 32}}}}}},
+                     {"parameters", {{"binary_data_output", true}}}}
+          .dump();
+  for (size_t chunk : {size_t(7), size_t(1000)}) {  // chunks across the header/tensor border, one
+    HttpReply r = http_round_trip(port_, chunked_infer_request("echo", head, bytes_of(x), chunk));
+    ASSERT_EQ(r.status, 200) << chunk << ": " << r.body;
+    const size_t n = std::stoul(http_header(r, "Inference-Header-Content-Length"));
+    EXPECT_EQ(r.body.substr(n), bytes_of(x)) << chunk;
+  }
+  // Fewer tensor bytes than the header says, then the body's end: cut short.
+  HttpReply short_body = http_round_trip(
+      port_, chunked_infer_request("echo", head, bytes_of(x).substr(0, 20), 1000));
+  EXPECT_EQ(short_body.status, 400);
+  EXPECT_NE(short_body.body.find("ended inside a tensor"), std::string::npos) << short_body.body;
+  // More: refused, and nothing of it runs.
+  HttpReply long_body = http_round_trip(
+      port_, chunked_infer_request("echo", head, bytes_of(x) + "extra", 1000));
+  EXPECT_EQ(long_body.status, 400);
+  EXPECT_NE(long_body.body.find("longer than its JSON header and tensors"), std::string::npos)
+      << long_body.body;
+  EXPECT_EQ(request(port_, "GET", "/v2/health/live").status, 200);
+}
+
 TEST_F(HttpServerTest, BinaryInputWithJsonOutputAnswersJson) {
   start("", kMixedModel, {"mixed"});
   // a binary, b and c as JSON (FP16 from numbers), outputs as JSON by default.
