@@ -2,11 +2,12 @@
 // (KRISP, docs/amd.md).
 //
 // The model runs through the engine on this machine (no daemon), on random inputs of the given
-// batch, once per unit count: on hip:N the CU counts of a cumask slice (one pool entry per count,
-// switched as the worker switches them), on cpu the thread counts of a cpu affinity slice. At each
-// count one warm-up run, then --repeats runs timed op by op (Executor::profile_run); the file holds
-// each layer's median and its right size (the fewest units within 5% of the largest count's
-// latency). Progress goes to stderr, one line per count.
+// batch, once per unit count: on hip:N the CU counts of a cumask slice, on cuda:N the SM counts of
+// a greenctx slice (one pool entry per count, switched as the worker switches them), on cpu the
+// thread counts of a cpu affinity slice. At each count one warm-up run, then --repeats runs timed
+// op by op (Executor::profile_run); the file holds each layer's median and its right size (the
+// fewest units within 5% of the largest count's latency). Progress goes to stderr, one line per
+// count. A cuda profile is a measurement: no worker launches layers by it yet (docs/nvidia.md).
 
 #include <fmt/core.h>
 #include <fmt/ranges.h>
@@ -30,6 +31,9 @@
 #ifdef SLICESERVE_HAVE_HIP
 #include "sliceserve/backends/hip/cu_mask_slice.h"
 #endif
+#ifdef SLICESERVE_HAVE_CUDA
+#include "sliceserve/backends/cuda/green_context_slice.h"
+#endif
 #include "sliceserve/worker/engine/engine.h"
 #include "sliceserve/worker/engine/onnx_loader.h"
 
@@ -46,20 +50,23 @@ int fail(int code, std::string_view message) {
 // At most this many counts by default: a device of 120 CUs in pack has 120.
 constexpr size_t kDefaultCounts = 16;
 
-// Every multiple of `granule` up to `full`, or kDefaultCounts of them evenly spread (the full
-// count always last).
-std::vector<unsigned> default_units(unsigned granule, unsigned full) {
-  const unsigned multiples = full / granule;
+// All of `sizes` (increasing, the full count last), or kDefaultCounts of them evenly spread (the
+// full count always last).
+std::vector<unsigned> spread_units(const std::vector<unsigned>& sizes) {
+  if (sizes.size() <= kDefaultCounts) return sizes;
   std::vector<unsigned> units;
-  if (multiples <= kDefaultCounts) {
-    for (unsigned m = 1; m <= multiples; ++m) units.push_back(m * granule);
-    return units;
-  }
   for (size_t i = 1; i <= kDefaultCounts; ++i) {
-    const unsigned m = unsigned((multiples * i + kDefaultCounts - 1) / kDefaultCounts);
-    if (units.empty() || m * granule > units.back()) units.push_back(m * granule);
+    const size_t k = (sizes.size() * i + kDefaultCounts - 1) / kDefaultCounts;  // 1-based
+    if (units.empty() || sizes[k - 1] > units.back()) units.push_back(sizes[k - 1]);
   }
   return units;
+}
+
+// Every multiple of `granule` up to `full` (a multiple of it), spread as spread_units does.
+std::vector<unsigned> default_units(unsigned granule, unsigned full) {
+  std::vector<unsigned> sizes;
+  for (unsigned m = 1; m * granule <= full; ++m) sizes.push_back(m * granule);
+  return spread_units(sizes);
 }
 
 // Strictly increasing, each in 1..full and a multiple of granule; `unit` names them.
@@ -87,8 +94,8 @@ Status check_units(const std::vector<unsigned>& units, unsigned granule, unsigne
 struct ProfileSlice {
   std::unique_ptr<backends::Slice> slice;
   std::vector<size_t> entries;  // per unit count, its pool index
-  std::string kind;             // "cpu" | "hip"
-  std::string unit;             // "threads" | "CUs"
+  std::string kind;             // "cpu" | "hip" | "cuda"
+  std::string unit;             // "threads" | "CUs" | "SMs"
 };
 
 Result<ProfileSlice> cpu_slice(std::vector<unsigned>& units) {
@@ -147,6 +154,45 @@ Result<ProfileSlice> hip_slice([[maybe_unused]] const ProfileOptions& o,
 #endif
 }
 
+Result<ProfileSlice> cuda_slice([[maybe_unused]] int ordinal,
+                                [[maybe_unused]] std::vector<unsigned>& units) {
+#ifdef SLICESERVE_HAVE_CUDA
+  ASSIGN_OR_RETURN(std::unique_ptr<backends::Slice> slice,
+                   backends::create_green_context_slice({.device = ordinal, .percent = 100}));
+  auto& green = static_cast<backends::GreenContextSlice&>(*slice);
+  const backends::SmGranularity g = green.granularity();
+  ASSIGN_OR_RETURN(const std::vector<unsigned> sizes, backends::green_context_sizes(g));
+  if (units.empty()) units = spread_units(sizes);
+  RETURN_IF_ERROR(check_units(units, 1, g.sm_count, "SMs", ""));
+  for (unsigned n : units) {
+    if (std::find(sizes.begin(), sizes.end(), n) == sizes.end()) {
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("--units: {} SMs is no green-context size on this device "
+                                "(multiples of {} from {}, or all {})",
+                                n, g.alignment, sizes.front(), g.sm_count));
+    }
+  }
+  ProfileSlice out;
+  out.kind = "cuda";
+  out.unit = "SMs";
+  for (unsigned n : units) {
+    ASSIGN_OR_RETURN(size_t index, green.prepare(backends::percent_for_sm_count(n, g)));
+    RETURN_IF_ERROR(green.select(index));
+    // The driver may hand out a group of another size; the profile would then count wrongly.
+    if (green.active_sm_count() != n) {
+      return Status(ErrorCode::kUnavailable,
+                    fmt::format("the driver gave a green context of {} SMs for {}",
+                                green.active_sm_count(), n));
+    }
+    out.entries.push_back(index);
+  }
+  out.slice = std::move(slice);
+  return out;
+#else
+  return Status(ErrorCode::kUnavailable, "no CUDA device: this build has no cuda wing (greenctx)");
+#endif
+}
+
 // Random inputs at `batch`: every open first dimension becomes the batch.
 Status fix_inputs(worker::engine::Graph& graph, int64_t batch) {
   for (auto& info : graph.inputs) {
@@ -202,22 +248,24 @@ std::string default_output(const std::string& model_path, std::string_view kind)
 int run_profile(const ProfileOptions& o) {
   // The device first: a bad --device or --units is a usage error before any loading.
   int ordinal = -1;
+  const std::string_view device = o.device;
+  const std::string_view kind = device.substr(0, device.find(':'));
   if (o.device != "cpu") {
-    const std::string_view prefix = "hip:";
-    const std::string_view device = o.device;
-    char* end = nullptr;
-    const std::string digits(device.substr(std::min(device.size(), prefix.size())));
-    if (device.rfind(prefix, 0) == 0 && !digits.empty() && digits.size() < 5 &&
+    const std::string digits(device.substr(std::min(device.size(), kind.size() + 1)));
+    if ((kind == "hip" || kind == "cuda") && kind.size() < device.size() && !digits.empty() &&
+        digits.size() < 5 &&
         std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      ordinal = int(std::strtol(digits.c_str(), &end, 10));
+      ordinal = int(std::strtol(digits.c_str(), nullptr, 10));
     } else {
       return fail(kExitBadInput,
-                  fmt::format("--device {}: give cpu or hip:N (N the HIP device ordinal)",
+                  fmt::format("--device {}: give cpu, hip:N or cuda:N (N the device ordinal)",
                               o.device));
     }
   }
   std::vector<unsigned> units = o.units;
-  Result<ProfileSlice> made = ordinal < 0 ? cpu_slice(units) : hip_slice(o, ordinal, units);
+  Result<ProfileSlice> made = ordinal < 0       ? cpu_slice(units)
+                              : kind == "hip" ? hip_slice(o, ordinal, units)
+                                              : cuda_slice(ordinal, units);
   if (!made.is_ok()) {
     return fail(made.status().code() == ErrorCode::kInvalidArgument ? kExitBadInput
                                                                     : kExitFailure,

@@ -118,9 +118,11 @@ TEST_F(SlicectlProfileTest, BadCountsDevicesAndModelsAreClearErrors) {
       {"--units 2,1", 2, "--units must increase: 1 follows 2"},
       {"--units 0", 2, "--units: 0 threads is outside 1.."},
       {"--units " + std::to_string(cpus_ + 1), 2, "threads is outside 1.." + std::to_string(cpus_)},
-      {"--device cuda:0", 2, "--device cuda:0: give cpu or hip:N"},
-      {"--device hip:x", 2, "give cpu or hip:N"},
+      {"--device gpu:0", 2, "--device gpu:0: give cpu, hip:N or cuda:N"},
+      {"--device hip:x", 2, "give cpu, hip:N or cuda:N"},
+      {"--device cuda:", 2, "give cpu, hip:N or cuda:N"},
       {"--device hip:0", 1, "no HIP device"},
+      {"--device cuda:0", 1, "no CUDA device"},
       {"--batch 0", 105, ""},  // CLI11's range check
   };
   for (const Case& c : cases) {

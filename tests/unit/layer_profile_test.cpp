@@ -115,7 +115,7 @@ TEST(LayerProfileTest, EachRuleIsAClearError) {
       {"\"batch\": 4", "\"batch\": 0", "'batch' must be an integer in 1..4096"},
       {"\"batch\": 4", "\"batch\": 4.5", "'batch' must be an integer"},
       {"\"repeats\": 5", "\"repeats\": -5", "'repeats' must be an integer"},
-      {"\"device\": \"hip\"", "\"device\": \"cuda\"", "'device' must be \"hip\" or \"cpu\""},
+      {"\"device\": \"hip\"", "\"device\": \"gpu\"", "'device' must be \"hip\", \"cuda\" or \"cpu\""},
       {"\"model\": \"resnet18-32.onnx\"", "\"model\": \"\"", "'model' must be a non-empty string"},
       {std::string(64, 'a'), std::string(63, 'a'), "64 lowercase hex digits"},
       {std::string(64, 'a'), std::string(64, 'A'), "64 lowercase hex digits"},

@@ -79,6 +79,17 @@ double percent_for_sm_count(unsigned sms, const SmGranularity& granularity) {
   return 100.0 * sms / granularity.sm_count;
 }
 
+Result<std::vector<unsigned>> green_context_sizes(const SmGranularity& granularity) {
+  RETURN_IF_ERROR(check_sm_granularity(granularity));
+  std::vector<unsigned> sizes;
+  for (unsigned n = round_up(granularity.min_partition, granularity.alignment);
+       n < granularity.sm_count; n += granularity.alignment) {
+    sizes.push_back(n);
+  }
+  sizes.push_back(granularity.sm_count);
+  return sizes;
+}
+
 Result<std::vector<unsigned>> distinct_sm_counts(const std::vector<double>& percents,
                                                  const SmGranularity& granularity) {
   std::vector<unsigned> counts;

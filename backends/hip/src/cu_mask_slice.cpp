@@ -70,7 +70,7 @@ Result<std::vector<CuLayerSize>> right_sizes(const LayerProfile& profile) {
     return Status(ErrorCode::kInvalidArgument,
                   fmt::format("cumask right-sizing needs a profile measured on a hip device; this "
                               "one is of '{}' ({} counts)",
-                              profile.device, profile.device == "cpu" ? "thread" : "unit"));
+                              profile.device, profile.device == "cpu" ? "thread" : "SM"));
   }
   std::vector<CuLayerSize> sizes;
   for (const LayerProfileEntry& layer : profile.layers) {

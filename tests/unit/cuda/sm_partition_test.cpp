@@ -143,6 +143,35 @@ TEST(SmPartitionTest, EffectivePercentRoundTrips) {
   EXPECT_NEAR(percent_for_sm_count(64, shape(132, 9, 0)), 48.4848, 1e-3);
 }
 
+TEST(SmPartitionTest, GreenContextSizesAreTheAlignedCountsThenTheWholeDevice) {
+  auto h200 = green_context_sizes(shape(132, 9, 0));
+  ASSERT_TRUE(h200.is_ok()) << h200.status().to_string();
+  ASSERT_EQ(h200->size(), 17u);  // 8, 16, ..., 128, then 132 (not a multiple of 8)
+  EXPECT_EQ(h200->front(), 8u);
+  EXPECT_EQ((*h200)[15], 128u);
+  EXPECT_EQ(h200->back(), 132u);
+  const SmGranularity odd{100, 5, 4};
+  const SmGranularity tiny{6, 8, 8};
+  auto odd_sizes = green_context_sizes(odd);
+  ASSERT_TRUE(odd_sizes.is_ok());
+  EXPECT_EQ(odd_sizes->front(), 8u);  // the minimum rounded up to the alignment
+  auto tiny_sizes = green_context_sizes(tiny);
+  ASSERT_TRUE(tiny_sizes.is_ok());
+  EXPECT_EQ(*tiny_sizes, (std::vector<unsigned>{6}));  // only whole
+  // Each is a count a slice of its own share gets back: what a profile's pool entries hold.
+  for (const SmGranularity& g :
+       {shape(132, 9, 0), shape(108, 8, 0), shape(80, 7, 0), odd, tiny}) {
+    auto sizes = green_context_sizes(g);
+    ASSERT_TRUE(sizes.is_ok());
+    for (size_t i = 0; i < sizes->size(); ++i) {
+      const unsigned n = (*sizes)[i];
+      EXPECT_TRUE(i == 0 || n > (*sizes)[i - 1]) << n;
+      EXPECT_EQ(sms_for(percent_for_sm_count(n, g), g), n) << n << " of " << g.sm_count;
+    }
+  }
+  EXPECT_EQ(green_context_sizes({0, 8, 8}).status().code(), ErrorCode::kInvalidArgument);
+}
+
 TEST(SmPartitionTest, DistinctSizesOfAPool) {
   const SmGranularity h200 = shape(132, 9, 0);
   auto sizes = distinct_sm_counts({100, 50, 48, 25, 24.5, 10, 1}, h200);

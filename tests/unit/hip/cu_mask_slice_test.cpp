@@ -469,6 +469,11 @@ TEST(CuMaskRightSizesTest, AProfileGivesEachLayerItsRightSizeAndOnlyHipProfilesC
                                         "counts)"),
             std::string::npos)
       << cpu.status().message();
+  profile.device = "cuda";
+  auto cuda = right_sizes(profile);
+  ASSERT_FALSE(cuda.is_ok());
+  EXPECT_NE(cuda.status().message().find("this one is of 'cuda' (SM counts)"), std::string::npos)
+      << cuda.status().message();
 }
 
 CuMaskSliceOptions options(double percent) {

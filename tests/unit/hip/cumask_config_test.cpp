@@ -208,6 +208,22 @@ TEST_F(CumaskProfileConfigTest, EachRightSizingRuleNamesItsKey) {
   expect_error(cumask_model("profile = \"" + profile_file("cpu", model_) +
                             "\"\nright_size = true\n"),
                "model[0].profile", "right_size needs a profile measured on hip");
+  // A profile measured on NVIDIA (slicectl profile --device cuda:N) is a measurement: neither a
+  // cumask nor a greenctx model launches layers by it (the profile's key comes first in the file,
+  // so its error is the one reported).
+  const std::string cuda = profile_file("cuda", model_);
+  for (const std::string backend : {"cumask", "greenctx"}) {
+    expect_error("[server]\nbackend = \"" + backend + "\"\n" +
+                     onnx_model("profile = \"" + cuda + "\"\nright_size = true\n"),
+                 "model[0].profile",
+                 "right_size needs a profile measured on hip (CU counts); this one was measured "
+                 "on cuda");
+  }
+  // Kept without right_size: a profile is checked, and unused.
+  Result<Config> kept =
+      parse("[server]\nbackend = \"greenctx\"\n" + onnx_model("profile = \"" + cuda + "\"\n"));
+  ASSERT_TRUE(kept.is_ok()) << kept.status().to_string();
+  EXPECT_FALSE(kept->models[0].right_size);
   expect_error(cumask_model("profile = \"" + dir_.path() + "/none.json\"\n"), "model[0].profile",
                "No such file");
   expect_error(cumask_model("profile = \"" + dir_.write("bad.json", "{}") + "\"\n"),

@@ -1,13 +1,15 @@
 #pragma once
 // Per-layer profiles for right-sizing (KRISP): `slicectl profile` times each layer of a model at a
-// range of unit counts (CUs of a cumask slice, or threads of a cpu slice) and writes this file; a
-// cumask worker with `right_size = true` launches each layer on the pooled stream of its
-// right_size CUs inside the model's slice. docs/amd.md describes the format with an example.
+// range of unit counts (CUs of a cumask slice, SMs of a greenctx slice, or threads of a cpu slice)
+// and writes this file; a cumask worker with `right_size = true` launches each layer on the pooled
+// stream of its right_size CUs inside the model's slice. On NVIDIA the profile is a measurement
+// only: no per-layer launch uses it yet (docs/nvidia.md). docs/amd.md describes the format with an
+// example.
 //
 // The file is JSON:
 //   {"format": "sliceserve-layer-profile", "version": 1,
 //    "model": "resnet18-32.onnx", "model_sha256": "<64 hex digits of the .onnx bytes>",
-//    "device": "hip" | "cpu", "batch": 1, "repeats": 5,
+//    "device": "hip" | "cuda" | "cpu", "batch": 1, "repeats": 5,
 //    "units": [4, 8, ...],                    // strictly increasing counts measured
 //    "layers": [{"label": "node 'conv1' (Conv)", "ms": [..one per unit count..],
 //                "right_size": 8}, ...]}
@@ -42,7 +44,7 @@ struct LayerProfileEntry {
 struct LayerProfile {
   std::string model;         // the .onnx file's name (for messages)
   std::string model_sha256;  // of its bytes, lowercase hex: a profile of another model is refused
-  std::string device;        // "hip" (units are CUs) or "cpu" (units are threads)
+  std::string device;        // "hip" (units are CUs), "cuda" (green contexts' SMs), "cpu" (threads)
   int64_t batch = 1;
   unsigned repeats = 1;          // timed runs per count, median taken
   std::vector<unsigned> units;   // strictly increasing

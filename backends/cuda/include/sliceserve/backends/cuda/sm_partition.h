@@ -48,6 +48,12 @@ Result<unsigned> sm_count_for_percent(double percent, const SmGranularity& granu
 // The share of the device `sms` SMs are, in percent (100 x sms / device SMs).
 double percent_for_sm_count(unsigned sms, const SmGranularity& granularity);
 
+// Every SM count a green context of the device can hold, ascending: the multiples of the
+// alignment from the minimum partition (rounded up to the alignment) below the device's count, then
+// the whole device. For each, sm_count_for_percent(percent_for_sm_count(n)) is n: the counts
+// `slicectl profile --device cuda:N` may measure. kInvalidArgument for a bad granularity.
+Result<std::vector<unsigned>> green_context_sizes(const SmGranularity& granularity);
+
 // The distinct SM counts a pool of percents needs, ascending: the green contexts to build.
 Result<std::vector<unsigned>> distinct_sm_counts(const std::vector<double>& percents,
                                                  const SmGranularity& granularity);

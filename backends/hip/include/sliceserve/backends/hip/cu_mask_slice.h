@@ -90,7 +90,7 @@ struct CuLayerSize {
 };
 
 // The layer sizes of a profile measured on a hip device; kInvalidArgument for a profile of
-// another device (a cpu profile counts threads, not CUs).
+// another device (a cpu profile counts threads, a cuda one SMs, not CUs).
 Result<std::vector<CuLayerSize>> right_sizes(const LayerProfile& profile);
 
 struct CuSliceSetup {
