@@ -85,11 +85,11 @@ int run_model(const RunModelOptions& options);
 // unit list or model shape.
 struct ProfileOptions {
   std::string model_path;
-  std::string device = "cpu";        // cpu (thread counts) | hip:N (CU counts)
+  std::string device = "cpu";        // cpu (thread counts) | hip:N (CU counts) | cuda:N (SMs)
   std::vector<unsigned> units;       // counts to measure, increasing; empty: a default range
   unsigned batch = 1;
   unsigned repeats = 5;              // timed runs per count (after one warm-up); the median counts
-  std::string output;                // empty: MODEL.<cpu|hip>.profile.json beside the model
+  std::string output;                // empty: MODEL.<cpu|hip|cuda>.profile.json beside the model
   std::string cu_policy = "spread";  // hip: spread | pack, as the workers' [backend.cumask]
   unsigned shader_engines = 0;       // hip: 0 = from the architecture
   std::string wgp = "auto";          // hip: auto | true | false

@@ -12,7 +12,7 @@
 //   slicectl run-model FILE.onnx --input IN.npy --output OUT.npy [--threads N] [--device cuda:N]
 //                      [--runs N]   (no daemon)
 //   slicectl infer MODEL --input IN.npy --output OUT.npy [--timeout-ms T]
-//   slicectl profile FILE.onnx [--device cpu|hip:N] [--units LIST] [--batch B] [--repeats R]
+//   slicectl profile FILE.onnx [--device cpu|hip:N|cuda:N] [--units LIST] [--batch B] [--repeats R]
 //                    [--output FILE]   (no daemon)
 //
 // The global options (--instance, --config) go before or after the subcommand.
@@ -204,11 +204,12 @@ int main(int argc, char** argv) {
   slicectl::ProfileOptions profile;
   auto* profile_cmd = app.add_subcommand(
       "profile",
-      "Time each layer of an ONNX model at a range of CU (hip) or thread (cpu) counts and write "
-      "a layer profile for right_size (engine, no daemon)");
+      "Time each layer of an ONNX model at a range of CU (hip), SM (cuda) or thread (cpu) counts "
+      "and write a layer profile for right_size (engine, no daemon)");
   profile_cmd->add_option("model", profile.model_path, "ONNX file")->required();
-  profile_cmd->add_option("--device", profile.device, "cpu (default: thread counts) or hip:N (CU "
-                                                      "counts of a cumask slice)");
+  profile_cmd->add_option("--device", profile.device,
+                          "cpu (default: thread counts), hip:N (CU counts of a cumask slice) or "
+                          "cuda:N (SM counts of a greenctx slice; a measurement only)");
   profile_cmd
       ->add_option("--units", profile.units,
                    "Counts to measure, increasing, e.g. 8,16,32,60 (default: every granule "
@@ -219,7 +220,7 @@ int main(int argc, char** argv) {
   profile_cmd->add_option("--repeats", profile.repeats, "Timed runs per count (default 5)")
       ->check(CLI::Range(1u, 100000u));
   profile_cmd->add_option("--output", profile.output,
-                          "Profile file (default: MODEL.cpu.profile.json or MODEL.hip.profile.json)");
+                          "Profile file (default: MODEL.<cpu|hip|cuda>.profile.json)");
   profile_cmd->add_option("--cu-policy", profile.cu_policy, "hip: spread (default) | pack")
       ->check(CLI::IsMember({"spread", "pack"}));
   profile_cmd->add_option("--shader-engines", profile.shader_engines,
