@@ -257,13 +257,13 @@ int run_profile(const ProfileOptions& o) {
         std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       ordinal = int(std::strtol(digits.c_str(), nullptr, 10));
     } else {
-      return fail(kExitBadInput,
-                  fmt::format("--device {}: give cpu, hip:N or cuda:N (N the device ordinal)",
-                              o.device));
+      return fail(
+          kExitBadInput,
+          fmt::format("--device {}: give cpu, hip:N or cuda:N (N the device ordinal)", o.device));
     }
   }
   std::vector<unsigned> units = o.units;
-  Result<ProfileSlice> made = ordinal < 0       ? cpu_slice(units)
+  Result<ProfileSlice> made = ordinal < 0     ? cpu_slice(units)
                               : kind == "hip" ? hip_slice(o, ordinal, units)
                                               : cuda_slice(ordinal, units);
   if (!made.is_ok()) {

@@ -54,7 +54,7 @@ struct EmulatedHip {
   std::vector<HipCall> calls;                               // all of the above, in order
   std::map<hipEvent_t, unsigned> event_flags;               // live events
   int events_created = 0;
-  std::set<hipStream_t> live_streams;                    // created and not yet destroyed
+  std::set<hipStream_t> live_streams;                     // created and not yet destroyed
   std::map<hipStream_t, std::vector<uint32_t>> cu_masks;  // per CU-masked stream ever created
   int allocations = 0;
   int modules = 0;

@@ -575,8 +575,7 @@ Status CudaExecutor::copy_in(size_t index, std::span<const std::byte* const> inp
   return Status::ok();
 }
 
-Status CudaExecutor::copy_out(size_t index, std::span<std::byte* const> outputs,
-                              CUstream stream) {
+Status CudaExecutor::copy_out(size_t index, std::span<std::byte* const> outputs, CUstream stream) {
   const Plan& plan = plans_[index];
   for (size_t i = 0; i < outputs.size(); ++i) {
     const PlanValue& v = plan.values[size_t(plan.outputs[i])];

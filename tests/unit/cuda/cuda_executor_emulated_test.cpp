@@ -73,9 +73,9 @@ struct Device {
   bool fail_next_end_capture = false;
   int live_graphs = 0;
   int work_done = 0;  // the device's clock: pieces of work run so far (each "takes" 0.5 ms)
-  std::map<CUevent, unsigned> event_flags;       // live events
-  std::map<CUevent, CUcontext> event_contexts;   // the context current when each was created
-  std::map<CUevent, int> event_times;            // work_done when each was last recorded
+  std::map<CUevent, unsigned> event_flags;      // live events
+  std::map<CUevent, CUcontext> event_contexts;  // the context current when each was created
+  std::map<CUevent, int> event_times;           // work_done when each was last recorded
   struct EventRecord {
     CUevent event = nullptr;
     CUstream stream = nullptr;

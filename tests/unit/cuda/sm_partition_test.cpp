@@ -159,8 +159,7 @@ TEST(SmPartitionTest, GreenContextSizesAreTheAlignedCountsThenTheWholeDevice) {
   ASSERT_TRUE(tiny_sizes.is_ok());
   EXPECT_EQ(*tiny_sizes, (std::vector<unsigned>{6}));  // only whole
   // Each is a count a slice of its own share gets back: what a profile's pool entries hold.
-  for (const SmGranularity& g :
-       {shape(132, 9, 0), shape(108, 8, 0), shape(80, 7, 0), odd, tiny}) {
+  for (const SmGranularity& g : {shape(132, 9, 0), shape(108, 8, 0), shape(80, 7, 0), odd, tiny}) {
     auto sizes = green_context_sizes(g);
     ASSERT_TRUE(sizes.is_ok());
     for (size_t i = 0; i < sizes->size(); ++i) {

@@ -3,9 +3,9 @@
 // and run paths with the HIP runtime replaced by a recording fake whose "device" is host memory
 // (support/emulated_hip_runtime.h): module launches run the kernels' own bodies on the host by
 // name, copies are memcpy, events and streams are handles whose use is recorded. What is checked
-// here is everything but the GPU: buffer placement, every launch's parameters, the stream of every call,
-// the events that order per-layer streams (and that none is recorded without them), copies per
-// item from registered memory, per-step timing, where the weights go, and the checked calls'
+// here is everything but the GPU: buffer placement, every launch's parameters, the stream of every
+// call, the events that order per-layer streams (and that none is recorded without them), copies
+// per item from registered memory, per-step timing, where the weights go, and the checked calls'
 // error text.
 
 #include <gtest/gtest.h>
@@ -124,8 +124,9 @@ TEST_F(HipExecutorEmulatedTest, GemmWithBroadcastBiasAndBatchedMatMulMatchTheCpu
   const auto inputs = random_inputs(plans[0], 7);
   expect_close(run(*gpu, plans[0], 0, inputs, *cpu_slice_),
                run(*cpu, plans[0], 0, inputs, *cpu_slice_), "gemm and matmul");
-  EXPECT_EQ(std::count(hip_device().launched.begin(), hip_device().launched.end(), DeviceKernel::ss_gemm),
-            3);
+  EXPECT_EQ(
+      std::count(hip_device().launched.begin(), hip_device().launched.end(), DeviceKernel::ss_gemm),
+      3);
   // A host context has no device queue: the executor's own stream.
   ASSERT_FALSE(hip_device().launch_streams.empty());
   EXPECT_NE(hip_device().launch_streams[0], nullptr);

@@ -180,8 +180,8 @@ std::vector<HipCall> merged(const std::vector<HipCall>& calls) {
 // whose mask is the steps' right size; the way back to the slice's stream ordered the same way;
 // copies out and the synchronisation there.
 void expect_right_sized_run(const std::vector<HipCall>& calls, const CuMaskSlice& slice,
-                            const std::set<hipStream_t>& entry_streams,
-                            const LayerProfile& profile, const std::vector<std::string>& labels) {
+                            const std::set<hipStream_t>& entry_streams, const LayerProfile& profile,
+                            const std::vector<std::string>& labels) {
   // The steps' expected streams, merged into runs: nullopt is the slice's own stream.
   std::vector<std::optional<std::vector<uint32_t>>> runs;
   for (const std::string& label : labels) {
