@@ -2,7 +2,8 @@
 // (the fused cuDNN convolution, a convolution with the epilogue kernel, a residual sum, BatchNorm
 // folded and standalone, pooling, a reshape view, Gemm with a broadcast bias, Softmax), batches
 // given whole and item by item, each pool entry of a green-context slice (one CUDA graph per
-// queue), and weights shared through the device weight store. Skips without a device (label gpu).
+// queue), profile_run's per-layer device times on each entry (slicectl profile --device cuda:N),
+// and weights shared through the device weight store. Skips without a device (label gpu).
 
 #include <gtest/gtest.h>
 
@@ -201,6 +202,40 @@ TEST_F(CudaExecutorGpuTest, EachGreenContextOfThePoolRunsTheModel) {
   for (size_t entry = 0; entry < (*slice)->pool().size(); ++entry) {
     ASSERT_TRUE((*slice)->select(entry).is_ok());
     expect_close(run(**cuda, 3, x_, **slice), want, "pool entry " + std::to_string(entry));
+  }
+}
+
+TEST_F(CudaExecutorGpuTest, ProfileRunTimesEveryLayerOnEachGreenContext) {
+  auto slice = backends::create_green_context_slice({.device = 0, .percent = 50});
+  if (!slice.is_ok()) GTEST_SKIP() << slice.status().message();
+  auto quarter = (*slice)->prepare(25);
+  ASSERT_TRUE(quarter.is_ok()) << quarter.status().to_string();
+  auto cuda =
+      Engine::load_graph(graph_of(small_cnn()), {.max_batch = kMaxBatch, .device = "cuda:0"});
+  ASSERT_TRUE(cuda.is_ok()) << cuda.status().to_string();
+  const std::vector<float> want = run(*cpu_, 2, x_, *cpu_slice_);
+  for (size_t entry = 0; entry < (*slice)->pool().size(); ++entry) {
+    SCOPED_TRACE("pool entry " + std::to_string(entry));
+    ASSERT_TRUE((*slice)->select(entry).is_ok());
+    // A captured graph first: the profile runs the steps eagerly beside it.
+    expect_close(run(**cuda, 2, x_, **slice), want, "graph");
+    std::vector<float> y(kItemOut * 2);
+    const std::byte* in[] = {reinterpret_cast<const std::byte*>(x_.data())};
+    std::byte* out[] = {reinterpret_cast<std::byte*>(y.data())};
+    for (int round = 0; round < 2; ++round) {  // the second reuses the queue's events
+      auto timings = (*cuda)->profile_run(2, in, out, **slice);
+      ASSERT_TRUE(timings.is_ok()) << timings.status().to_string();
+      expect_close(y, want, "profiled");
+      ASSERT_FALSE(timings->empty());
+      double total = 0;
+      for (const auto& t : *timings) {
+        EXPECT_TRUE(std::isfinite(t.ms) && t.ms >= 0) << t.label << ": " << t.ms;
+        EXPECT_FALSE(t.label.empty());
+        total += t.ms;
+      }
+      EXPECT_GT(total, 0.0);
+    }
+    expect_close(run(**cuda, 2, x_, **slice), want, "graph after the profile");
   }
 }
 
