@@ -294,6 +294,7 @@ int main(int argc, char** argv) {
   unsigned concurrency = 4;
   double seconds = 5;
   uint32_t elements = 4096;
+  int poll_us = -1;  // -1: the daemon's default
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--concurrency" && i + 1 < argc) {
@@ -302,9 +303,12 @@ int main(int argc, char** argv) {
       seconds = std::atof(argv[++i]);
     } else if (arg == "--http-elements" && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
       elements = uint32_t(std::atoi(argv[++i]));
+    } else if (arg == "--tcp-poll-us" && i + 1 < argc && std::atoi(argv[i + 1]) >= 0) {
+      poll_us = std::atoi(argv[++i]);
     } else {
       std::fprintf(stderr,
-                   "usage: net_bench [--concurrency C] [--seconds S] [--http-elements E]\n");
+                   "usage: net_bench [--concurrency C] [--seconds S] [--http-elements E] "
+                   "[--tcp-poll-us U]\n");
       return 2;
     }
   }
@@ -318,7 +322,9 @@ int main(int argc, char** argv) {
   // One request per batch, no batching delay: the round trip is the front-end's and the ring's.
   std::ofstream(config) << "[server]\ninstance = \"netbench" << getpid()
                         << "\"\ntcp = \"127.0.0.1:" << port << "\"\nhttp = \"127.0.0.1:" << http_port
-                        << "\"\n[policy]\nenabled = false\n"
+                        << "\"\n"
+                        << (poll_us >= 0 ? "tcp_poll_us = " + std::to_string(poll_us) + "\n" : "")
+                        << "[policy]\nenabled = false\n"
                         << "[[model]]\nname = \"null\"\nkind = \"null\"\nslice = 50\n"
                         << "max_batch = 1\nmax_queue_delay_us = 0\n"
                         << "inputs = [ { name = \"x\", dtype = \"INT32\", shape = [4] } ]\n"
@@ -369,9 +375,10 @@ int main(int argc, char** argv) {
         "{\"bench\":\"tcp_overhead\",\"sliceserve_p50_us\":%.1f,\"echo_p50_us\":%.1f,"
         "\"sliceserve_rps\":%.0f,\"echo_rps\":%.0f,\"sliceserve_p99_us\":%.1f,"
         "\"echo_p99_us\":%.1f,\"ratio_p50\":%.2f,\"concurrency\":%u,\"seconds\":%.1f,"
-        "\"errors\":%llu}\n",
+        "\"tcp_poll_us\":%s,\"errors\":%llu}\n",
         s.p50_us, e.p50_us, s.rps, e.rps, s.p99_us, e.p99_us,
         e.p50_us > 0 ? s.p50_us / e.p50_us : 0.0, concurrency, seconds,
+        poll_us >= 0 ? std::to_string(poll_us).c_str() : "\"default\"",
         static_cast<unsigned long long>(s.errors + e.errors));
     rc = s.errors + e.errors == 0 ? 0 : 1;
     for (const bool binary : {false, true}) {

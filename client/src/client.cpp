@@ -180,6 +180,12 @@ struct Client::State {
   Result<InferResult> wait_sync(const shm::SlotTicket& ticket, uint64_t request_id,
                                 uint64_t deadline);
   void run_completer();
+  // One pass over the requests in flight: those done, failed or past their deadline are taken
+  // out and called back (without the lock while reading and calling; it is held again on
+  // return). Returns how many; `wake` becomes the earliest deadline left.
+  size_t finish_ready_locked(std::unique_lock<std::mutex>& lock, uint64_t& wake);
+  void set_polling(bool on);
+  size_t poll_completions();
 
   const std::string model;
   const std::string instance;
@@ -195,6 +201,8 @@ struct Client::State {
   std::vector<shm::SlotTicket> orphans;  // timed out while a worker held them
   uint64_t completer_wake_ns = 0;        // when the completion thread leaves the bell at the
                                          // latest; 0 while it sleeps on `work`
+  uint64_t next_liveness_ns = 0;         // when finish_ready_locked asks if the server lives
+  bool polling = false;                  // the owner polls: the completion thread stands aside
   bool stop = false;
   std::thread completer;
 };
@@ -481,6 +489,7 @@ void Client::State::enqueue_locked(std::unique_lock<std::mutex>& lock, Pending r
   const uint64_t deadline = request.deadline_ns;
   pending.push_back(std::move(request));
   ensure_completer_locked();
+  if (polling) return lock.unlock();  // the poller sees it; set_polling(false) wakes the thread
   // The completion thread sleeps on the lane's bell until its next deadline: ring it when this
   // request's deadline comes earlier (a spurious wake for this client's other waiters, no more).
   const bool ring = deadline < completer_wake_ns;
@@ -496,13 +505,8 @@ void Client::State::ensure_completer_locked() {
 }
 
 void Client::State::run_completer() {
-  struct Finished {
-    Pending request;
-    Status failure;  // ok: the slot is DONE, read it (or hand it over)
-  };
-  std::vector<Finished> finished;
   std::unique_lock lock(mu);
-  uint64_t next_liveness = shm::monotonic_ns() + kLivenessCheckNs;
+  next_liveness_ns = shm::monotonic_ns() + kLivenessCheckNs;
   for (;;) {
     if (pending.empty() && orphans.empty()) {
       if (stop) break;
@@ -511,90 +515,125 @@ void Client::State::run_completer() {
       continue;
     }
     if (pending.empty() && stop) break;  // orphans are left to the lane's destructor
-    const uint32_t token = lane->completion_token();
-    const uint64_t now = shm::monotonic_ns();
-    bool gone = !segment_open();
-    if (!gone && now >= next_liveness) {
-      gone = !lane->server_alive();
-      next_liveness = now + kLivenessCheckNs;
-    }
-    uint64_t wake = next_liveness;
-    for (size_t i = 0; i < pending.size();) {
-      Pending& p = pending[i];
-      Status failure;
-      bool withdrawn = false;
-      if (!lane->is_done(p.ticket)) {
-        if (gone) {
-          failure = Status(ErrorCode::kServerGone, "model '" + model + "': the server has stopped");
-        } else if (now >= p.deadline_ns) {
-          failure =
-              Status(ErrorCode::kTimeout, "model '" + model + "': no answer within the timeout");
-        } else if (stop && lane->cancel(p.ticket)) {
-          // Destruction withdraws what no worker holds yet; the slot is FREE again.
-          withdrawn = true;
-          failure = Status(ErrorCode::kTimeout,
-                           "model '" + model + "': request withdrawn, its client was closed");
-          slot_freed.notify_all();
-        } else {
-          wake = std::min(wake, p.deadline_ns);
-          ++i;
-          continue;
-        }
-        if (!withdrawn && abandon_locked(p.ticket)) failure = Status();  // completed after all
-      }
-      finished.push_back({std::move(p), std::move(failure)});
-      if (i + 1 != pending.size()) pending[i] = std::move(pending.back());
-      pending.pop_back();
-    }
-    if (!orphans.empty()) reap_orphans_locked();
-    if (!finished.empty()) {
-      lock.unlock();
-      // Read without the lock (the DONE slots are ours), release under it, then call back. A
-      // zero-copy request that succeeded keeps its slot: its SlotResult releases it.
-      std::vector<Result<InferResult>> results;
-      std::vector<bool> keep(finished.size(), false);
-      results.reserve(finished.size());
-      for (size_t i = 0; i < finished.size(); ++i) {
-        Finished& f = finished[i];
-        if (!f.failure.is_ok()) {
-          results.push_back(f.failure);
-        } else if (f.request.slot_done) {
-          Status verdict = worker_status(f.request.ticket);
-          keep[i] = verdict.is_ok();
-          results.push_back(std::move(verdict));
-        } else {
-          results.push_back(read_result(f.request.ticket, f.request.request_id));
-        }
-      }
-      lock.lock();
-      for (size_t i = 0; i < finished.size(); ++i) {
-        if (finished[i].failure.is_ok() && !keep[i]) {
-          SS_CHECK(lane->release(finished[i].request.ticket),
-                   "a DONE slot of this client moved under it");
-        }
-      }
-      lock.unlock();
-      slot_freed.notify_all();
-      for (size_t i = 0; i < finished.size(); ++i) {
-        Pending& p = finished[i].request;
-        if (!p.slot_done) {
-          p.done(std::move(results[i]));
-        } else if (keep[i]) {
-          p.slot_done(SlotResult(this, {p.ticket.slot, p.ticket.generation}, p.request_id));
-        } else {
-          p.slot_done(results[i].status());
-        }
-      }
-      finished.clear();
-      lock.lock();
+    if (polling && !stop) {
+      completer_wake_ns = 0;
+      work.wait(lock, [&] { return stop || !polling; });
       continue;
     }
+    const uint32_t token = lane->completion_token();
+    uint64_t wake = 0;
+    if (finish_ready_locked(lock, wake) > 0) continue;
     // Orphans need no poll here: the worker rings this bell when they turn DONE.
+    const uint64_t now = shm::monotonic_ns();
     completer_wake_ns = wake;
     lock.unlock();
     if (wake > now) lane->wait_completion(token, int64_t(wake - now));
     lock.lock();
   }
+}
+
+size_t Client::State::finish_ready_locked(std::unique_lock<std::mutex>& lock, uint64_t& wake) {
+  struct Finished {
+    Pending request;
+    Status failure;  // ok: the slot is DONE, read it (or hand it over)
+  };
+  std::vector<Finished> finished;
+  const uint64_t now = shm::monotonic_ns();
+  bool gone = !segment_open();
+  if (!gone && now >= next_liveness_ns) {
+    gone = !lane->server_alive();
+    next_liveness_ns = now + kLivenessCheckNs;
+  }
+  wake = next_liveness_ns;
+  for (size_t i = 0; i < pending.size();) {
+    Pending& p = pending[i];
+    Status failure;
+    bool withdrawn = false;
+    if (!lane->is_done(p.ticket)) {
+      if (gone) {
+        failure = Status(ErrorCode::kServerGone, "model '" + model + "': the server has stopped");
+      } else if (now >= p.deadline_ns) {
+        failure =
+            Status(ErrorCode::kTimeout, "model '" + model + "': no answer within the timeout");
+      } else if (stop && lane->cancel(p.ticket)) {
+        // Destruction withdraws what no worker holds yet; the slot is FREE again.
+        withdrawn = true;
+        failure = Status(ErrorCode::kTimeout,
+                         "model '" + model + "': request withdrawn, its client was closed");
+        slot_freed.notify_all();
+      } else {
+        wake = std::min(wake, p.deadline_ns);
+        ++i;
+        continue;
+      }
+      if (!withdrawn && abandon_locked(p.ticket)) failure = Status();  // completed after all
+    }
+    finished.push_back({std::move(p), std::move(failure)});
+    if (i + 1 != pending.size()) pending[i] = std::move(pending.back());
+    pending.pop_back();
+  }
+  if (!orphans.empty()) reap_orphans_locked();
+  if (finished.empty()) return 0;
+  lock.unlock();
+  // Read without the lock (the DONE slots are ours), release under it, then call back. A
+  // zero-copy request that succeeded keeps its slot: its SlotResult releases it.
+  std::vector<Result<InferResult>> results;
+  std::vector<bool> keep(finished.size(), false);
+  results.reserve(finished.size());
+  for (size_t i = 0; i < finished.size(); ++i) {
+    Finished& f = finished[i];
+    if (!f.failure.is_ok()) {
+      results.push_back(f.failure);
+    } else if (f.request.slot_done) {
+      Status verdict = worker_status(f.request.ticket);
+      keep[i] = verdict.is_ok();
+      results.push_back(std::move(verdict));
+    } else {
+      results.push_back(read_result(f.request.ticket, f.request.request_id));
+    }
+  }
+  lock.lock();
+  for (size_t i = 0; i < finished.size(); ++i) {
+    if (finished[i].failure.is_ok() && !keep[i]) {
+      SS_CHECK(lane->release(finished[i].request.ticket),
+               "a DONE slot of this client moved under it");
+    }
+  }
+  lock.unlock();
+  slot_freed.notify_all();
+  for (size_t i = 0; i < finished.size(); ++i) {
+    Pending& p = finished[i].request;
+    if (!p.slot_done) {
+      p.done(std::move(results[i]));
+    } else if (keep[i]) {
+      p.slot_done(SlotResult(this, {p.ticket.slot, p.ticket.generation}, p.request_id));
+    } else {
+      p.slot_done(results[i].status());
+    }
+  }
+  lock.lock();
+  return finished.size();
+}
+
+void Client::State::set_polling(bool on) {
+  std::unique_lock lock(mu);
+  if (polling == on) return;
+  polling = on;
+  if (on) {
+    if (next_liveness_ns == 0) next_liveness_ns = shm::monotonic_ns() + kLivenessCheckNs;
+    return;
+  }
+  // Wake the completion thread only when it has something to take back.
+  const bool hand_back = !pending.empty() || !orphans.empty();
+  lock.unlock();
+  if (hand_back) work.notify_one();
+}
+
+size_t Client::State::poll_completions() {
+  std::unique_lock lock(mu);
+  if (pending.empty() && orphans.empty()) return 0;
+  uint64_t wake = 0;
+  return finish_ready_locked(lock, wake);
 }
 
 void Client::State::shutdown() {
@@ -784,6 +823,16 @@ Result<PreparedRequest> Client::prepare(std::span<const TensorInfo> inputs,
   }
   SS_CHECK(state_ != nullptr, "use of a moved-from Client");
   return state_->prepare(inputs, deadline_after(wait));
+}
+
+void Client::set_polling(bool on) {
+  SS_CHECK(state_ != nullptr, "polling is for shm clients");
+  state_->set_polling(on);
+}
+
+size_t Client::poll_completions() {
+  SS_CHECK(state_ != nullptr, "polling is for shm clients");
+  return state_->poll_completions();
 }
 
 void Client::submit(PreparedRequest request, SlotCallback done,

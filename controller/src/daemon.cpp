@@ -100,8 +100,10 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
     tcp.token = token;
     tcp.instance = c.server.instance;
     for (const ModelConfig& m : c.models) tcp.models.push_back(m.name);
-    // One I/O thread per two cores, at most two: the workers need the rest.
-    tcp.io_threads = std::clamp(cores / 2, 1u, 2u);
+    // By default one I/O thread per two cores, at most two: the workers need the rest.
+    tcp.io_threads =
+        c.server.tcp_io_threads > 0 ? c.server.tcp_io_threads : std::clamp(cores / 2, 1u, 2u);
+    tcp.poll_us = c.server.tcp_poll_us;
     tcp.max_connections = c.server.tcp_max_connections;
     tcp.idle_timeout_ms = c.server.tcp_idle_timeout_ms;
     auto server = TcpServer::start(tcp);

@@ -96,7 +96,11 @@ struct IoThread {
   std::vector<std::unique_ptr<ModelEntry>> models;
   std::vector<std::unique_ptr<ModelEntry>> retired;  // unloaded, waiting for uses == 0
   asio::io_context ioc{1};
+  // Keeps run_one() waiting while the thread has no connection yet; stop() still ends it.
+  asio::executor_work_guard<asio::io_context::executor_type> keep_running{ioc.get_executor()};
   asio::steady_timer sweep_timer{ioc};
+  // Requests submitted on this thread whose completion handler has not run here yet.
+  uint32_t with_workers = 0;
   std::mutex gate_mu;
   bool gate_open = true;
   std::thread thread;
@@ -128,6 +132,36 @@ struct IoThread {
   void post(Handler&& handler) {
     std::lock_guard lock(gate_mu);
     if (gate_open) asio::post(ioc, std::forward<Handler>(handler));
+  }
+
+  // The thread's loop. While requests are with the workers it looks for their answers itself,
+  // between socket events, for up to `poll` after the last thing it did: an answer then costs no
+  // completion-thread wake-up and no post across threads. Past that (a slow model) it sleeps in
+  // the reactor and the completion threads post the answers, as they do with `poll` 0.
+  void run(std::chrono::microseconds poll) {
+    while (!ioc.stopped()) {
+      if (with_workers == 0 || poll.count() == 0) {
+        ioc.run_one();
+        continue;
+      }
+      set_polling(true);
+      for (auto idle_since = Clock::now(); with_workers > 0 && !ioc.stopped();) {
+        size_t progress = ioc.poll();
+        for (auto& m : models) progress += m->client.poll_completions();
+        for (auto& m : retired) progress += m->client.poll_completions();
+        if (progress > 0) {
+          idle_since = Clock::now();
+        } else if (Clock::now() - idle_since >= poll) {
+          break;
+        }
+      }
+      set_polling(false);
+      if (with_workers > 0) ioc.run_one();
+    }
+  }
+  void set_polling(bool on) {
+    for (auto& m : models) m->client.set_polling(on);
+    for (auto& m : retired) m->client.set_polling(on);
   }
 };
 
@@ -339,14 +373,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return lost(ec, "reading a request's tensors");
     }
     ++in_flight_;
+    ++io_.with_workers;
     const uint64_t id = header_.request_id;
     std::weak_ptr<Connection> weak = weak_from_this();
     IoThread* io = &io_;
     model_->client.submit(
         std::move(*prepared_),
         [weak, io, id, use = *model_use_](Result<client::SlotResult> result) {
-          // On the client's completion thread: back to this connection's I/O thread.
-          io->post([weak, id, c = Completion{use, std::move(result)}]() mutable {
+          // On the client's completion thread, or on the I/O thread's poll: onto the I/O
+          // thread's queue (a poll runs it on its next round, without a wake-up).
+          io->post([weak, io, id, c = Completion{use, std::move(result)}]() mutable {
+            --io->with_workers;
             if (auto self = weak.lock()) self->on_done(id, std::move(c));
           });
         },
@@ -710,11 +747,11 @@ Result<std::unique_ptr<TcpServer>> TcpServer::start(const TcpServerOptions& opti
   }
   impl->accept();
   for (auto& t : impl->threads) {
-    t->thread = std::thread([io = t.get()] {
+    t->thread = std::thread([io = t.get(), poll = std::chrono::microseconds(options.poll_us)] {
       // A handler that throws (only allocation can) must not end the thread silently.
       for (;;) {
         try {
-          io->ioc.run();
+          io->run(poll);
           return;
         } catch (const std::exception& e) {
           spdlog::error("tcp: I/O thread: {}", e.what());

@@ -601,6 +601,64 @@ TEST_F(ClientTest, PreparedRequestIsWrittenInPlaceAndAnsweredFromTheSlot) {
   EXPECT_TRUE(server_.all_slots_free());
 }
 
+TEST_F(ClientTest, WhilePollingAnswersComeOnThePollersThreadAndOffItTheCompletionThreads) {
+  server_.start_worker();
+  Client c = connect();
+  c.set_polling(true);
+  std::vector<Request> reqs;
+  for (int i = 0; i < 6; ++i) reqs.emplace_back(float(i));
+  std::atomic<int> answered{0};
+  std::atomic<bool> elsewhere{false};
+  const std::thread::id me = std::this_thread::get_id();
+  for (const Request& req : reqs) {
+    c.infer_async(req.tensors(), [&, req = &req](Result<InferResult> r) {
+      req->expect_answer(r);
+      if (std::this_thread::get_id() != me) elsewhere = true;
+      ++answered;
+    });
+  }
+  // The worker answers within milliseconds; nobody calls back until this thread polls.
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(answered.load(), 0) << "the completion thread stood aside";
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  size_t polled = 0;
+  while (answered < 6 && std::chrono::steady_clock::now() < until) polled += c.poll_completions();
+  EXPECT_EQ(polled, 6u);
+  EXPECT_EQ(answered.load(), 6);
+  EXPECT_FALSE(elsewhere.load());
+  EXPECT_EQ(c.poll_completions(), 0u);
+
+  // Requests still out when polling ends go to the completion thread.
+  server_.hold = true;
+  std::promise<std::thread::id> where;
+  c.infer_async(reqs[0].tensors(), [&](Result<InferResult> r) {
+    reqs[0].expect_answer(r);
+    where.set_value(std::this_thread::get_id());
+  });
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(c.poll_completions(), 0u);
+  c.set_polling(false);
+  server_.hold = false;
+  auto f = where.get_future();
+  ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+  EXPECT_NE(f.get(), me);
+  EXPECT_TRUE(server_.all_slots_free());
+}
+
+TEST_F(ClientTest, APolledRequestPastItsDeadlineTimesOutOnThePoll) {
+  shm::set_owner_epoch(server_.segment(), 1);  // an owner that never comes
+  Client c = connect();
+  c.set_polling(true);
+  Request req(1);
+  std::optional<Result<InferResult>> got;
+  c.infer_async(req.tensors(), [&](Result<InferResult> r) { got = std::move(r); }, 30ms);
+  const auto until = std::chrono::steady_clock::now() + 2s;
+  while (!got && std::chrono::steady_clock::now() < until) c.poll_completions();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status().code(), ErrorCode::kTimeout) << got->status().to_string();
+  EXPECT_TRUE(server_.all_slots_free()) << "the queued request was withdrawn";
+}
+
 TEST_F(ClientTest, PrepareValidatesAndSaysBusyWhenEverySlotIsTaken) {
   Client c = connect();
   std::vector<TensorInfo> wrong = two_input_infos();

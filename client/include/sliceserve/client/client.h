@@ -162,6 +162,15 @@ class Client {
   void submit(PreparedRequest request, SlotCallback done,
               std::optional<std::chrono::milliseconds> timeout = {});
 
+  // For an owner that runs its own event loop and would rather look for answers itself than be
+  // woken by the completion thread (sliceserved's TCP front-end while its requests are short;
+  // shm transport only). While polling is on, the completion thread stands aside and
+  // poll_completions() calls back, on the calling thread, the requests that are done, failed or
+  // past their deadline, returning how many. set_polling(false) hands the rest back to the
+  // completion thread. Only one thread should poll at a time.
+  void set_polling(bool on);
+  size_t poll_completions();
+
   struct State;     // the shm transport, defined in client.cpp
   struct TcpState;  // the TCP transport, defined in tcp_transport.cpp
   struct HttpState;  // the HTTP transport, defined in http_transport.cpp

@@ -28,6 +28,9 @@ struct TcpServerOptions {
   uint32_t max_in_flight = 64;       // per connection; beyond it the server stops reading
   uint32_t max_header_bytes = 64 * 1024;
   uint32_t default_timeout_ms = 10000;  // for requests that name none
+  // How long an I/O thread with requests at the workers keeps looking for their answers itself
+  // after its last event, before it sleeps (0: never; the completion threads wake it).
+  uint32_t poll_us = 50;
 };
 
 class TcpServer {
