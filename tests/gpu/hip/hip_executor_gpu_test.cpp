@@ -1,7 +1,8 @@
 // The HIP executor on a real AMD GPU against the cpu executor: a torchvision export (resnet18 at
 // 32x32, from scripts/models) through the engine on "hip:0", at batch 1 and 2, on a CU-masked
 // stream of a cumask slice at two pool entries (the instant resize), item by item from registered
-// memory, and profiled per op. Skips without a device (label gpu).
+// memory, profiled per op, and right-sized (every other layer on a stream of the fewest CUs, at
+// both entries). Skips without a device (label gpu).
 
 #include <gtest/gtest.h>
 
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -93,6 +95,51 @@ TEST(HipExecutorGpuTest, ATorchvisionModelMatchesTheCpuOnEveryPoolEntry) {
     total += t.ms;
   }
   std::printf("resnet18-32 batch 1 on %zu ops: %.3f ms of device time\n", timings->size(), total);
+}
+
+TEST(HipExecutorGpuTest, ARightSizedSliceMatchesTheCpuOnEveryPoolEntry) {
+  auto runtime = backends::load_hip_runtime();
+  if (!runtime.is_ok()) GTEST_SKIP() << runtime.status().to_string();
+  const std::string path = std::string(SLICESERVE_SOURCE_DIR) + "/models/resnet18-32.onnx";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no " << path << " (scripts/models)";
+  auto gpu = Engine::load_file(path, {.max_batch = 1, .device = "hip:0"});
+  ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
+  auto cpu = Engine::load_file(path, {.max_batch = 1, .device = "cpu"});
+  ASSERT_TRUE(cpu.is_ok()) << cpu.status().to_string();
+  auto host = backends::create_cpu_slice({.percent = 100});
+  ASSERT_TRUE(host.is_ok());
+  const auto x = random_floats(elements((*gpu)->input_shape(0, 1)), 5);
+  const auto want = run(**cpu, 1, x, **host);
+  // The layers' labels, from a profiled run on the whole device.
+  auto whole = backends::create_cu_mask_slice({});
+  ASSERT_TRUE(whole.is_ok()) << whole.status().to_string();
+  std::vector<float> y(elements((*gpu)->output_shape(0, 1)));
+  const std::byte* in[] = {reinterpret_cast<const std::byte*>(x.data())};
+  std::byte* out[] = {reinterpret_cast<std::byte*>(y.data())};
+  auto timings = (*gpu)->profile_run(1, in, out, **whole);
+  ASSERT_TRUE(timings.is_ok()) << timings.status().to_string();
+  const auto& cumask = static_cast<const backends::CuMaskSlice&>(**whole);
+  const unsigned fewest = backends::cu_granule(cumask.layout(), cumask.policy());
+  backends::CuMaskSliceOptions options;
+  std::set<std::string> seen;
+  for (const auto& t : *timings) {
+    if (seen.insert(t.label).second && seen.size() % 2 == 0) {
+      options.setup.layers.push_back({t.label, fewest});
+    }
+  }
+  ASSERT_FALSE(options.setup.layers.empty());
+  whole->reset();
+  auto slice = backends::create_cu_mask_slice(options);
+  ASSERT_TRUE(slice.is_ok()) << slice.status().to_string();
+  EXPECT_NE((*slice)->info().placement.find("layers right-sized onto"), std::string::npos)
+      << (*slice)->info().placement;
+  auto half = (*slice)->prepare(50);
+  ASSERT_TRUE(half.is_ok()) << half.status().to_string();
+  for (size_t entry : {size_t{0}, *half}) {
+    SCOPED_TRACE("pool entry " + std::to_string(entry));
+    ASSERT_TRUE((*slice)->select(entry).is_ok());
+    expect_close(run(**gpu, 1, x, **slice), want);
+  }
 }
 
 }  // namespace
