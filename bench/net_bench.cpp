@@ -303,12 +303,12 @@ int main(int argc, char** argv) {
       seconds = std::atof(argv[++i]);
     } else if (arg == "--http-elements" && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
       elements = uint32_t(std::atoi(argv[++i]));
-    } else if (arg == "--tcp-poll-us" && i + 1 < argc && std::atoi(argv[i + 1]) >= 0) {
+    } else if (arg == "--io-poll-us" && i + 1 < argc && std::atoi(argv[i + 1]) >= 0) {
       poll_us = std::atoi(argv[++i]);
     } else {
       std::fprintf(stderr,
                    "usage: net_bench [--concurrency C] [--seconds S] [--http-elements E] "
-                   "[--tcp-poll-us U]\n");
+                   "[--io-poll-us U]\n");
       return 2;
     }
   }
@@ -323,7 +323,7 @@ int main(int argc, char** argv) {
   std::ofstream(config) << "[server]\ninstance = \"netbench" << getpid()
                         << "\"\ntcp = \"127.0.0.1:" << port << "\"\nhttp = \"127.0.0.1:" << http_port
                         << "\"\n"
-                        << (poll_us >= 0 ? "tcp_poll_us = " + std::to_string(poll_us) + "\n" : "")
+                        << (poll_us >= 0 ? "io_poll_us = " + std::to_string(poll_us) + "\n" : "")
                         << "[policy]\nenabled = false\n"
                         << "[[model]]\nname = \"null\"\nkind = \"null\"\nslice = 50\n"
                         << "max_batch = 1\nmax_queue_delay_us = 0\n"
@@ -375,7 +375,7 @@ int main(int argc, char** argv) {
         "{\"bench\":\"tcp_overhead\",\"sliceserve_p50_us\":%.1f,\"echo_p50_us\":%.1f,"
         "\"sliceserve_rps\":%.0f,\"echo_rps\":%.0f,\"sliceserve_p99_us\":%.1f,"
         "\"echo_p99_us\":%.1f,\"ratio_p50\":%.2f,\"concurrency\":%u,\"seconds\":%.1f,"
-        "\"tcp_poll_us\":%s,\"errors\":%llu}\n",
+        "\"io_poll_us\":%s,\"errors\":%llu}\n",
         s.p50_us, e.p50_us, s.rps, e.rps, s.p99_us, e.p99_us,
         e.p50_us > 0 ? s.p50_us / e.p50_us : 0.0, concurrency, seconds,
         poll_us >= 0 ? std::to_string(poll_us).c_str() : "\"default\"",

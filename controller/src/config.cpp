@@ -63,7 +63,7 @@ constexpr std::string_view kServerKeys[] = {"instance",
                                             "tcp_max_connections",
                                             "tcp_idle_timeout_ms",
                                             "tcp_io_threads",
-                                            "tcp_poll_us",
+                                            "io_poll_us",
                                             "http_max_body_mb",
                                             "worker_binary",
                                             "restart_backoff_min_ms",
@@ -604,7 +604,7 @@ class ConfigParser {
     read_u32(*table, kPrefix, "tcp_max_connections", 1, 65535, server.tcp_max_connections);
     read_u32(*table, kPrefix, "tcp_idle_timeout_ms", 1, kMaxU32, server.tcp_idle_timeout_ms);
     read_u32(*table, kPrefix, "tcp_io_threads", 0, 64, server.tcp_io_threads);
-    read_u32(*table, kPrefix, "tcp_poll_us", 0, 1'000'000, server.tcp_poll_us);
+    read_u32(*table, kPrefix, "io_poll_us", 0, 1'000'000, server.io_poll_us);
     read_u32(*table, kPrefix, "http_max_body_mb", 1, 4096, server.http_max_body_mb);
     if (auto binary = read_string(*table, kPrefix, "worker_binary")) {
       server.worker_binary = *binary;

@@ -103,7 +103,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
     // By default one I/O thread per two cores, at most two: the workers need the rest.
     tcp.io_threads =
         c.server.tcp_io_threads > 0 ? c.server.tcp_io_threads : std::clamp(cores / 2, 1u, 2u);
-    tcp.poll_us = c.server.tcp_poll_us;
+    tcp.poll_us = c.server.io_poll_us;
     tcp.max_connections = c.server.tcp_max_connections;
     tcp.idle_timeout_ms = c.server.tcp_idle_timeout_ms;
     auto server = TcpServer::start(tcp);
@@ -129,6 +129,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(Config config) {
     http.token = token;
     http.instance = c.server.instance;
     http.max_infer_body_bytes = uint64_t{c.server.http_max_body_mb} << 20;
+    http.poll_us = c.server.io_poll_us;
     for (const auto& m : daemon->models_) {
       http.models.push_back({m->name(), m->model().kind, m->model().inputs, m->model().outputs});
     }

@@ -18,6 +18,7 @@
 #include "sliceserve/controller/http_admin.h"
 #include "sliceserve/client/client.h"
 #include "sliceserve/controller/listen_address.h"
+#include "polling_loop.h"
 #include "sliceserve/controller/stats_window.h"
 #include "sliceserve/shm/layout.h"
 #include "sliceserve/shm/segment.h"
@@ -176,6 +177,7 @@ struct HttpServer::Impl {
   // completion threads hold sessions only by weak reference).
   std::vector<std::shared_ptr<ModelState>> models;
   uint32_t connections = 0;  // I/O thread only
+  uint32_t with_workers = 0;  // items submitted whose answer handler has not run; I/O thread only
   std::mutex gate_mu;
   bool gate_open = true;  // false once the I/O thread is gone: completions are dropped
   // Destroyed before the members above: pending handlers hold sessions that refer to them.
@@ -592,11 +594,14 @@ class Session : public std::enable_shared_from_this<Session> {
     std::weak_ptr<Session> weak = weak_from_this();
     HttpServer::Impl* server = &server_;
     for (uint32_t b = 0; b < request_.batch; ++b) {
+      ++server_.with_workers;
       model_->client.submit(
           std::move(prepared_[b]),
           [weak, server, b](Result<client::SlotResult> result) {
-            // On the client's completion thread (or this one): back to the I/O thread.
-            server->post([weak, b, r = std::move(result)]() mutable {
+            // On the client's completion thread or the I/O thread's poll: onto the I/O
+            // thread's queue (a poll runs it on its next round, without a wake-up).
+            server->post([weak, server, b, r = std::move(result)]() mutable {
+              --server->with_workers;
               if (auto self = weak.lock()) self->on_item(b, std::move(r));
             });
           },
@@ -932,7 +937,10 @@ void HttpServer::remove_model(const std::string& name) {
   impl->post([impl, name] {
     auto it = std::find_if(impl->models.begin(), impl->models.end(),
                            [&](const auto& m) { return m->info.name == name; });
-    if (it != impl->models.end()) impl->models.erase(it);
+    if (it == impl->models.end()) return;
+    // Requests still out on it are answered through its completion thread from now on.
+    (*it)->client.set_polling(false);
+    impl->models.erase(it);
   });
   spdlog::info("http: model {} no longer served", name);
 }
@@ -973,11 +981,16 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const HttpServerOptions& o
     return net_status("HTTP front-end: listening on " + options.address, ec);
   }
   impl->accept();
-  impl->thread = std::thread([io = &impl->ioc] {
+  impl->thread = std::thread([server = impl.get()] {
     // A handler that throws (only allocation can) must not end the thread silently.
     for (;;) {
       try {
-        io->run();
+        run_polling(server->ioc, std::chrono::microseconds(server->options.poll_us),
+                    server->with_workers, [server](auto&& f) {
+                      // Unloaded models with requests out are not polled: their answers come
+                      // through their completion threads.
+                      for (auto& m : server->models) f(m->client);
+                    });
         return;
       } catch (const std::exception& e) {
         spdlog::error("http: I/O thread: {}", e.what());

@@ -16,6 +16,7 @@
 #include "sliceserve/client/wire.h"
 #include "sliceserve/controller/config.h"
 #include "sliceserve/controller/listen_address.h"
+#include "polling_loop.h"
 
 namespace sliceserve::controller {
 namespace {
@@ -134,34 +135,11 @@ struct IoThread {
     if (gate_open) asio::post(ioc, std::forward<Handler>(handler));
   }
 
-  // The thread's loop. While requests are with the workers it looks for their answers itself,
-  // between socket events, for up to `poll` after the last thing it did: an answer then costs no
-  // completion-thread wake-up and no post across threads. Past that (a slow model) it sleeps in
-  // the reactor and the completion threads post the answers, as they do with `poll` 0.
   void run(std::chrono::microseconds poll) {
-    while (!ioc.stopped()) {
-      if (with_workers == 0 || poll.count() == 0) {
-        ioc.run_one();
-        continue;
-      }
-      set_polling(true);
-      for (auto idle_since = Clock::now(); with_workers > 0 && !ioc.stopped();) {
-        size_t progress = ioc.poll();
-        for (auto& m : models) progress += m->client.poll_completions();
-        for (auto& m : retired) progress += m->client.poll_completions();
-        if (progress > 0) {
-          idle_since = Clock::now();
-        } else if (Clock::now() - idle_since >= poll) {
-          break;
-        }
-      }
-      set_polling(false);
-      if (with_workers > 0) ioc.run_one();
-    }
-  }
-  void set_polling(bool on) {
-    for (auto& m : models) m->client.set_polling(on);
-    for (auto& m : retired) m->client.set_polling(on);
+    run_polling(ioc, poll, with_workers, [this](auto&& f) {
+      for (auto& m : models) f(m->client);
+      for (auto& m : retired) f(m->client);
+    });
   }
 };
 

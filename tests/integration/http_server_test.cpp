@@ -560,6 +560,39 @@ TEST_F(HttpServerTest, PipelinedInferRequestsOnOneConnectionAnswerInOrder) {
   EXPECT_NE(replies[7].body.find("sliceserve"), std::string::npos);
 }
 
+// Batches of 3 from 8 connections at once, each item's answer right: with the I/O thread polling
+// so briefly that most answers come through the completion thread, and not polling at all (the
+// other tests run with the default poll).
+TEST_F(HttpServerTest, ConcurrentBatchesAreAnsweredWithBriefOrNoPolling) {
+  for (const char* extra : {"io_poll_us = 1\n", "io_poll_us = 0\n"}) {
+    start(extra);
+    std::vector<std::thread> threads;
+    std::atomic<int> good{0};
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 10; ++i) {
+          const nlohmann::json body = {
+              {"inputs",
+               {{{"name", "x"}, {"shape", {3, 4}}, {"datatype", "INT32"},
+                 {"data", {t, i, 0, 0, t, i, 1, 1, t, i, 2, 2}}}}}};
+          const HttpReply r = http_round_trip(port_, infer_request("echo", body.dump()));
+          if (r.status != 200) continue;
+          const auto j = nlohmann::json::parse(r.body);
+          const auto& data = j["outputs"][0]["data"];
+          if (data.size() == 12 && data[9].get<float>() == std::bit_cast<float>(int32_t(i)) &&
+              data[10].get<float>() == std::bit_cast<float>(int32_t(2))) {
+            ++good;
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(good.load(), 80) << extra;
+    ASSERT_EQ(daemon_->stop(), 0) << read_file(dir_.path() + "/d.log");
+    daemon_.reset();
+  }
+}
+
 TEST_F(HttpServerTest, InferNeedsTheToken) {
   start(std::string("token = \"") + kToken + "\"\n");
   const std::string body =

@@ -283,7 +283,7 @@ TEST_F(TcpServerTest, PipelinedRequestsAnswerWithTheirIds) {
 class TcpServerLoopTest : public TcpServerTest, public ::testing::WithParamInterface<const char*> {};
 
 INSTANTIATE_TEST_SUITE_P(IoLoops, TcpServerLoopTest,
-                         ::testing::Values("", "tcp_poll_us = 1\n", "tcp_poll_us = 0\n",
+                         ::testing::Values("", "io_poll_us = 1\n", "io_poll_us = 0\n",
                                            "tcp_io_threads = 2\n"));
 
 TEST_P(TcpServerLoopTest, ManyConnectionsAtOnce) {

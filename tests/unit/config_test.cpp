@@ -54,7 +54,7 @@ restart_backoff_max_ms = 5000
 worker_ready_timeout_ms = 20000
 shutdown_grace_ms = 1500
 tcp_io_threads = 3
-tcp_poll_us = 0
+io_poll_us = 0
 
 [backend.cpu]
 mode = "affinity"
@@ -143,7 +143,7 @@ TEST_F(ConfigTest, FullConfigFillsEveryField) {
   EXPECT_EQ(config.server.tcp, "0.0.0.0:9700");
   EXPECT_EQ(config.server.http, "[::1]:9000");
   EXPECT_EQ(config.server.tcp_io_threads, 3u);
-  EXPECT_EQ(config.server.tcp_poll_us, 0u);
+  EXPECT_EQ(config.server.io_poll_us, 0u);
   EXPECT_EQ(config.server.worker_binary, "/opt/sliceserve/bin/sliceserve-worker");
   EXPECT_EQ(config.server.restart_backoff_min_ms, 100u);
   EXPECT_EQ(config.server.restart_backoff_max_ms, 5000u);
@@ -206,7 +206,7 @@ TEST_F(ConfigTest, AbsentOptionalKeysTakeTheirDefaults) {
   EXPECT_EQ(config.server.tcp, "127.0.0.1:8700");
   EXPECT_EQ(config.server.http, "127.0.0.1:8000");
   EXPECT_EQ(config.server.tcp_io_threads, 0u);
-  EXPECT_EQ(config.server.tcp_poll_us, 50u);
+  EXPECT_EQ(config.server.io_poll_us, 50u);
   EXPECT_EQ(config.server.worker_binary, "");
   EXPECT_EQ(config.server.restart_backoff_min_ms, server_defaults.restart_backoff_min_ms);
   EXPECT_EQ(config.server.restart_backoff_max_ms, server_defaults.restart_backoff_max_ms);
@@ -604,8 +604,8 @@ std::vector<ErrorCase> error_cases() {
        "server.restart_backoff_max_ms", "must be >= restart_backoff_min_ms (200)"},
       {"TooManyIoThreads", with_model("", "[server]\ntcp_io_threads = 65 #!\n"),
        "server.tcp_io_threads", "must be in 0..64, got 65"},
-      {"PollBeyondASecond", with_model("", "[server]\ntcp_poll_us = 1000001 #!\n"),
-       "server.tcp_poll_us", "must be in 0..1000000, got 1000001"},
+      {"PollBeyondASecond", with_model("", "[server]\nio_poll_us = 1000001 #!\n"),
+       "server.io_poll_us", "must be in 0..1000000, got 1000001"},
       {"ZeroBackoffMin", with_model("", "[server]\nrestart_backoff_min_ms = 0 #!\n"),
        "server.restart_backoff_min_ms", "must be > 0"},
       {"NegativeShutdownGrace", with_model("", "[server]\nshutdown_grace_ms = -1 #!\n"),

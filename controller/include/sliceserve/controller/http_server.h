@@ -37,6 +37,7 @@ struct HttpServerOptions {
   uint32_t max_body_bytes = 4096;     // bodies of endpoints other than infer; beyond: 413
   uint64_t max_infer_body_bytes = uint64_t{64} << 20;  // an infer body (JSON and binary); 413
   uint32_t default_timeout_ms = 10000;  // infer requests without parameters.timeout
+  uint32_t poll_us = 50;                // as TcpServerOptions::poll_us
   // The admin routes (/v2/admin/..., http_admin.h): hands a request to the daemon's loop, which
   // calls the reply back on its own thread (AdminServer::submit). Unset: the routes answer 503.
   std::function<void(nlohmann::json request, std::function<void(nlohmann::json reply)> done)>
