@@ -9,7 +9,8 @@
 // concurrency and tensor, one line each:
 //   {"bench":"http","encoding":"json"|"binary","p50_us":X,"p99_us":Y,"rps":N,"tensor_bytes":B,...}
 //
-//   net_bench [--concurrency C] [--seconds S] [--http-elements E]
+//   net_bench [--concurrency C] [--seconds S] [--http-elements E] [--io-poll-us U]
+// (--io-poll-us: the daemon's [server] io_poll_us; the line says which, "default" when unset)
 // sliceserved and sliceserve-worker are found next to this binary and run as child processes.
 
 #include <arpa/inet.h>

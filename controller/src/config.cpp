@@ -936,8 +936,12 @@ class ConfigParser {
     if (model.right_size && profile->device != "hip") {
       report_value(table, prefix, "profile",
                    fmt::format("right_size needs a profile measured on hip (CU counts); this one "
-                               "was measured on {}",
-                               profile->device));
+                               "was measured on {}{}",
+                               profile->device,
+                               profile->device == "cuda"
+                                   ? " (SM counts, for measuring only: there is no per-layer "
+                                     "launch on NVIDIA yet, docs/nvidia.md)"
+                                   : ""));
       return;
     }
     model.profile = resolved.string();

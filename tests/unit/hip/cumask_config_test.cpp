@@ -217,7 +217,8 @@ TEST_F(CumaskProfileConfigTest, EachRightSizingRuleNamesItsKey) {
                      onnx_model("profile = \"" + cuda + "\"\nright_size = true\n"),
                  "model[0].profile",
                  "right_size needs a profile measured on hip (CU counts); this one was measured "
-                 "on cuda");
+                 "on cuda (SM counts, for measuring only: there is no per-layer launch on NVIDIA "
+                 "yet, docs/nvidia.md)");
   }
   // Kept without right_size: a profile is checked, and unused.
   Result<Config> kept =
