@@ -44,19 +44,6 @@ constexpr auto kSlotRetry = std::chrono::microseconds(200);
 constexpr size_t kBodyChunk = 64 * 1024;
 constexpr const char* kHeaderLengthField = "Inference-Header-Content-Length";
 
-Status net_status(std::string_view what, const beast::error_code& ec) {
-  return Status(ErrorCode::kUnavailable, std::string(what) + ": " + ec.message());
-}
-
-// Compares without an early exit, so the time taken says nothing about where a guess is wrong.
-bool same_token(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<size_t>(b.size(), 1)]);
-  }
-  return diff == 0;
-}
-
 Response empty_response(http::status status) {
   Response res{status, 11};
   res.set(http::field::server, "sliceserve");
@@ -961,25 +948,9 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const HttpServerOptions& o
     impl->models.push_back(std::move(model));
   }
 
-  beast::error_code ec;
-  tcp::resolver resolver(impl->ioc);
-  const auto found = resolver.resolve(host, std::to_string(port), ec);
-  if (ec || found.empty()) return net_status("HTTP front-end: resolving " + host, ec);
-  const tcp::endpoint endpoint = *found.begin();
   tcp::acceptor& acceptor = impl->acceptor.emplace(impl->ioc);
-  if (acceptor.open(endpoint.protocol(), ec); ec) {
-    return net_status("HTTP front-end: opening a socket for " + options.address, ec);
-  }
-  // A restarted daemon binds again at once, past the old connections' TIME_WAIT.
-  if (acceptor.set_option(net::socket_base::reuse_address(true), ec); ec) {
-    return net_status("HTTP front-end: SO_REUSEADDR", ec);
-  }
-  if (acceptor.bind(endpoint, ec); ec) {
-    return net_status("HTTP front-end: binding " + options.address, ec);
-  }
-  if (acceptor.listen(net::socket_base::max_listen_connections, ec); ec) {
-    return net_status("HTTP front-end: listening on " + options.address, ec);
-  }
+  RETURN_IF_ERROR(
+      listen_on<beast::error_code>(acceptor, host, port, options.address, "HTTP front-end"));
   impl->accept();
   impl->thread = std::thread([server = impl.get()] {
     // A handler that throws (only allocation can) must not end the thread silently.

@@ -1,6 +1,7 @@
 #include "sliceserve/controller/listen_address.h"
 
 #include <asio/ip/address.hpp>
+#include <algorithm>
 #include <charconv>
 
 #include "sliceserve/controller/config.h"
@@ -46,6 +47,14 @@ Result<std::pair<std::string, uint16_t>> checked_listen_address(std::string_view
                   "the token must have at least " + std::to_string(kMinTokenBytes) + " characters");
   }
   return host_port;
+}
+
+bool same_token(std::string_view given, std::string_view expected) {
+  unsigned char diff = given.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < given.size(); ++i) {
+    diff |= static_cast<unsigned char>(given[i] ^ expected[i % std::max<size_t>(expected.size(), 1)]);
+  }
+  return diff == 0;
 }
 
 }  // namespace sliceserve::controller

@@ -32,19 +32,6 @@ constexpr auto kRetiredSweep = std::chrono::milliseconds(20);
 // Discarded data (a refused request's tensors) is read in pieces of this size.
 constexpr size_t kDrainChunk = 64 * 1024;
 
-Status asio_status(std::string_view what, const asio::error_code& ec) {
-  return Status(ErrorCode::kUnavailable, std::string(what) + ": " + ec.message());
-}
-
-// Compares without an early exit, so the time taken says nothing about where a guess is wrong.
-bool same_token(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<size_t>(b.size(), 1)]);
-  }
-  return diff == 0;
-}
-
 wire::TensorDesc describe(const shm::TensorSpec& t) {
   return {std::string(t.name_view()), t.dtype, std::vector<int64_t>(t.dims, t.dims + t.ndims),
           t.byte_size()};
@@ -703,26 +690,9 @@ Result<std::unique_ptr<TcpServer>> TcpServer::start(const TcpServerOptions& opti
     impl->threads.push_back(std::move(io));
   }
 
-  asio::io_context& ioc = impl->threads[0]->ioc;
-  asio::error_code ec;
-  tcp::resolver resolver(ioc);
-  const auto found = resolver.resolve(host, std::to_string(port), ec);
-  if (ec || found.empty()) return asio_status("TCP front-end: resolving " + host, ec);
-  const tcp::endpoint endpoint = *found.begin();
-  tcp::acceptor& acceptor = impl->acceptor.emplace(ioc);
-  if (acceptor.open(endpoint.protocol(), ec); ec) {
-    return asio_status("TCP front-end: opening a socket for " + options.address, ec);
-  }
-  // A restarted daemon binds again at once, past the old connections' TIME_WAIT.
-  if (acceptor.set_option(tcp::acceptor::reuse_address(true), ec); ec) {
-    return asio_status("TCP front-end: SO_REUSEADDR", ec);
-  }
-  if (acceptor.bind(endpoint, ec); ec) {
-    return asio_status("TCP front-end: binding " + options.address, ec);
-  }
-  if (acceptor.listen(asio::socket_base::max_listen_connections, ec); ec) {
-    return asio_status("TCP front-end: listening on " + options.address, ec);
-  }
+  tcp::acceptor& acceptor = impl->acceptor.emplace(impl->threads[0]->ioc);
+  RETURN_IF_ERROR(
+      listen_on<asio::error_code>(acceptor, host, port, options.address, "TCP front-end"));
   impl->accept();
   for (auto& t : impl->threads) {
     t->thread = std::thread([io = t.get(), poll = std::chrono::microseconds(options.poll_us)] {
