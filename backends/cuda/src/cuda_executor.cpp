@@ -15,7 +15,7 @@
 #include "cuda_executor_internal.h"
 #include "cuda_kernels.h"
 #include "cuda_libraries.h"
-#include "device_program.h"
+#include "device_model.h"
 #include "sliceserve/backends/cuda/cuda_driver.h"
 
 namespace sliceserve::backends {
@@ -109,12 +109,6 @@ class CudaExecutor final : public Executor {
   Status record_gemm(size_t index, const DeviceStep& step, CUstream stream);
   Status record_matmul(size_t index, const DeviceStep& step);
   Status record_kernel(size_t index, const PlanOp& op, CUstream stream);
-  std::vector<CUdeviceptr> sums_of(size_t index, const PlanOp& op) const;
-  CUdeviceptr weight(size_t entry) const { return weights_ + weight_table_.entries[entry].offset; }
-
-  CUdeviceptr address(const DeviceProgram& program, int value) const;
-  DeviceTensor tensor(size_t index, int value) const;
-  Status check_batch(size_t index, size_t inputs, size_t outputs) const;
 
   const CudaDriverApi& api_;
   const CudaLibraries& libs_;
@@ -125,14 +119,9 @@ class CudaExecutor final : public Executor {
   cublasHandle_t cublas_ = nullptr;
   std::unique_ptr<CudaKernels> kernels_;
 
-  // The plans without their constants' bytes (valid only during compile), and their programs.
-  std::vector<Plan> plans_;
-  std::vector<DeviceProgram> programs_;
+  DeviceModel model_;
   std::vector<std::map<size_t, ConvSetup>> convs_;  // per program: step -> its convolution
-  DeviceWeightTable weight_table_;
-  CUdeviceptr weights_ = 0;          // the region's device address
   CUdeviceptr private_weights_ = 0;  // this executor's own allocation, when not in a store
-  CUdeviceptr arena_ = 0;
   CUdeviceptr conv_workspace_ = 0;
   size_t conv_workspace_bytes_ = 0;
   CUdeviceptr cublas_workspace_ = 0;
@@ -158,7 +147,7 @@ CudaExecutor::~CudaExecutor() {
   if (cublas_ != nullptr) libs_.cublas.cublasDestroy(cublas_);
   if (cudnn_ != nullptr) libs_.cudnn.cudnnDestroy(cudnn_);
   for (void* host : registered_) api_.cuMemHostUnregister(host);
-  for (CUdeviceptr p : {arena_, conv_workspace_, cublas_workspace_, private_weights_}) {
+  for (CUdeviceptr p : {model_.arena, conv_workspace_, cublas_workspace_, private_weights_}) {
     if (p != 0) api_.cuMemFree(p);
   }
   if (own_stream_ != nullptr) api_.cuStreamDestroy(own_stream_);
@@ -185,50 +174,38 @@ Status CudaExecutor::open_context() {
 
 Status CudaExecutor::compile(std::span<const Plan> plans, WeightStore* weights,
                              unsigned /*threads*/) {
-  if (!plans_.empty()) return {ErrorCode::kInternal, "the cuda executor is compiled once"};
-  ASSIGN_OR_RETURN(programs_, plan_device_programs(plans, weight_table_, "cuda"));
+  if (!model_.plans.empty()) return {ErrorCode::kInternal, "the cuda executor is compiled once"};
+  ASSIGN_OR_RETURN(model_.programs, plan_device_programs(plans, model_.weights, "cuda"));
   RETURN_IF_ERROR(open_context());
   RETURN_IF_ERROR(place_weights(weights));
-  plans_.assign(plans.begin(), plans.end());
-  for (Plan& plan : plans_) {
-    for (PlanValue& value : plan.values) value.data = {};
-  }
-  // The sources pointed into the caller's plans; only offsets are needed from here on.
-  for (DeviceWeightEntry& entry : weight_table_.entries) {
-    entry.source = {};
-    entry.derived = {};
-  }
-  size_t arena_bytes = 0;
-  for (const DeviceProgram& program : programs_) {
-    arena_bytes = std::max(arena_bytes, program.arena_bytes);
-  }
-  SS_CU_CHECK(api_, api_.cuMemAlloc(&arena_, std::max<size_t>(arena_bytes, kDeviceAlignment)));
+  model_.keep_layout(plans);
+  SS_CU_CHECK(api_, api_.cuMemAlloc(&model_.arena, model_.arena_bytes()));
   return prepare_convolutions();
 }
 
 Status CudaExecutor::place_weights(WeightStore* store) {
-  usage_.bytes = weight_table_.bytes;
-  if (weight_table_.bytes == 0) return Status::ok();
+  usage_.bytes = model_.weights.bytes;
+  if (model_.weights.bytes == 0) return Status::ok();
   auto fill = [this](std::span<std::byte> region) {
-    weight_table_.fill(region);
+    model_.weights.fill(region);
     return Status::ok();
   };
   if (store != nullptr && store->holds_device_memory()) {
-    ASSIGN_OR_RETURN(WeightRegion region, store->get_or_create(weight_table_.region_key("cuda"),
-                                                               weight_table_.bytes, fill));
-    weights_ = reinterpret_cast<CUdeviceptr>(region.data);
-    usage_.private_bytes = region.shared ? 0 : weight_table_.bytes;
+    ASSIGN_OR_RETURN(WeightRegion region, store->get_or_create(model_.weights.region_key("cuda"),
+                                                               model_.weights.bytes, fill));
+    model_.weight_region = reinterpret_cast<CUdeviceptr>(region.data);
+    usage_.private_bytes = region.shared ? 0 : model_.weights.bytes;
     return Status::ok();
   }
   // No device store (a standalone run): a private copy, uploaded once.
-  std::vector<std::byte> host(weight_table_.bytes);
+  std::vector<std::byte> host(model_.weights.bytes);
   RETURN_IF_ERROR(fill(host));
   SS_CU_CHECK(api_, api_.cuMemAlloc(&private_weights_, host.size()));
   SS_CU_CHECK(api_,
               api_.cuMemcpyHtoDAsync(private_weights_, host.data(), host.size(), own_stream_));
   SS_CU_CHECK(api_, api_.cuStreamSynchronize(own_stream_));
-  weights_ = private_weights_;
-  usage_.private_bytes = weight_table_.bytes;
+  model_.weight_region = private_weights_;
+  usage_.private_bytes = model_.weights.bytes;
   return Status::ok();
 }
 
@@ -313,13 +290,14 @@ Status CudaExecutor::set_up_convolution(const Plan& plan, const PlanOp& op, Conv
 }
 
 Status CudaExecutor::prepare_convolutions() {
-  convs_.resize(programs_.size());
-  for (size_t p = 0; p < programs_.size(); ++p) {
-    for (size_t s = 0; s < programs_[p].steps.size(); ++s) {
-      const DeviceStep& step = programs_[p].steps[s];
+  convs_.resize(model_.programs.size());
+  for (size_t p = 0; p < model_.programs.size(); ++p) {
+    for (size_t s = 0; s < model_.programs[p].steps.size(); ++s) {
+      const DeviceStep& step = model_.programs[p].steps[s];
       if (step.kind != DeviceStep::Kind::kConv && step.kind != DeviceStep::Kind::kConvFused)
         continue;
-      ASSIGN_OR_RETURN(ConvSetup setup, find_convolution(plans_[p], plans_[p].ops[step.op]));
+      ASSIGN_OR_RETURN(ConvSetup setup,
+                       find_convolution(model_.plans[p], model_.plans[p].ops[step.op]));
       conv_workspace_bytes_ = std::max(conv_workspace_bytes_, setup.workspace);
       convs_[p].emplace(s, setup);
     }
@@ -328,24 +306,6 @@ Status CudaExecutor::prepare_convolutions() {
     SS_CU_CHECK(api_, api_.cuMemAlloc(&conv_workspace_, conv_workspace_bytes_));
   }
   return Status::ok();
-}
-
-CUdeviceptr CudaExecutor::address(const DeviceProgram& program, int value) const {
-  const ValueLocation& at = program.values[static_cast<size_t>(value)];
-  switch (at.kind) {
-    case ValueLocation::Kind::kArena:
-      return arena_ + at.offset;
-    case ValueLocation::Kind::kWeight:
-      return weights_ + at.offset;
-    case ValueLocation::Kind::kNone:
-      break;
-  }
-  return 0;
-}
-
-DeviceTensor CudaExecutor::tensor(size_t index, int value) const {
-  const PlanValue& v = plans_[index].values[static_cast<size_t>(value)];
-  return {address(programs_[index], value), v.dtype, v.dims};
 }
 
 Result<DeviceQueue> CudaExecutor::enter(const ComputeContext& ctx) {
@@ -359,7 +319,7 @@ Result<DeviceQueue> CudaExecutor::enter(const ComputeContext& ctx) {
 }
 
 Status CudaExecutor::record(size_t index, CUstream stream, std::span<const CUevent> timing) {
-  const DeviceProgram& program = programs_[index];
+  const DeviceProgram& program = model_.programs[index];
   SS_CUDNN_CHECK(libs_.cudnn, libs_.cudnn.cudnnSetStream(cudnn_, stream));
   SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasSetStream(cublas_, stream));
   for (size_t s = 0; s < program.steps.size(); ++s) {
@@ -382,21 +342,12 @@ Result<std::span<const CUevent>> CudaExecutor::timing_events(size_t queue, size_
   return std::span<const CUevent>(pool.data(), count);
 }
 
-std::vector<CUdeviceptr> CudaExecutor::sums_of(size_t index, const PlanOp& op) const {
-  std::vector<CUdeviceptr> sums;
-  for (const PostOp& post : op.post_ops) {
-    if (post.kind == PostOp::Kind::kSum) sums.push_back(address(programs_[index], post.value));
-  }
-  return sums;
-}
-
 Status CudaExecutor::record_step(size_t index, const DeviceStep& step, const ConvSetup* conv,
                                  CUstream stream) {
-  const Plan& plan = plans_[index];
-  const DeviceProgram& program = programs_[index];
+  const Plan& plan = model_.plans[index];
   const PlanOp& op = plan.ops[step.op];
   const CudnnApi& dnn = libs_.cudnn;
-  auto ptr = [&](int v) { return reinterpret_cast<void*>(address(program, v)); };
+  auto ptr = [&](int v) { return reinterpret_cast<void*>(model_.address(index, v)); };
   const float one = 1.0F;
   const float zero = 0.0F;
   switch (step.kind) {
@@ -415,7 +366,8 @@ Status CudaExecutor::record_step(size_t index, const DeviceStep& step, const Con
                     cudnn_, &one, conv->x, ptr(op.inputs[0]), conv->w, ptr(op.inputs[1]),
                     conv->conv, conv->algo, reinterpret_cast<void*>(conv_workspace_),
                     conv_workspace_bytes_, &z_scale, conv->y, z, conv->bias,
-                    reinterpret_cast<void*>(weight(step.bias)), relu, conv->y, ptr(op.outputs[0]));
+                    reinterpret_cast<void*>(model_.weight(step.bias)), relu, conv->y,
+                    ptr(op.outputs[0]));
       dnn.cudnnDestroyActivationDescriptor(relu);
       SS_CUDNN_CHECK(dnn, ran);
       return Status::ok();
@@ -427,8 +379,8 @@ Status CudaExecutor::record_step(size_t index, const DeviceStep& step, const Con
                               conv_workspace_bytes_, &zero, conv->y, ptr(op.outputs[0])));
       if (!step.epilogue) return Status::ok();
       return kernels_->epilogue(stream, op.post_ops,
-                                step.bias == SIZE_MAX ? CUdeviceptr{0} : weight(step.bias),
-                                sums_of(index, op), tensor(index, op.outputs[0]));
+                                step.bias == SIZE_MAX ? CUdeviceptr{0} : model_.weight(step.bias),
+                                model_.sums_of(index, op), model_.tensor(index, op.outputs[0]));
     }
     case DeviceStep::Kind::kGemm:
       return record_gemm(index, step, stream);
@@ -436,9 +388,10 @@ Status CudaExecutor::record_step(size_t index, const DeviceStep& step, const Con
       return record_matmul(index, step);
     case DeviceStep::Kind::kBatchNorm: {
       const size_t channels = static_cast<size_t>(plan.values[size_t(op.inputs[1])].dims[0]);
-      const CUdeviceptr scale = weight(step.scale_shift);
+      const CUdeviceptr scale = model_.weight(step.scale_shift);
       return kernels_->batch_norm(stream, op, scale, scale + channels * sizeof(float),
-                                  tensor(index, op.inputs[0]), tensor(index, op.outputs[0]));
+                                  model_.tensor(index, op.inputs[0]),
+                                  model_.tensor(index, op.outputs[0]));
     }
     case DeviceStep::Kind::kKernel:
       return record_kernel(index, op, stream);
@@ -447,9 +400,9 @@ Status CudaExecutor::record_step(size_t index, const DeviceStep& step, const Con
 }
 
 Status CudaExecutor::record_gemm(size_t index, const DeviceStep& step, CUstream stream) {
-  const Plan& plan = plans_[index];
+  const Plan& plan = model_.plans[index];
   const PlanOp& op = plan.ops[step.op];
-  const DeviceTensor y = tensor(index, op.outputs[0]);
+  const DeviceTensor y = model_.tensor(index, op.outputs[0]);
   const std::vector<int64_t>& a = plan.values[size_t(op.inputs[0])].dims;
   const std::vector<int64_t>& b = plan.values[size_t(op.inputs[1])].dims;
   const int m = int(op.trans_a ? a[1] : a[0]);
@@ -464,8 +417,8 @@ Status CudaExecutor::record_gemm(size_t index, const DeviceStep& step, CUstream 
     copy_c.binary = BinaryAlg::kAdd;
     copy_c.label = op.label + " (C)";
     const int64_t zero_dims[] = {m, 1};
-    const DeviceTensor zeros{weight(step.zero), DataType::kFp32, zero_dims};
-    RETURN_IF_ERROR(kernels_->binary(stream, copy_c, tensor(index, op.inputs[2]), zeros, y));
+    const DeviceTensor zeros{model_.weight(step.zero), DataType::kFp32, zero_dims};
+    RETURN_IF_ERROR(kernels_->binary(stream, copy_c, model_.tensor(index, op.inputs[2]), zeros, y));
     beta = op.beta;
   }
   // Row-major Y[m,n] = op(A) op(B) is column-major Y^T = op(B)^T op(A)^T: B first (see
@@ -474,20 +427,20 @@ Status CudaExecutor::record_gemm(size_t index, const DeviceStep& step, CUstream 
   const cublasOperation_t op_a = op.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int ldb = op.trans_b ? k : n;
   const int lda = op.trans_a ? m : k;
-  const auto* pa = reinterpret_cast<const float*>(address(programs_[index], op.inputs[0]));
-  const auto* pb = reinterpret_cast<const float*>(address(programs_[index], op.inputs[1]));
+  const auto* pa = reinterpret_cast<const float*>(model_.address(index, op.inputs[0]));
+  const auto* pb = reinterpret_cast<const float*>(model_.address(index, op.inputs[1]));
   auto* py = reinterpret_cast<float*>(y.data);
   SS_CUBLAS_CHECK(libs_.cublas, libs_.cublas.cublasSgemm(cublas_, op_b, op_a, n, m, k, &op.alpha,
                                                          pb, ldb, pa, lda, &beta, py, n));
   if (!step.epilogue) return Status::ok();
-  return kernels_->epilogue(stream, op.post_ops, 0, sums_of(index, op), y);
+  return kernels_->epilogue(stream, op.post_ops, 0, model_.sums_of(index, op), y);
 }
 
 Status CudaExecutor::record_matmul(size_t index, const DeviceStep& step) {
-  const PlanOp& op = plans_[index].ops[step.op];
-  const auto* pa = reinterpret_cast<const float*>(address(programs_[index], op.inputs[0]));
-  const auto* pb = reinterpret_cast<const float*>(address(programs_[index], op.inputs[1]));
-  auto* py = reinterpret_cast<float*>(address(programs_[index], op.outputs[0]));
+  const PlanOp& op = model_.plans[index].ops[step.op];
+  const auto* pa = reinterpret_cast<const float*>(model_.address(index, op.inputs[0]));
+  const auto* pb = reinterpret_cast<const float*>(model_.address(index, op.inputs[1]));
+  auto* py = reinterpret_cast<float*>(model_.address(index, op.outputs[0]));
   const float one = 1.0F;
   const float zero = 0.0F;
   const int m = int(step.m);
@@ -507,8 +460,8 @@ Status CudaExecutor::record_matmul(size_t index, const DeviceStep& step) {
 
 Status CudaExecutor::record_kernel(size_t index, const PlanOp& op, CUstream stream) {
   std::vector<DeviceTensor> in, out;
-  for (int v : op.inputs) in.push_back(v >= 0 ? tensor(index, v) : DeviceTensor{});
-  for (int v : op.outputs) out.push_back(v >= 0 ? tensor(index, v) : DeviceTensor{});
+  for (int v : op.inputs) in.push_back(model_.tensor(index, v));
+  for (int v : op.outputs) out.push_back(model_.tensor(index, v));
   return launch_op_kernels(op, in, out,
                            [&](const auto& launch) { return kernels_->launch(stream, launch); });
 }
@@ -550,36 +503,22 @@ Status CudaExecutor::launch(size_t index, const DeviceQueue& queue) {
   return Status::ok();
 }
 
-Status CudaExecutor::check_batch(size_t index, size_t inputs, size_t outputs) const {
-  if (index >= plans_.size()) {
-    return {ErrorCode::kInvalidArgument,
-            fmt::format("no plan {} (the executor has {})", index, plans_.size())};
-  }
-  if (inputs != plans_[index].inputs.size() || outputs != plans_[index].outputs.size()) {
-    return {
-        ErrorCode::kInvalidArgument,
-        fmt::format("plan {} takes {} inputs and {} outputs, the call has {} and {}", index,
-                    plans_[index].inputs.size(), plans_[index].outputs.size(), inputs, outputs)};
-  }
-  return Status::ok();
-}
-
 Status CudaExecutor::copy_in(size_t index, std::span<const std::byte* const> inputs,
                              CUstream stream) {
-  const Plan& plan = plans_[index];
+  const Plan& plan = model_.plans[index];
   for (size_t i = 0; i < inputs.size(); ++i) {
     const PlanValue& v = plan.values[size_t(plan.inputs[i])];
-    SS_CU_CHECK(api_, api_.cuMemcpyHtoDAsync(address(programs_[index], plan.inputs[i]), inputs[i],
+    SS_CU_CHECK(api_, api_.cuMemcpyHtoDAsync(model_.address(index, plan.inputs[i]), inputs[i],
                                              v.byte_size(), stream));
   }
   return Status::ok();
 }
 
 Status CudaExecutor::copy_out(size_t index, std::span<std::byte* const> outputs, CUstream stream) {
-  const Plan& plan = plans_[index];
+  const Plan& plan = model_.plans[index];
   for (size_t i = 0; i < outputs.size(); ++i) {
     const PlanValue& v = plan.values[size_t(plan.outputs[i])];
-    SS_CU_CHECK(api_, api_.cuMemcpyDtoHAsync(outputs[i], address(programs_[index], plan.outputs[i]),
+    SS_CU_CHECK(api_, api_.cuMemcpyDtoHAsync(outputs[i], model_.address(index, plan.outputs[i]),
                                              v.byte_size(), stream));
   }
   return Status::ok();
@@ -587,7 +526,7 @@ Status CudaExecutor::copy_out(size_t index, std::span<std::byte* const> outputs,
 
 Status CudaExecutor::run(size_t index, std::span<const std::byte* const> inputs,
                          std::span<std::byte* const> outputs, ComputeContext& ctx) {
-  RETURN_IF_ERROR(check_batch(index, inputs.size(), outputs.size()));
+  RETURN_IF_ERROR(model_.check_batch(index, inputs.size(), outputs.size()));
   ASSIGN_OR_RETURN(const DeviceQueue queue, enter(ctx));
   auto stream = static_cast<CUstream>(queue.stream);
   RETURN_IF_ERROR(copy_in(index, inputs, stream));
@@ -600,10 +539,10 @@ Status CudaExecutor::run(size_t index, std::span<const std::byte* const> inputs,
 Result<std::vector<Executor::OpTiming>> CudaExecutor::profile_run(
     size_t index, std::span<const std::byte* const> inputs, std::span<std::byte* const> outputs,
     ComputeContext& ctx) {
-  RETURN_IF_ERROR(check_batch(index, inputs.size(), outputs.size()));
+  RETURN_IF_ERROR(model_.check_batch(index, inputs.size(), outputs.size()));
   ASSIGN_OR_RETURN(const DeviceQueue queue, enter(ctx));
   auto stream = static_cast<CUstream>(queue.stream);
-  const DeviceProgram& program = programs_[index];
+  const DeviceProgram& program = model_.programs[index];
   ASSIGN_OR_RETURN(std::span<const CUevent> events,
                    timing_events(queue.index, 2 * program.steps.size()));
   RETURN_IF_ERROR(copy_in(index, inputs, stream));
@@ -616,27 +555,21 @@ Result<std::vector<Executor::OpTiming>> CudaExecutor::profile_run(
   for (size_t s = 0; s < program.steps.size(); ++s) {
     float ms = 0;
     SS_CU_CHECK(api_, api_.cuEventElapsedTime(&ms, events[2 * s], events[2 * s + 1]));
-    timings.push_back({plans_[index].ops[program.steps[s].op].label, double(ms)});
+    timings.push_back({model_.plans[index].ops[program.steps[s].op].label, double(ms)});
   }
   return timings;
 }
 
 Status CudaExecutor::run_items(size_t index, std::span<const ItemBuffers> items,
                                ComputeContext& ctx) {
-  if (items.empty()) return {ErrorCode::kInvalidArgument, "a batch of no items"};
-  RETURN_IF_ERROR(check_batch(index, items[0].inputs.size(), items[0].outputs.size()));
-  const Plan& plan = plans_[index];
-  if (static_cast<int64_t>(items.size()) != plan.batch) {
-    return {ErrorCode::kInvalidArgument,
-            fmt::format("plan {} is for batch {}, the call has {} items", index, plan.batch,
-                        items.size())};
-  }
+  RETURN_IF_ERROR(model_.check_items(index, items));
+  const Plan& plan = model_.plans[index];
   ASSIGN_OR_RETURN(const DeviceQueue queue, enter(ctx));
   auto stream = static_cast<CUstream>(queue.stream);
   // Each item straight from its slot to its row of the batch (DMA from pinned memory).
   for (size_t t = 0; t < plan.inputs.size(); ++t) {
     const size_t item_bytes = plan.values[size_t(plan.inputs[t])].byte_size() / items.size();
-    const CUdeviceptr base = address(programs_[index], plan.inputs[t]);
+    const CUdeviceptr base = model_.address(index, plan.inputs[t]);
     for (size_t i = 0; i < items.size(); ++i) {
       SS_CU_CHECK(api_, api_.cuMemcpyHtoDAsync(base + i * item_bytes, items[i].inputs[t],
                                                item_bytes, stream));
@@ -645,7 +578,7 @@ Status CudaExecutor::run_items(size_t index, std::span<const ItemBuffers> items,
   RETURN_IF_ERROR(launch(index, queue));
   for (size_t t = 0; t < plan.outputs.size(); ++t) {
     const size_t item_bytes = plan.values[size_t(plan.outputs[t])].byte_size() / items.size();
-    const CUdeviceptr base = address(programs_[index], plan.outputs[t]);
+    const CUdeviceptr base = model_.address(index, plan.outputs[t]);
     for (size_t i = 0; i < items.size(); ++i) {
       SS_CU_CHECK(api_, api_.cuMemcpyDtoHAsync(items[i].outputs[t], base + i * item_bytes,
                                                item_bytes, stream));

@@ -3,14 +3,13 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "device_kernels.h"
-#include "device_program.h"
+#include "device_model.h"
 #include "hip_executor_internal.h"
 #include "hip_kernels.h"
 #include "hip_runtime_api.h"
@@ -59,27 +58,14 @@ class HipExecutor final : public Executor {
   Result<hipEvent_t> pooled_event(std::vector<hipEvent_t>& pool, size_t n, unsigned flags);
   Status copy_in(hipStream_t stream, size_t index, std::span<const std::byte* const> inputs);
   Status copy_out(hipStream_t stream, size_t index, std::span<std::byte* const> outputs);
-  Status check_batch(size_t index, size_t inputs, size_t outputs) const;
-
-  std::vector<DeviceAddress> sums_of(size_t index, const PlanOp& op) const;
-  DeviceAddress weight(size_t entry) const {
-    return weights_ + weight_table_.entries[entry].offset;
-  }
-  DeviceAddress address(const DeviceProgram& program, int value) const;
-  DeviceTensor tensor(size_t index, int value) const;
 
   const HipRuntimeApi& api_;
   int device_ = 0;
   hipStream_t own_stream_ = nullptr;
   std::unique_ptr<HipKernels> kernels_;
 
-  // The plans without their constants' bytes (valid only during compile), and their programs.
-  std::vector<Plan> plans_;
-  std::vector<DeviceProgram> programs_;
-  DeviceWeightTable weight_table_;
-  DeviceAddress weights_ = 0;
+  DeviceModel model_;
   void* private_weights_ = nullptr;  // this executor's own allocation, when not in a store
-  void* arena_ = nullptr;
   ExecutorWeights usage_;
 
   // Pooled events, created on first use and reused by every run (a run ends synchronized): the
@@ -95,7 +81,7 @@ HipExecutor::~HipExecutor() {
   for (hipEvent_t e : timing_events_) (void)api_.hipEventDestroy(e);
   kernels_.reset();
   for (void* host : registered_) (void)api_.hipHostUnregister(host);
-  for (void* p : {arena_, private_weights_}) {
+  for (void* p : {as_pointer(model_.arena), private_weights_}) {
     if (p != nullptr) (void)api_.hipFree(p);
   }
   if (own_stream_ != nullptr) (void)api_.hipStreamDestroy(own_stream_);
@@ -110,79 +96,42 @@ Status HipExecutor::open(std::span<const unsigned char> code_object) {
 
 Status HipExecutor::compile(std::span<const Plan> plans, WeightStore* weights,
                             unsigned /*threads*/) {
-  if (!plans_.empty()) return {ErrorCode::kInternal, "the hip executor is compiled once"};
-  ASSIGN_OR_RETURN(programs_, plan_device_programs(plans, weight_table_, "hip"));
+  if (!model_.plans.empty()) return {ErrorCode::kInternal, "the hip executor is compiled once"};
+  ASSIGN_OR_RETURN(model_.programs, plan_device_programs(plans, model_.weights, "hip"));
   SS_HIP_CHECK(api_, api_.hipSetDevice(device_));
   RETURN_IF_ERROR(place_weights(weights));
-  plans_.assign(plans.begin(), plans.end());
-  for (Plan& plan : plans_) {
-    for (PlanValue& value : plan.values) value.data = {};
-  }
-  // The sources pointed into the caller's plans; only offsets are needed from here on.
-  for (DeviceWeightEntry& entry : weight_table_.entries) {
-    entry.source = {};
-    entry.derived = {};
-  }
-  size_t arena_bytes = kDeviceAlignment;
-  for (const DeviceProgram& program : programs_) {
-    arena_bytes = std::max(arena_bytes, program.arena_bytes);
-  }
-  SS_HIP_CHECK(api_, api_.hipMalloc(&arena_, arena_bytes));
+  model_.keep_layout(plans);
+  void* arena = nullptr;
+  SS_HIP_CHECK(api_, api_.hipMalloc(&arena, model_.arena_bytes()));
+  model_.arena = as_address(arena);
   return Status::ok();
 }
 
 Status HipExecutor::place_weights(WeightStore* store) {
-  usage_.bytes = weight_table_.bytes;
-  if (weight_table_.bytes == 0) return Status::ok();
+  usage_.bytes = model_.weights.bytes;
+  if (model_.weights.bytes == 0) return Status::ok();
   auto fill = [this](std::span<std::byte> region) {
-    weight_table_.fill(region);
+    model_.weights.fill(region);
     return Status::ok();
   };
   if (store != nullptr && store->holds_device_memory()) {
     // A device store (none exists for HIP yet: HIP IPC handles are later work; docs/amd.md).
-    ASSIGN_OR_RETURN(WeightRegion region, store->get_or_create(weight_table_.region_key("hip"),
-                                                               weight_table_.bytes, fill));
-    weights_ = as_address(region.data);
-    usage_.private_bytes = region.shared ? 0 : weight_table_.bytes;
+    ASSIGN_OR_RETURN(WeightRegion region, store->get_or_create(model_.weights.region_key("hip"),
+                                                               model_.weights.bytes, fill));
+    model_.weight_region = as_address(region.data);
+    usage_.private_bytes = region.shared ? 0 : model_.weights.bytes;
     return Status::ok();
   }
   // A private copy, uploaded once.
-  std::vector<std::byte> host(weight_table_.bytes);
+  std::vector<std::byte> host(model_.weights.bytes);
   RETURN_IF_ERROR(fill(host));
   SS_HIP_CHECK(api_, api_.hipMalloc(&private_weights_, host.size()));
   SS_HIP_CHECK(api_, api_.hipMemcpyAsync(private_weights_, host.data(), host.size(),
                                          hipMemcpyHostToDevice, own_stream_));
   SS_HIP_CHECK(api_, api_.hipStreamSynchronize(own_stream_));
-  weights_ = as_address(private_weights_);
-  usage_.private_bytes = weight_table_.bytes;
+  model_.weight_region = as_address(private_weights_);
+  usage_.private_bytes = model_.weights.bytes;
   return Status::ok();
-}
-
-DeviceAddress HipExecutor::address(const DeviceProgram& program, int value) const {
-  const ValueLocation& at = program.values[static_cast<size_t>(value)];
-  switch (at.kind) {
-    case ValueLocation::Kind::kArena:
-      return as_address(arena_) + at.offset;
-    case ValueLocation::Kind::kWeight:
-      return weights_ + at.offset;
-    case ValueLocation::Kind::kNone:
-      break;
-  }
-  return 0;
-}
-
-DeviceTensor HipExecutor::tensor(size_t index, int value) const {
-  if (value < 0) return {};
-  const PlanValue& v = plans_[index].values[static_cast<size_t>(value)];
-  return {address(programs_[index], value), v.dtype, v.dims};
-}
-
-std::vector<DeviceAddress> HipExecutor::sums_of(size_t index, const PlanOp& op) const {
-  std::vector<DeviceAddress> sums;
-  for (const PostOp& post : op.post_ops) {
-    if (post.kind == PostOp::Kind::kSum) sums.push_back(address(programs_[index], post.value));
-  }
-  return sums;
 }
 
 Result<hipStream_t> HipExecutor::enter(const ComputeContext& ctx) {
@@ -211,12 +160,12 @@ Status HipExecutor::order(hipStream_t from, hipStream_t to, size_t n) {
 
 Status HipExecutor::enqueue_steps(size_t index, const ComputeContext& ctx, hipStream_t main,
                                   bool timed) {
-  const DeviceProgram& program = programs_[index];
+  const DeviceProgram& program = model_.programs[index];
   hipStream_t current = main;
   size_t orderings = 0;
   for (size_t s = 0; s < program.steps.size(); ++s) {
     const DeviceStep& step = program.steps[s];
-    const PlanOp& op = plans_[index].ops[step.op];
+    const PlanOp& op = model_.plans[index].ops[step.op];
     const DeviceQueue layer = ctx.layer_queue(op.label);
     hipStream_t stream = layer.stream != nullptr ? static_cast<hipStream_t>(layer.stream) : main;
     if (stream != current) {
@@ -240,17 +189,18 @@ Status HipExecutor::enqueue_steps(size_t index, const ComputeContext& ctx, hipSt
 }
 
 Status HipExecutor::enqueue_step(size_t index, const DeviceStep& step, hipStream_t stream) {
-  const Plan& plan = plans_[index];
+  const Plan& plan = model_.plans[index];
   const PlanOp& op = plan.ops[step.op];
-  auto in = [&](size_t i) { return tensor(index, op.inputs[i]); };
-  const DeviceTensor y = tensor(index, op.outputs[0]);
+  auto in = [&](size_t i) { return model_.tensor(index, op.inputs[i]); };
+  const DeviceTensor y = model_.tensor(index, op.outputs[0]);
   switch (step.kind) {
     case DeviceStep::Kind::kConv:
     case DeviceStep::Kind::kConvFused:
       // Both are one kernel here: bias and every post-op (a fused step's z is its sum post-op).
       return kernels_->launch(
-          stream, conv_launch(op, in(0), in(1), step.bias == SIZE_MAX ? 0 : weight(step.bias),
-                              sums_of(index, op), y));
+          stream,
+          conv_launch(op, in(0), in(1), step.bias == SIZE_MAX ? 0 : model_.weight(step.bias),
+                      model_.sums_of(index, op), y));
     case DeviceStep::Kind::kGemm: {
       float beta = 0.0F;
       if (step.zero != SIZE_MAX) {
@@ -261,25 +211,26 @@ Status HipExecutor::enqueue_step(size_t index, const DeviceStep& step, hipStream
         copy_c.binary = BinaryAlg::kAdd;
         copy_c.label = op.label + " (C)";
         const int64_t zero_dims[] = {y.dims[0], 1};
-        const DeviceTensor zeros{weight(step.zero), DataType::kFp32, zero_dims};
+        const DeviceTensor zeros{model_.weight(step.zero), DataType::kFp32, zero_dims};
         RETURN_IF_ERROR(kernels_->launch(stream, binary_launch(copy_c, in(2), zeros, y)));
         beta = op.beta;
       }
-      return kernels_->launch(stream, gemm_launch(op, in(0), in(1), beta, sums_of(index, op), y));
+      return kernels_->launch(stream,
+                              gemm_launch(op, in(0), in(1), beta, model_.sums_of(index, op), y));
     }
     case DeviceStep::Kind::kMatMul:
       return kernels_->launch(stream, matmul_launch(op, step.m, step.n, step.k, step.batch,
                                                     step.stride_a, step.stride_b, in(0), in(1), y));
     case DeviceStep::Kind::kBatchNorm: {
       const auto channels = static_cast<DeviceAddress>(plan.values[size_t(op.inputs[1])].dims[0]);
-      const DeviceAddress scale = weight(step.scale_shift);
+      const DeviceAddress scale = model_.weight(step.scale_shift);
       return kernels_->launch(
           stream, batch_norm_launch(op, scale, scale + channels * sizeof(float), in(0), y));
     }
     case DeviceStep::Kind::kKernel: {
       std::vector<DeviceTensor> ins, outs;
-      for (int v : op.inputs) ins.push_back(tensor(index, v));
-      for (int v : op.outputs) outs.push_back(tensor(index, v));
+      for (int v : op.inputs) ins.push_back(model_.tensor(index, v));
+      for (int v : op.outputs) outs.push_back(model_.tensor(index, v));
       return launch_op_kernels(
           op, ins, outs, [&](const auto& launch) { return kernels_->launch(stream, launch); });
     }
@@ -287,47 +238,33 @@ Status HipExecutor::enqueue_step(size_t index, const DeviceStep& step, hipStream
   return {ErrorCode::kInternal, "unknown step kind"};
 }
 
-Status HipExecutor::check_batch(size_t index, size_t inputs, size_t outputs) const {
-  if (index >= plans_.size()) {
-    return {ErrorCode::kInvalidArgument,
-            fmt::format("no plan {} (the executor has {})", index, plans_.size())};
-  }
-  if (inputs != plans_[index].inputs.size() || outputs != plans_[index].outputs.size()) {
-    return {
-        ErrorCode::kInvalidArgument,
-        fmt::format("plan {} takes {} inputs and {} outputs, the call has {} and {}", index,
-                    plans_[index].inputs.size(), plans_[index].outputs.size(), inputs, outputs)};
-  }
-  return Status::ok();
-}
-
 Status HipExecutor::copy_in(hipStream_t stream, size_t index,
                             std::span<const std::byte* const> inputs) {
-  const Plan& plan = plans_[index];
+  const Plan& plan = model_.plans[index];
   for (size_t i = 0; i < inputs.size(); ++i) {
     const PlanValue& v = plan.values[size_t(plan.inputs[i])];
-    SS_HIP_CHECK(
-        api_, api_.hipMemcpyAsync(as_pointer(address(programs_[index], plan.inputs[i])), inputs[i],
-                                  v.byte_size(), hipMemcpyHostToDevice, stream));
+    SS_HIP_CHECK(api_,
+                 api_.hipMemcpyAsync(as_pointer(model_.address(index, plan.inputs[i])), inputs[i],
+                                     v.byte_size(), hipMemcpyHostToDevice, stream));
   }
   return Status::ok();
 }
 
 Status HipExecutor::copy_out(hipStream_t stream, size_t index,
                              std::span<std::byte* const> outputs) {
-  const Plan& plan = plans_[index];
+  const Plan& plan = model_.plans[index];
   for (size_t i = 0; i < outputs.size(); ++i) {
     const PlanValue& v = plan.values[size_t(plan.outputs[i])];
-    SS_HIP_CHECK(api_, api_.hipMemcpyAsync(outputs[i],
-                                           as_pointer(address(programs_[index], plan.outputs[i])),
-                                           v.byte_size(), hipMemcpyDeviceToHost, stream));
+    SS_HIP_CHECK(api_,
+                 api_.hipMemcpyAsync(outputs[i], as_pointer(model_.address(index, plan.outputs[i])),
+                                     v.byte_size(), hipMemcpyDeviceToHost, stream));
   }
   return Status::ok();
 }
 
 Status HipExecutor::run(size_t index, std::span<const std::byte* const> inputs,
                         std::span<std::byte* const> outputs, ComputeContext& ctx) {
-  RETURN_IF_ERROR(check_batch(index, inputs.size(), outputs.size()));
+  RETURN_IF_ERROR(model_.check_batch(index, inputs.size(), outputs.size()));
   ASSIGN_OR_RETURN(hipStream_t stream, enter(ctx));
   RETURN_IF_ERROR(copy_in(stream, index, inputs));
   RETURN_IF_ERROR(enqueue_steps(index, ctx, stream, false));
@@ -339,33 +276,27 @@ Status HipExecutor::run(size_t index, std::span<const std::byte* const> inputs,
 Result<std::vector<Executor::OpTiming>> HipExecutor::profile_run(
     size_t index, std::span<const std::byte* const> inputs, std::span<std::byte* const> outputs,
     ComputeContext& ctx) {
-  RETURN_IF_ERROR(check_batch(index, inputs.size(), outputs.size()));
+  RETURN_IF_ERROR(model_.check_batch(index, inputs.size(), outputs.size()));
   ASSIGN_OR_RETURN(hipStream_t stream, enter(ctx));
   RETURN_IF_ERROR(copy_in(stream, index, inputs));
   RETURN_IF_ERROR(enqueue_steps(index, ctx, stream, true));
   RETURN_IF_ERROR(copy_out(stream, index, outputs));
   SS_HIP_CHECK(api_, api_.hipStreamSynchronize(stream));
   std::vector<OpTiming> timings;
-  const DeviceProgram& program = programs_[index];
+  const DeviceProgram& program = model_.programs[index];
   for (size_t s = 0; s < program.steps.size(); ++s) {
     float ms = 0;
     SS_HIP_CHECK(api_,
                  api_.hipEventElapsedTime(&ms, timing_events_[2 * s], timing_events_[2 * s + 1]));
-    timings.push_back({plans_[index].ops[program.steps[s].op].label, double(ms)});
+    timings.push_back({model_.plans[index].ops[program.steps[s].op].label, double(ms)});
   }
   return timings;
 }
 
 Status HipExecutor::run_items(size_t index, std::span<const ItemBuffers> items,
                               ComputeContext& ctx) {
-  if (items.empty()) return {ErrorCode::kInvalidArgument, "a batch of no items"};
-  RETURN_IF_ERROR(check_batch(index, items[0].inputs.size(), items[0].outputs.size()));
-  const Plan& plan = plans_[index];
-  if (static_cast<int64_t>(items.size()) != plan.batch) {
-    return {ErrorCode::kInvalidArgument,
-            fmt::format("plan {} is for batch {}, the call has {} items", index, plan.batch,
-                        items.size())};
-  }
+  RETURN_IF_ERROR(model_.check_items(index, items));
+  const Plan& plan = model_.plans[index];
   for (const ItemBuffers& item : items) {
     if (item.inputs.size() != plan.inputs.size() || item.outputs.size() != plan.outputs.size()) {
       return {ErrorCode::kInvalidArgument, "the items do not all have the plan's tensors"};
@@ -375,7 +306,7 @@ Status HipExecutor::run_items(size_t index, std::span<const ItemBuffers> items,
   // Each item straight from its slot to its row of the batch (DMA from registered memory).
   for (size_t t = 0; t < plan.inputs.size(); ++t) {
     const size_t item_bytes = plan.values[size_t(plan.inputs[t])].byte_size() / items.size();
-    const DeviceAddress base = address(programs_[index], plan.inputs[t]);
+    const DeviceAddress base = model_.address(index, plan.inputs[t]);
     for (size_t i = 0; i < items.size(); ++i) {
       SS_HIP_CHECK(api_, api_.hipMemcpyAsync(as_pointer(base + i * item_bytes), items[i].inputs[t],
                                              item_bytes, hipMemcpyHostToDevice, stream));
@@ -384,7 +315,7 @@ Status HipExecutor::run_items(size_t index, std::span<const ItemBuffers> items,
   RETURN_IF_ERROR(enqueue_steps(index, ctx, stream, false));
   for (size_t t = 0; t < plan.outputs.size(); ++t) {
     const size_t item_bytes = plan.values[size_t(plan.outputs[t])].byte_size() / items.size();
-    const DeviceAddress base = address(programs_[index], plan.outputs[t]);
+    const DeviceAddress base = model_.address(index, plan.outputs[t]);
     for (size_t i = 0; i < items.size(); ++i) {
       SS_HIP_CHECK(api_, api_.hipMemcpyAsync(items[i].outputs[t], as_pointer(base + i * item_bytes),
                                              item_bytes, hipMemcpyDeviceToHost, stream));
