@@ -52,6 +52,10 @@ class HipExecutor final : public Executor {
   // consecutive steps on different streams with an event and ending on `main`. With `timed`, a
   // pair of timing events around each step.
   Status enqueue_steps(size_t index, const ComputeContext& ctx, hipStream_t main, bool timed);
+  // A whole batch from contiguous buffers: copies in, the steps (timed, for profile_run), copies
+  // out, on the context's stream, synchronized.
+  Status run_batch(size_t index, std::span<const std::byte* const> inputs,
+                   std::span<std::byte* const> outputs, const ComputeContext& ctx, bool timed);
   // Makes `to` wait for what is enqueued on `from` so far, with the run's `n`-th ordering event.
   Status order(hipStream_t from, hipStream_t to, size_t n);
   Status enqueue_step(size_t index, const DeviceStep& step, hipStream_t stream);
@@ -262,26 +266,27 @@ Status HipExecutor::copy_out(hipStream_t stream, size_t index,
   return Status::ok();
 }
 
-Status HipExecutor::run(size_t index, std::span<const std::byte* const> inputs,
-                        std::span<std::byte* const> outputs, ComputeContext& ctx) {
+Status HipExecutor::run_batch(size_t index, std::span<const std::byte* const> inputs,
+                              std::span<std::byte* const> outputs, const ComputeContext& ctx,
+                              bool timed) {
   RETURN_IF_ERROR(model_.check_batch(index, inputs.size(), outputs.size()));
   ASSIGN_OR_RETURN(hipStream_t stream, enter(ctx));
   RETURN_IF_ERROR(copy_in(stream, index, inputs));
-  RETURN_IF_ERROR(enqueue_steps(index, ctx, stream, false));
+  RETURN_IF_ERROR(enqueue_steps(index, ctx, stream, timed));
   RETURN_IF_ERROR(copy_out(stream, index, outputs));
   SS_HIP_CHECK(api_, api_.hipStreamSynchronize(stream));
   return Status::ok();
 }
 
+Status HipExecutor::run(size_t index, std::span<const std::byte* const> inputs,
+                        std::span<std::byte* const> outputs, ComputeContext& ctx) {
+  return run_batch(index, inputs, outputs, ctx, false);
+}
+
 Result<std::vector<Executor::OpTiming>> HipExecutor::profile_run(
     size_t index, std::span<const std::byte* const> inputs, std::span<std::byte* const> outputs,
     ComputeContext& ctx) {
-  RETURN_IF_ERROR(model_.check_batch(index, inputs.size(), outputs.size()));
-  ASSIGN_OR_RETURN(hipStream_t stream, enter(ctx));
-  RETURN_IF_ERROR(copy_in(stream, index, inputs));
-  RETURN_IF_ERROR(enqueue_steps(index, ctx, stream, true));
-  RETURN_IF_ERROR(copy_out(stream, index, outputs));
-  SS_HIP_CHECK(api_, api_.hipStreamSynchronize(stream));
+  RETURN_IF_ERROR(run_batch(index, inputs, outputs, ctx, true));
   std::vector<OpTiming> timings;
   const DeviceProgram& program = model_.programs[index];
   for (size_t s = 0; s < program.steps.size(); ++s) {
