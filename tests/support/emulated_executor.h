@@ -1,25 +1,30 @@
 #pragma once
-// What the GPU executors' emulated-device tests share (tests/unit/cuda, tests/unit/hip): the
-// torchvision exports lowered to plans at every batch size, random inputs, a run and the
-// comparison with the cpu executor (1e-4 of each output's scale), a context with chosen device and
-// per-layer queues, a device weight store over host memory, and a hand-made plan for the Gemm and
-// MatMul paths torchvision's do not take.
+// What the GPU executors' emulated-device tests share (tests/unit/cuda, tests/unit/hip): a fixture
+// with the cpu slice the reference runs on, the torchvision exports lowered to plans at every batch
+// size, random inputs, a call's buffers, a run and the comparison with the cpu executor (1e-4 of
+// each output's scale), a batch's items in registered slots, where an executor's weights go in
+// device and host stores, the labels of a plan's steps, a context with chosen device and per-layer
+// queues, a device weight store over host memory, and a hand-made plan for the Gemm and MatMul
+// paths torchvision's do not take.
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "sliceserve/backends/compute_context.h"
+#include "sliceserve/backends/cpu/cpu_slice.h"
 #include "sliceserve/backends/executor.h"
 #include "sliceserve/backends/weight_store.h"
 #include "sliceserve/worker/engine/fusion.h"
@@ -38,9 +43,22 @@ using backends::Plan;
 using backends::PlanOp;
 using backends::PlanValue;
 using backends::PostOp;
+using backends::Slice;
 using backends::UnaryAlg;
 using backends::WeightRegion;
 using backends::WeightStore;
+
+// The tests' fixture base: the cpu slice the cpu executor's reference runs on (a host context,
+// with no device queue).
+class EmulatedExecutorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto slice = backends::create_cpu_slice({.percent = 100});
+    ASSERT_TRUE(slice.is_ok());
+    cpu_slice_ = std::move(slice).value();
+  }
+  std::unique_ptr<Slice> cpu_slice_;
+};
 
 // A context whose device queue the test chooses (a slice pool's entries), and per-layer queues
 // (KRISP right-sizing: `layers` by op label, the others on `queue`); it records the labels asked.
@@ -119,20 +137,119 @@ inline std::vector<std::vector<float>> random_inputs(const Plan& plan, unsigned 
   return inputs;
 }
 
-inline std::vector<std::vector<float>> run(Executor& executor, const Plan& plan, size_t index,
-                                           const std::vector<std::vector<float>>& inputs,
-                                           ComputeContext& ctx) {
+// A call's buffers: `inputs`, and outputs of `plan`'s sizes.
+struct CallBuffers {
+  CallBuffers(const Plan& plan, const std::vector<std::vector<float>>& inputs) {
+    for (const auto& x : inputs) in.push_back(reinterpret_cast<const std::byte*>(x.data()));
+    for (int v : plan.outputs) {
+      outputs.emplace_back(size_t(plan.values[size_t(v)].element_count()));
+    }
+    for (auto& y : outputs) out.push_back(reinterpret_cast<std::byte*>(y.data()));
+  }
   std::vector<std::vector<float>> outputs;
   std::vector<const std::byte*> in;
   std::vector<std::byte*> out;
-  for (const auto& x : inputs) in.push_back(reinterpret_cast<const std::byte*>(x.data()));
-  for (int v : plan.outputs) {
-    outputs.emplace_back(size_t(plan.values[size_t(v)].element_count()));
-  }
-  for (auto& y : outputs) out.push_back(reinterpret_cast<std::byte*>(y.data()));
-  const Status status = executor.run(index, in, out, ctx);
+};
+
+inline std::vector<std::vector<float>> run(Executor& executor, const Plan& plan, size_t index,
+                                           const std::vector<std::vector<float>>& inputs,
+                                           ComputeContext& ctx) {
+  CallBuffers call(plan, inputs);
+  const Status status = executor.run(index, call.in, call.out, ctx);
   EXPECT_TRUE(status.is_ok()) << status.to_string();
-  return outputs;
+  return std::move(call.outputs);
+}
+
+// What the cpu executor computes for plan `index` of `plans` on `inputs`: the reference.
+inline std::vector<std::vector<float>> cpu_reference(const std::vector<Plan>& plans, size_t index,
+                                                     const std::vector<std::vector<float>>& inputs,
+                                                     ComputeContext& ctx) {
+  auto cpu = backends::create_cpu_executor();
+  const Status compiled = cpu->compile(plans, nullptr, 0);
+  EXPECT_TRUE(compiled.is_ok()) << compiled.to_string();
+  if (!compiled.is_ok()) return {};
+  return run(*cpu, plans[index], index, inputs, ctx);
+}
+
+// The items of a batch of `plan` (one input and one output) in slots apart from each other in one
+// block of host memory (what register_host_memory is given), each slot's input a row of `whole`.
+struct SlotItems {
+  SlotItems(const Plan& plan, const std::vector<float>& whole)
+      : batch(size_t(plan.batch)),
+        in_floats(size_t(plan.values[size_t(plan.inputs[0])].element_count()) / batch),
+        out_floats(size_t(plan.values[size_t(plan.outputs[0])].element_count()) / batch),
+        arena((in_floats + out_floats + 16) * batch),
+        in(batch),
+        out(batch) {
+    for (size_t i = 0; i < batch; ++i) {
+      float* slot = arena.data() + i * (in_floats + out_floats + 16);
+      std::copy_n(whole.data() + i * in_floats, in_floats, slot);
+      in[i] = reinterpret_cast<const std::byte*>(slot);
+      out[i] = reinterpret_cast<std::byte*>(slot + in_floats);
+    }
+    for (size_t i = 0; i < batch; ++i) {
+      items.push_back({std::span(&in[i], 1), std::span(&out[i], 1)});
+    }
+  }
+  SlotItems(const SlotItems&) = delete;  // the items point into in and out
+  SlotItems& operator=(const SlotItems&) = delete;
+
+  // The items' outputs, one after another: the batch's output.
+  std::vector<float> outputs() const {
+    std::vector<float> got(out_floats * batch);
+    for (size_t i = 0; i < batch; ++i) {
+      std::memcpy(got.data() + i * out_floats, out[i], out_floats * sizeof(float));
+    }
+    return got;
+  }
+
+  size_t batch = 0;
+  size_t in_floats = 0;   // per item
+  size_t out_floats = 0;  // per item
+  std::vector<float> arena;
+  std::vector<const std::byte*> in;
+  std::vector<std::byte*> out;
+  std::vector<Executor::ItemBuffers> items;
+};
+
+// Compiles `plans` on executors from `make` with their weights in a device store that fills its
+// region (private to the executor), in one that maps a region already filled (none private), both
+// under one "<device>-engine-" key, and in a host store, no place for device weights (a private
+// copy, the store left empty). `host_segment` names the host store's segment.
+inline void expect_weights_placed(const std::function<std::unique_ptr<Executor>()>& make,
+                                  const std::vector<Plan>& plans, const std::string& device,
+                                  const std::string& host_segment) {
+  FakeDeviceStore filled(false);
+  FakeDeviceStore mapped(true);
+  auto first = make();
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(first->compile(plans, &filled, 0).is_ok());
+  auto second = make();
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(second->compile(plans, &mapped, 0).is_ok());
+  ASSERT_EQ(filled.keys.size(), 1u);
+  EXPECT_EQ(filled.keys, mapped.keys);  // the same region name for the same model
+  EXPECT_EQ(filled.keys[0].rfind(device + "-engine-", 0), 0u);
+  EXPECT_GT(first->weights().bytes, 0u);
+  EXPECT_EQ(first->weights().private_bytes, first->weights().bytes);
+  EXPECT_EQ(second->weights().private_bytes, 0u);
+  auto host_store = backends::open_host_weight_store(host_segment);
+  ASSERT_TRUE(host_store.is_ok());
+  auto third = make();
+  ASSERT_NE(third, nullptr);
+  ASSERT_TRUE(third->compile(plans, host_store->get(), 0).is_ok());
+  EXPECT_EQ((*host_store)->mapped_bytes(), 0u);
+  EXPECT_EQ(third->weights().private_bytes, third->weights().bytes);
+  backends::remove_host_weights(host_segment);
+}
+
+// Labels of the ops that are steps (a Copy is a view: no step), in order.
+inline std::vector<std::string> step_labels(const Plan& plan) {
+  std::vector<std::string> labels;
+  for (const PlanOp& op : plan.ops) {
+    if (op.kind != OpKind::kCopy) labels.push_back(op.label);
+  }
+  return labels;
 }
 
 inline void expect_close(const std::vector<std::vector<float>>& got,
@@ -183,41 +300,26 @@ inline Plan gemm_matmul_plan(std::deque<std::vector<float>>& constants) {
   const int a3 = value("a3", {3, 2, 4});
   const int bb = constant("bb", {3, 4, 3}, 4);
   const int y = value("y", {3, 2, 3});
-  PlanOp gemm;
-  gemm.kind = OpKind::kGemm;
-  gemm.label = "gemm";
-  gemm.inputs = {x, w, c};
-  gemm.outputs = {g};
+  // Appends an op; the reference is valid until the next one.
+  auto op = [&](OpKind kind, const std::string& label, std::vector<int> inputs,
+                std::vector<int> outputs) -> PlanOp& {
+    PlanOp& added = plan.ops.emplace_back();
+    added.kind = kind;
+    added.label = label;
+    added.inputs = std::move(inputs);
+    added.outputs = std::move(outputs);
+    return added;
+  };
+  PlanOp& gemm = op(OpKind::kGemm, "gemm", {x, w, c}, {g});
   gemm.trans_b = true;
   gemm.alpha = 0.5F;
   gemm.beta = 2.0F;
   gemm.post_ops = {{.kind = PostOp::Kind::kUnary, .unary = UnaryAlg::kRelu}};
-  plan.ops.push_back(gemm);
-  PlanOp mm;
-  mm.kind = OpKind::kMatMul;
-  mm.label = "matmul";
-  mm.inputs = {g, b3};
-  mm.outputs = {m};
-  plan.ops.push_back(mm);
-  PlanOp tile;  // three copies of m, stacked, then viewed as a batch of 3
-  tile.kind = OpKind::kConcat;
-  tile.label = "tile";
-  tile.axis = 0;
-  tile.inputs = {m, m, m};
-  tile.outputs = {a};
-  plan.ops.push_back(tile);
-  PlanOp view;
-  view.kind = OpKind::kCopy;
-  view.label = "view";
-  view.inputs = {a};
-  view.outputs = {a3};
-  plan.ops.push_back(view);
-  PlanOp batched;
-  batched.kind = OpKind::kMatMul;
-  batched.label = "batched";
-  batched.inputs = {a3, bb};
-  batched.outputs = {y};
-  plan.ops.push_back(batched);
+  op(OpKind::kMatMul, "matmul", {g, b3}, {m});
+  // Three copies of m, stacked, then viewed as a batch of 3.
+  op(OpKind::kConcat, "tile", {m, m, m}, {a}).axis = 0;
+  op(OpKind::kCopy, "view", {a}, {a3});
+  op(OpKind::kMatMul, "batched", {a3, bb}, {y});
   plan.inputs = {x};
   plan.outputs = {y, g};
   return plan;

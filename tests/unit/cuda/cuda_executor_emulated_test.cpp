@@ -28,7 +28,6 @@
 #include "cuda_executor_internal.h"
 #include "cuda_kernels.h"
 #include "reference_ops.h"
-#include "sliceserve/backends/cpu/cpu_slice.h"
 #include "support/device_host_kernels.h"
 #include "support/emulated_executor.h"
 #include "support/torchvision_models.h"
@@ -553,21 +552,23 @@ CudaLibraries fake_libraries() {
   return libs;
 }
 
+using testing::CallBuffers;
+using testing::cpu_reference;
 using testing::expect_close;
-using testing::FakeDeviceStore;
+using testing::expect_weights_placed;
 using testing::gemm_matmul_plan;
 using testing::plans_of;
 using testing::QueueContext;
 using testing::random_inputs;
 using testing::run;
+using testing::SlotItems;
+using testing::step_labels;
 
-class CudaExecutorEmulatedTest : public ::testing::Test {
+class CudaExecutorEmulatedTest : public testing::EmulatedExecutorTest {
  protected:
   void SetUp() override {
     device() = Device{};
-    auto slice = create_cpu_slice({.percent = 100});
-    ASSERT_TRUE(slice.is_ok());
-    cpu_slice_ = std::move(slice).value();
+    EmulatedExecutorTest::SetUp();
   }
   void TearDown() override {
     EXPECT_EQ(device().allocations, 0) << "device memory leaked";
@@ -579,7 +580,6 @@ class CudaExecutorEmulatedTest : public ::testing::Test {
 
   CudaDriverApi api_ = fake_driver();
   CudaLibraries libs_ = fake_libraries();
-  std::unique_ptr<Slice> cpu_slice_;
 };
 
 TEST_F(CudaExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutor) {
@@ -615,14 +615,12 @@ TEST_F(CudaExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutor) {
 TEST_F(CudaExecutorEmulatedTest, GemmWithBroadcastBiasAndBatchedMatMulMatchTheCpuExecutor) {
   std::deque<std::vector<float>> constants;
   const std::vector<Plan> plans = {gemm_matmul_plan(constants)};
-  auto cpu = create_cpu_executor();
-  ASSERT_TRUE(cpu->compile(plans, nullptr, 0).is_ok());
   auto gpu = cuda();
   const Status compiled = gpu->compile(plans, nullptr, 0);
   ASSERT_TRUE(compiled.is_ok()) << compiled.to_string();
   const auto inputs = random_inputs(plans[0], 7);
   expect_close(run(*gpu, plans[0], 0, inputs, *cpu_slice_),
-               run(*cpu, plans[0], 0, inputs, *cpu_slice_), "gemm and matmul");
+               cpu_reference(plans, 0, inputs, *cpu_slice_), "gemm and matmul");
   EXPECT_EQ(device().gemms, 3);
 }
 
@@ -636,40 +634,24 @@ TEST_F(CudaExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevi
   const Plan& plan = model->plans[2];  // batch 3
   ASSERT_EQ(plan.inputs.size(), 1u);
   ASSERT_EQ(plan.outputs.size(), 1u);
-  const size_t in_floats = size_t(plan.values[size_t(plan.inputs[0])].element_count()) / 3;
-  const size_t out_floats = size_t(plan.values[size_t(plan.outputs[0])].element_count()) / 3;
-  // Three slots, apart from each other in one block.
-  std::vector<float> arena((in_floats + out_floats + 16) * 3);
+  const auto whole = random_inputs(plan, 3);
+  SlotItems slots(plan, whole[0]);
+  std::vector<float>& arena = slots.arena;
   ASSERT_TRUE(gpu->register_host_memory(std::as_writable_bytes(std::span(arena))).is_ok());
   ASSERT_EQ(device().registered.size(), 1u);
   EXPECT_EQ(device().registered[0].first, arena.data());
   EXPECT_EQ(device().registered[0].second, arena.size() * sizeof(float));
-  const auto whole = random_inputs(plan, 3);
-  std::vector<const std::byte*> in(3);
-  std::vector<std::byte*> out(3);
-  std::vector<Executor::ItemBuffers> items;
-  for (size_t i = 0; i < 3; ++i) {
-    float* slot = arena.data() + i * (in_floats + out_floats + 16);
-    std::copy_n(whole[0].data() + i * in_floats, in_floats, slot);
-    in[i] = reinterpret_cast<const std::byte*>(slot);
-    out[i] = reinterpret_cast<std::byte*>(slot + in_floats);
-  }
-  for (size_t i = 0; i < 3; ++i) items.push_back({std::span(&in[i], 1), std::span(&out[i], 1)});
   device().h2d = 0;
   device().d2h = 0;
   ASSERT_TRUE(gpu->runs_items());
-  const Status ran = gpu->run_items(2, items, *cpu_slice_);
+  const Status ran = gpu->run_items(2, slots.items, *cpu_slice_);
   ASSERT_TRUE(ran.is_ok()) << ran.to_string();
   EXPECT_EQ(device().h2d, 3);  // one copy per item, no gather
   EXPECT_EQ(device().d2h, 3);
-  std::vector<float> got(out_floats * 3);
-  for (size_t i = 0; i < 3; ++i) {
-    std::memcpy(got.data() + i * out_floats, out[i], out_floats * sizeof(float));
-  }
   const auto want = run(*gpu, plan, 2, whole, *cpu_slice_);
-  expect_close({got}, want, "items");
+  expect_close({slots.outputs()}, want, "items");
   // A batch of the wrong size is refused before anything is copied.
-  EXPECT_FALSE(gpu->run_items(1, items, *cpu_slice_).is_ok());
+  EXPECT_FALSE(gpu->run_items(1, slots.items, *cpu_slice_).is_ok());
 }
 
 TEST_F(CudaExecutorEmulatedTest, EachQueueOfASlicesPoolGetsItsOwnGraphInItsContext) {
@@ -705,12 +687,10 @@ TEST_F(CudaExecutorEmulatedTest, WhenCaptureIsRefusedTheStepsRunEagerlyWithTheSa
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   auto model = plans_of(files.front(), 1);
   ASSERT_NE(model, nullptr);
-  auto cpu = create_cpu_executor();
-  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
   auto gpu = cuda();
   ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
   const auto inputs = random_inputs(model->plans[0], 9);
-  const auto want = run(*cpu, model->plans[0], 0, inputs, *cpu_slice_);
+  const auto want = cpu_reference(model->plans, 0, inputs, *cpu_slice_);
   device().fail_next_end_capture = true;
   expect_close(run(*gpu, model->plans[0], 0, inputs, *cpu_slice_), want, "fallback run");
   expect_close(run(*gpu, model->plans[0], 0, inputs, *cpu_slice_), want, "eager run");
@@ -723,35 +703,8 @@ TEST_F(CudaExecutorEmulatedTest, WeightsGoToADeviceStoreAndAMappedRegionIsNotPri
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   auto model = plans_of(files.front(), 1);
   ASSERT_NE(model, nullptr);
-  FakeDeviceStore filled(false);
-  FakeDeviceStore mapped(true);
-  auto first = cuda();
-  ASSERT_TRUE(first->compile(model->plans, &filled, 0).is_ok());
-  auto second = cuda();
-  ASSERT_TRUE(second->compile(model->plans, &mapped, 0).is_ok());
-  ASSERT_EQ(filled.keys.size(), 1u);
-  EXPECT_EQ(filled.keys, mapped.keys);  // the same region name for the same model
-  EXPECT_EQ(filled.keys[0].rfind("cuda-engine-", 0), 0u);
-  EXPECT_GT(first->weights().bytes, 0u);
-  EXPECT_EQ(first->weights().private_bytes, first->weights().bytes);
-  EXPECT_EQ(second->weights().private_bytes, 0u);
-  // A host store (the cpu backend's) is no place for device weights: a private copy.
-  auto host_store = open_host_weight_store("/sliceserve.test-emulated.m");
-  ASSERT_TRUE(host_store.is_ok());
-  auto third = cuda();
-  ASSERT_TRUE(third->compile(model->plans, host_store->get(), 0).is_ok());
-  EXPECT_EQ((*host_store)->mapped_bytes(), 0u);
-  EXPECT_EQ(third->weights().private_bytes, third->weights().bytes);
-  remove_host_weights("/sliceserve.test-emulated.m");
-}
-
-// Labels of the ops that are steps (a Copy is a view: no step), in order.
-std::vector<std::string> step_labels(const Plan& plan) {
-  std::vector<std::string> labels;
-  for (const PlanOp& op : plan.ops) {
-    if (op.kind != OpKind::kCopy) labels.push_back(op.label);
-  }
-  return labels;
+  expect_weights_placed([this] { return cuda(); }, model->plans, "cuda",
+                        "/sliceserve.test-emulated.m");
 }
 
 TEST_F(CudaExecutorEmulatedTest, ProfileRunTimesEveryStepEagerlyBetweenTwoEventsOnItsQueue) {
@@ -761,12 +714,10 @@ TEST_F(CudaExecutorEmulatedTest, ProfileRunTimesEveryStepEagerlyBetweenTwoEvents
   ASSERT_NE(model, nullptr);
   const Plan& plan = model->plans[0];
   const std::vector<std::string> labels = step_labels(plan);
-  auto cpu = create_cpu_executor();
-  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
   auto gpu = cuda();
   ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
   const auto inputs = random_inputs(plan, 11);
-  const auto want = run(*cpu, plan, 0, inputs, *cpu_slice_);
+  const auto want = cpu_reference(model->plans, 0, inputs, *cpu_slice_);
   // Two entries of a greenctx pool: a context and a stream each.
   auto* green_a = reinterpret_cast<CUcontext>(0xA0);
   auto* green_b = reinterpret_cast<CUcontext>(0xB0);
@@ -777,12 +728,7 @@ TEST_F(CudaExecutorEmulatedTest, ProfileRunTimesEveryStepEagerlyBetweenTwoEvents
   ASSERT_EQ(device().captures, 1);
   ASSERT_EQ(device().graph_launches, 1);
 
-  std::vector<std::vector<float>> outputs;
-  std::vector<const std::byte*> in;
-  std::vector<std::byte*> out;
-  for (const auto& x : inputs) in.push_back(reinterpret_cast<const std::byte*>(x.data()));
-  for (int v : plan.outputs) outputs.emplace_back(size_t(plan.values[size_t(v)].element_count()));
-  for (auto& y : outputs) out.push_back(reinterpret_cast<std::byte*>(y.data()));
+  CallBuffers call(plan, inputs);
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     if (round == 2) ctx.queue = {green_b, reinterpret_cast<CUstream>(0x7001), 1};
@@ -791,9 +737,9 @@ TEST_F(CudaExecutorEmulatedTest, ProfileRunTimesEveryStepEagerlyBetweenTwoEvents
     const int events_before = device().events_created;
     const int work_before = device().work_done;
     const int copies_before = device().h2d + device().d2h;
-    auto timings = gpu->profile_run(0, in, out, ctx);
+    auto timings = gpu->profile_run(0, call.in, call.out, ctx);
     ASSERT_TRUE(timings.is_ok()) << timings.status().to_string();
-    expect_close(outputs, want, "profiled run");
+    expect_close(call.outputs, want, "profiled run");
     // Eager: no capture, no graph launch.
     EXPECT_EQ(device().captures, 1);
     EXPECT_EQ(device().graph_launches, 1);

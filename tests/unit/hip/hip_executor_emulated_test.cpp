@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <set>
@@ -22,18 +21,17 @@
 #include "device_kernels.h"
 #include "hip_executor_internal.h"
 #include "hip_runtime_api.h"
-#include "sliceserve/backends/cpu/cpu_slice.h"
 #include "sliceserve/backends/hip/hip_executor.h"
-#include "support/emulated_executor.h"
-#include "support/emulated_hip_runtime.h"
+#include "support/emulated_hip_test.h"
 #include "support/torchvision_models.h"
 
 namespace sliceserve::backends {
 namespace {
 
-using testing::emulated_hip_runtime;
+using testing::CallBuffers;
+using testing::cpu_reference;
 using testing::expect_close;
-using testing::FakeDeviceStore;
+using testing::expect_weights_placed;
 using testing::gemm_matmul_plan;
 using testing::hip_device;
 using testing::HipCopy;
@@ -42,30 +40,15 @@ using testing::plans_of;
 using testing::QueueContext;
 using testing::random_inputs;
 using testing::run;
+using testing::SlotItems;
+using testing::step_labels;
 
-class HipExecutorEmulatedTest : public ::testing::Test {
+class HipExecutorEmulatedTest : public testing::EmulatedHipTest {
  protected:
-  void SetUp() override {
-    hip_device() = testing::EmulatedHip{};
-    auto slice = create_cpu_slice({.percent = 100});
-    ASSERT_TRUE(slice.is_ok());
-    cpu_slice_ = std::move(slice).value();
-  }
   void TearDown() override {
-    EXPECT_EQ(hip_device().allocations, 0) << "device memory leaked";
+    EmulatedHipTest::TearDown();
     EXPECT_EQ(hip_device().modules, 0) << "module leaked";
-    EXPECT_TRUE(hip_device().event_flags.empty()) << "events leaked";
-    EXPECT_TRUE(hip_device().live_streams.empty()) << "streams leaked";
   }
-
-  std::unique_ptr<Executor> hip() {
-    auto executor = create_hip_executor(api_, 0, kEmulatedCodeObject);
-    EXPECT_TRUE(executor.is_ok()) << executor.status().to_string();
-    return executor.is_ok() ? std::move(executor).value() : nullptr;
-  }
-
-  HipRuntimeApi api_ = emulated_hip_runtime();
-  std::unique_ptr<Slice> cpu_slice_;
 };
 
 hipStream_t stream_of(uintptr_t value) { return reinterpret_cast<hipStream_t>(value); }
@@ -115,15 +98,13 @@ TEST_F(HipExecutorEmulatedTest, EveryTorchvisionExportMatchesTheCpuExecutorOnThe
 TEST_F(HipExecutorEmulatedTest, GemmWithBroadcastBiasAndBatchedMatMulMatchTheCpuExecutor) {
   std::deque<std::vector<float>> constants;
   const std::vector<Plan> plans = {gemm_matmul_plan(constants)};
-  auto cpu = create_cpu_executor();
-  ASSERT_TRUE(cpu->compile(plans, nullptr, 0).is_ok());
   auto gpu = hip();
   ASSERT_NE(gpu, nullptr);
   const Status compiled = gpu->compile(plans, nullptr, 0);
   ASSERT_TRUE(compiled.is_ok()) << compiled.to_string();
   const auto inputs = random_inputs(plans[0], 7);
   expect_close(run(*gpu, plans[0], 0, inputs, *cpu_slice_),
-               run(*cpu, plans[0], 0, inputs, *cpu_slice_), "gemm and matmul");
+               cpu_reference(plans, 0, inputs, *cpu_slice_), "gemm and matmul");
   EXPECT_EQ(
       std::count(hip_device().launched.begin(), hip_device().launched.end(), DeviceKernel::ss_gemm),
       3);
@@ -144,15 +125,6 @@ std::vector<hipStream_t> step_streams(const QueueContext& ctx,
   return streams;
 }
 
-// Labels of the ops that are steps (a Copy is a view: no step), in order.
-std::vector<std::string> step_labels(const Plan& plan) {
-  std::vector<std::string> labels;
-  for (const PlanOp& op : plan.ops) {
-    if (op.kind != OpKind::kCopy) labels.push_back(op.label);
-  }
-  return labels;
-}
-
 TEST_F(HipExecutorEmulatedTest, LayersOnOtherStreamsAreOrderedWithPooledEventsAndEndOnTheSlice) {
   const auto files = testing::reduced_models({"32"});
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
@@ -161,13 +133,11 @@ TEST_F(HipExecutorEmulatedTest, LayersOnOtherStreamsAreOrderedWithPooledEventsAn
   const Plan& plan = model->plans[0];
   const std::vector<std::string> labels = step_labels(plan);
   ASSERT_GE(labels.size(), 4u);
-  auto cpu = create_cpu_executor();
-  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
   auto gpu = hip();
   ASSERT_NE(gpu, nullptr);
   ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
   const auto inputs = random_inputs(plan, 5);
-  const auto want = run(*cpu, plan, 0, inputs, *cpu_slice_);
+  const auto want = cpu_reference(model->plans, 0, inputs, *cpu_slice_);
 
   // Right-sized: steps 1 and 2 on a narrower stream, the last step on another, the rest on the
   // slice's (ops lowered from one node share its label, so the streams are worked out per step).
@@ -222,29 +192,18 @@ TEST_F(HipExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevic
   const Plan& plan = model->plans[2];  // batch 3
   ASSERT_EQ(plan.inputs.size(), 1u);
   ASSERT_EQ(plan.outputs.size(), 1u);
-  const size_t in_floats = size_t(plan.values[size_t(plan.inputs[0])].element_count()) / 3;
-  const size_t out_floats = size_t(plan.values[size_t(plan.outputs[0])].element_count()) / 3;
-  std::vector<float> arena((in_floats + out_floats + 16) * 3);
+  const auto whole = random_inputs(plan, 3);
+  SlotItems slots(plan, whole[0]);
+  std::vector<float>& arena = slots.arena;
   ASSERT_TRUE(gpu->register_host_memory(std::as_writable_bytes(std::span(arena))).is_ok());
   ASSERT_EQ(hip_device().registered.size(), 1u);
   EXPECT_EQ(hip_device().registered[0].first, arena.data());
   EXPECT_EQ(hip_device().registered[0].second, arena.size() * sizeof(float));
-  const auto whole = random_inputs(plan, 3);
-  std::vector<const std::byte*> in(3);
-  std::vector<std::byte*> out(3);
-  std::vector<Executor::ItemBuffers> items;
-  for (size_t i = 0; i < 3; ++i) {
-    float* slot = arena.data() + i * (in_floats + out_floats + 16);
-    std::copy_n(whole[0].data() + i * in_floats, in_floats, slot);
-    in[i] = reinterpret_cast<const std::byte*>(slot);
-    out[i] = reinterpret_cast<std::byte*>(slot + in_floats);
-  }
-  for (size_t i = 0; i < 3; ++i) items.push_back({std::span(&in[i], 1), std::span(&out[i], 1)});
   hip_device().copies.clear();
   ASSERT_TRUE(gpu->runs_items());
   QueueContext ctx;
   ctx.queue = {nullptr, stream_of(0x7000), 0};
-  const Status ran = gpu->run_items(2, items, ctx);
+  const Status ran = gpu->run_items(2, slots.items, ctx);
   ASSERT_TRUE(ran.is_ok()) << ran.to_string();
   // One copy in and one out per item, in from the registered slots, all on the slice's stream.
   int h2d = 0, d2h = 0;
@@ -256,21 +215,17 @@ TEST_F(HipExecutorEmulatedTest, ItemsGoStraightBetweenRegisteredSlotsAndTheDevic
       ++h2d;
       const auto* src = static_cast<const std::byte*>(c.src);
       EXPECT_TRUE(src >= begin && src + c.bytes <= end) << "a copy from outside the slots";
-      EXPECT_EQ(c.bytes, in_floats * sizeof(float));
+      EXPECT_EQ(c.bytes, slots.in_floats * sizeof(float));
     } else {
       ++d2h;
     }
   }
   EXPECT_EQ(h2d, 3);
   EXPECT_EQ(d2h, 3);
-  std::vector<float> got(out_floats * 3);
-  for (size_t i = 0; i < 3; ++i) {
-    std::memcpy(got.data() + i * out_floats, out[i], out_floats * sizeof(float));
-  }
-  expect_close({got}, run(*gpu, plan, 2, whole, ctx), "items");
+  expect_close({slots.outputs()}, run(*gpu, plan, 2, whole, ctx), "items");
   // A batch of the wrong size is refused before anything is copied.
   hip_device().copies.clear();
-  EXPECT_FALSE(gpu->run_items(1, items, ctx).is_ok());
+  EXPECT_FALSE(gpu->run_items(1, slots.items, ctx).is_ok());
   EXPECT_TRUE(hip_device().copies.empty());
   gpu.reset();
   EXPECT_EQ(hip_device().unregistered, 1);
@@ -283,8 +238,6 @@ TEST_F(HipExecutorEmulatedTest, ProfileRunTimesEveryStepWithDeviceEventsOnItsStr
   ASSERT_NE(model, nullptr);
   const Plan& plan = model->plans[0];
   const std::vector<std::string> labels = step_labels(plan);
-  auto cpu = create_cpu_executor();
-  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
   auto gpu = hip();
   ASSERT_NE(gpu, nullptr);
   ASSERT_TRUE(gpu->compile(model->plans, nullptr, 0).is_ok());
@@ -292,20 +245,15 @@ TEST_F(HipExecutorEmulatedTest, ProfileRunTimesEveryStepWithDeviceEventsOnItsStr
   QueueContext ctx;
   ctx.queue = {nullptr, stream_of(0x7000), 0};
   ctx.layers[labels[0]] = {nullptr, stream_of(0x7100), 2};
-  std::vector<std::vector<float>> outputs;
-  std::vector<const std::byte*> in;
-  std::vector<std::byte*> out;
-  for (const auto& x : inputs) in.push_back(reinterpret_cast<const std::byte*>(x.data()));
-  for (int v : plan.outputs) outputs.emplace_back(size_t(plan.values[size_t(v)].element_count()));
-  for (auto& y : outputs) out.push_back(reinterpret_cast<std::byte*>(y.data()));
-  auto timings = gpu->profile_run(0, in, out, ctx);
+  CallBuffers call(plan, inputs);
+  auto timings = gpu->profile_run(0, call.in, call.out, ctx);
   ASSERT_TRUE(timings.is_ok()) << timings.status().to_string();
   ASSERT_EQ(timings->size(), labels.size());
   for (size_t s = 0; s < labels.size(); ++s) {
     EXPECT_EQ((*timings)[s].label, labels[s]);
     EXPECT_DOUBLE_EQ((*timings)[s].ms, 0.25);
   }
-  expect_close(outputs, run(*cpu, plan, 0, inputs, *cpu_slice_), "profiled run");
+  expect_close(call.outputs, cpu_reference(model->plans, 0, inputs, *cpu_slice_), "profiled run");
   // Timing pairs (events that time) around each step on its own stream: the first step's on the
   // right-sized stream, after the ordering event that moved the run there.
   std::vector<std::pair<hipEvent_t, hipStream_t>> timing;
@@ -321,7 +269,7 @@ TEST_F(HipExecutorEmulatedTest, ProfileRunTimesEveryStepWithDeviceEventsOnItsStr
   }
   // A second profile reuses the pooled events.
   const int created = hip_device().events_created;
-  ASSERT_TRUE(gpu->profile_run(0, in, out, ctx).is_ok());
+  ASSERT_TRUE(gpu->profile_run(0, call.in, call.out, ctx).is_ok());
   EXPECT_EQ(hip_device().events_created, created);
 }
 
@@ -330,25 +278,8 @@ TEST_F(HipExecutorEmulatedTest, WeightsGoToADeviceStoreAndAMappedRegionIsNotPriv
   if (files.empty()) GTEST_SKIP() << "no models/NAME-32.onnx (scripts/models builds them)";
   auto model = plans_of(files.front(), 1);
   ASSERT_NE(model, nullptr);
-  FakeDeviceStore filled(false);
-  FakeDeviceStore mapped(true);
-  auto first = hip();
-  ASSERT_TRUE(first->compile(model->plans, &filled, 0).is_ok());
-  auto second = hip();
-  ASSERT_TRUE(second->compile(model->plans, &mapped, 0).is_ok());
-  ASSERT_EQ(filled.keys.size(), 1u);
-  EXPECT_EQ(filled.keys, mapped.keys);
-  EXPECT_EQ(filled.keys[0].rfind("hip-engine-", 0), 0u);
-  EXPECT_EQ(first->weights().private_bytes, first->weights().bytes);
-  EXPECT_EQ(second->weights().private_bytes, 0u);
-  // A host store is no place for device weights: a private copy.
-  auto host_store = open_host_weight_store("/sliceserve.test-hip-emulated.m");
-  ASSERT_TRUE(host_store.is_ok());
-  auto third = hip();
-  ASSERT_TRUE(third->compile(model->plans, host_store->get(), 0).is_ok());
-  EXPECT_EQ((*host_store)->mapped_bytes(), 0u);
-  EXPECT_EQ(third->weights().private_bytes, third->weights().bytes);
-  remove_host_weights("/sliceserve.test-hip-emulated.m");
+  expect_weights_placed([this] { return hip(); }, model->plans, "hip",
+                        "/sliceserve.test-hip-emulated.m");
 }
 
 TEST_F(HipExecutorEmulatedTest, FailedCallsSayTheCallTheRuntimesTextAndWhere) {

@@ -23,25 +23,22 @@
 #include <vector>
 
 #include "cu_mask_slice_internal.h"
-#include "hip_executor_internal.h"
-#include "sliceserve/backends/cpu/cpu_slice.h"
 #include "sliceserve/backends/hip/cu_mask.h"
 #include "sliceserve/backends/hip/cu_mask_slice.h"
 #include "sliceserve/backends/layer_profile.h"
-#include "support/emulated_executor.h"
-#include "support/emulated_hip_runtime.h"
+#include "support/emulated_hip_test.h"
 
 namespace sliceserve::backends {
 namespace {
 
-using testing::emulated_hip_runtime;
+using testing::cpu_reference;
 using testing::expect_close;
 using testing::hip_device;
 using testing::HipCall;
-using testing::kEmulatedCodeObject;
 using testing::plans_of;
 using testing::random_inputs;
 using testing::run;
+using testing::step_labels;
 
 // An MI50: 60 CUs in 4 shader engines (gfx906's table), so spread's granule is 4 CUs.
 HipDeviceInfo mi50() {
@@ -58,15 +55,6 @@ const std::vector<unsigned> kUnits = {8, 16, 32, 60};
 
 std::filesystem::path resnet18() {
   return std::filesystem::path(SLICESERVE_SOURCE_DIR) / "models" / "resnet18-32.onnx";
-}
-
-// Labels of the ops that are steps (a Copy is a view: no step), in order.
-std::vector<std::string> step_labels(const Plan& plan) {
-  std::vector<std::string> labels;
-  for (const PlanOp& op : plan.ops) {
-    if (op.kind != OpKind::kCopy) labels.push_back(op.label);
-  }
-  return labels;
 }
 
 // A profile's text for the model's layers, as `slicectl profile` writes it: every fifth layer left
@@ -109,20 +97,8 @@ std::optional<std::vector<uint32_t>> expected_mask(const LayerProfile& profile,
   return mask.is_ok() ? std::optional(*mask) : std::nullopt;
 }
 
-class RightSizedRunTest : public ::testing::Test {
+class RightSizedRunTest : public testing::EmulatedHipTest {
  protected:
-  void SetUp() override {
-    hip_device() = testing::EmulatedHip{};
-    auto slice = create_cpu_slice({.percent = 100});
-    ASSERT_TRUE(slice.is_ok());
-    cpu_slice_ = std::move(slice).value();
-  }
-  void TearDown() override {
-    EXPECT_EQ(hip_device().allocations, 0) << "device memory leaked";
-    EXPECT_TRUE(hip_device().event_flags.empty()) << "events leaked";
-    EXPECT_TRUE(hip_device().live_streams.empty()) << "streams leaked";
-  }
-
   // The slice at kInitialPercent with kResizedPercent prepared too (as the worker's --slice-pool
   // does at load); `streams[i]` gets the streams entry i was built with.
   std::unique_ptr<CuMaskSlice> slice(std::vector<CuLayerSize> layers,
@@ -148,17 +124,14 @@ class RightSizedRunTest : public ::testing::Test {
     return std::move(made).value();
   }
 
-  std::unique_ptr<Executor> hip(const std::vector<Plan>& plans) {
-    auto executor = create_hip_executor(api_, 0, kEmulatedCodeObject);
-    EXPECT_TRUE(executor.is_ok()) << executor.status().to_string();
-    if (!executor.is_ok()) return nullptr;
-    const Status compiled = (*executor)->compile(plans, nullptr, 0);
+  // A HIP executor compiled for `plans`.
+  std::unique_ptr<Executor> compiled_hip(const std::vector<Plan>& plans) {
+    auto executor = hip();
+    if (executor == nullptr) return nullptr;
+    const Status compiled = executor->compile(plans, nullptr, 0);
     EXPECT_TRUE(compiled.is_ok()) << compiled.to_string();
-    return std::move(executor).value();
+    return executor;
   }
-
-  HipRuntimeApi api_ = emulated_hip_runtime();
-  std::unique_ptr<Slice> cpu_slice_;
 };
 
 // The stream-ordered calls of one run with consecutive launches (and copies) on one stream merged
@@ -272,12 +245,10 @@ TEST_F(RightSizedRunTest, EachLayerRunsOnItsRightSizedStreamAndAResizeMovesThemA
   EXPECT_EQ(streams[1].size(), 3u);
   const size_t streams_at_load = hip_device().cu_masks.size();
 
-  auto cpu = create_cpu_executor();
-  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
-  auto gpu = hip(model->plans);
+  auto gpu = compiled_hip(model->plans);
   ASSERT_NE(gpu, nullptr);
   const auto inputs = random_inputs(plan, 3);
-  const auto want = run(*cpu, plan, 0, inputs, *cpu_slice_);
+  const auto want = cpu_reference(model->plans, 0, inputs, *cpu_slice_);
 
   // The initial share, a resize down, and back up: each batch on the active entry's streams.
   const struct {
@@ -318,12 +289,10 @@ TEST_F(RightSizedRunTest, WithoutAProfileEveryLaunchIsOnTheSlicesStream) {
   ASSERT_NE(slice, nullptr);
   EXPECT_EQ(streams[0].size(), 1u);  // each entry only its own stream
   EXPECT_EQ(streams[1].size(), 1u);
-  auto cpu = create_cpu_executor();
-  ASSERT_TRUE(cpu->compile(model->plans, nullptr, 0).is_ok());
-  auto gpu = hip(model->plans);
+  auto gpu = compiled_hip(model->plans);
   ASSERT_NE(gpu, nullptr);
   const auto inputs = random_inputs(plan, 4);
-  const auto want = run(*cpu, plan, 0, inputs, *cpu_slice_);
+  const auto want = cpu_reference(model->plans, 0, inputs, *cpu_slice_);
   for (double percent : {kInitialPercent, kResizedPercent}) {
     SCOPED_TRACE(percent);
     ASSERT_TRUE(resize_in_place(*slice, percent).is_ok());
