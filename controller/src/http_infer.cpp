@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <bit>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 namespace sliceserve::controller::http_infer {
@@ -214,42 +217,80 @@ Status check_parameters(const json& j, const std::string& where) {
   return Status::ok();
 }
 
-json element_json(const std::byte* p, shm::DataType dtype) {
+// Appends one element as JSON text: integers as they are, floating point as the shortest text
+// that reads back as the same value of its own type (FP32 0.1 is "0.1", not the double's
+// "0.10000000149011612"; always with a point or an exponent), NaN and infinities as null (JSON has no words for them). Written
+// directly: a DOM of thousands of numbers costs more than the numbers.
+void append_element(std::string& out, const std::byte* p, shm::DataType dtype) {
   using shm::DataType;
   auto load = [p]<typename T>(T) {
     T v;
     std::memcpy(&v, p, sizeof v);
     return v;
   };
+  char text[64];
+  auto put = [&](auto v) {
+    if constexpr (std::is_floating_point_v<decltype(v)>) {
+      if (!std::isfinite(v)) {
+        out.append("null");
+        return;
+      }
+    }
+    const auto [end, ec] = std::to_chars(text, text + sizeof text, v);
+    out.append(text, ec == std::errc() ? end : text);
+    // "2.0", not "2": a reader that tells integers from numbers keeps it a float, and -0.0 its sign.
+    if constexpr (std::is_floating_point_v<decltype(v)>) {
+      if (std::find_if(text, end, [](char c) { return c == '.' || c == 'e'; }) == end) {
+        out.append(".0");
+      }
+    }
+  };
   switch (dtype) {
     case DataType::kBool:
-      return load(uint8_t{}) != 0;
+      out.append(load(uint8_t{}) != 0 ? "true" : "false");
+      return;
     case DataType::kUint8:
-      return load(uint8_t{});
+      put(unsigned(load(uint8_t{})));
+      return;
     case DataType::kUint16:
-      return load(uint16_t{});
+      put(unsigned(load(uint16_t{})));
+      return;
     case DataType::kUint32:
-      return load(uint32_t{});
+      put(load(uint32_t{}));
+      return;
     case DataType::kUint64:
-      return load(uint64_t{});
+      put(load(uint64_t{}));
+      return;
     case DataType::kInt8:
-      return load(int8_t{});
+      put(int(load(int8_t{})));
+      return;
     case DataType::kInt16:
-      return load(int16_t{});
+      put(int(load(int16_t{})));
+      return;
     case DataType::kInt32:
-      return load(int32_t{});
+      put(load(int32_t{}));
+      return;
     case DataType::kInt64:
-      return load(int64_t{});
+      put(load(int64_t{}));
+      return;
     case DataType::kFp16:
-      return half_to_float(load(uint16_t{}));
+      put(half_to_float(load(uint16_t{})));
+      return;
     case DataType::kFp32:
-      return load(float{});
+      put(load(float{}));
+      return;
     case DataType::kFp64:
-      return load(double{});
+      put(load(double{}));
+      return;
     case DataType::kInvalid:
       break;
   }
-  return nullptr;
+  out.append("null");
+}
+
+// A string as JSON text (invalid UTF-8 replaced, as the rest of the reply).
+std::string json_text(std::string_view s) {
+  return json(s).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 }  // namespace
@@ -424,38 +465,43 @@ std::vector<Piece> binary_pieces(const Request& request, const shm::ModelSpec& s
 
 Reply build_reply(const Request& request, const shm::ModelSpec& spec, std::string_view model,
                   std::span<const ItemOutputs> items) {
-  json outputs = json::array();
+  Reply reply;
+  std::string& head = reply.body;
   std::string binary;
-  for (const Output& o : request.outputs) {
+  head = "{\"model_name\":" + json_text(model) + ",\"model_version\":\"1\"";
+  if (request.id) head += ",\"id\":" + json_text(*request.id);
+  head += ",\"outputs\":[";
+  for (size_t i = 0; i < request.outputs.size(); ++i) {
+    const Output& o = request.outputs[i];
     const shm::TensorSpec& t = spec.outputs[o.model_index];
-    std::vector<int64_t> shape{int64_t(items.size())};
-    shape.insert(shape.end(), t.dims, t.dims + t.ndims);
-    json out = {{"name", t.name_view()}, {"datatype", shm::data_type_name(t.dtype)}, {"shape", shape}};
+    head += (i > 0 ? ",{\"name\":" : "{\"name\":") + json_text(t.name_view()) +
+            ",\"datatype\":\"" + std::string(shm::data_type_name(t.dtype)) + "\",\"shape\":[" +
+            std::to_string(items.size());
+    for (uint32_t d = 0; d < t.ndims; ++d) head += "," + std::to_string(t.dims[d]);
+    head += "]";
     if (o.binary) {
       for (const ItemOutputs& item : items) {
         const std::span<const std::byte> bytes = item[o.model_index];
         binary.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
       }
-      out["parameters"] = {{"binary_data_size", items.size() * t.byte_size()}};
-    } else {
-      json data = json::array();
-      const size_t elem = shm::data_type_size(t.dtype);
-      for (const ItemOutputs& item : items) {
-        const std::span<const std::byte> bytes = item[o.model_index];
-        for (size_t off = 0; off + elem <= bytes.size(); off += elem) {
-          data.push_back(element_json(bytes.data() + off, t.dtype));
-        }
-      }
-      out["data"] = std::move(data);
+      head += ",\"parameters\":{\"binary_data_size\":" +
+              std::to_string(items.size() * t.byte_size()) + "}}";
+      continue;
     }
-    outputs.push_back(std::move(out));
+    head += ",\"data\":[";
+    const size_t elem = shm::data_type_size(t.dtype);
+    bool first = true;
+    for (const ItemOutputs& item : items) {
+      const std::span<const std::byte> bytes = item[o.model_index];
+      for (size_t off = 0; off + elem <= bytes.size(); off += elem) {
+        if (!first) head += ',';
+        first = false;
+        append_element(head, bytes.data() + off, t.dtype);
+      }
+    }
+    head += "]}";
   }
-  json head = {{"model_name", model}, {"model_version", "1"}};
-  if (request.id) head["id"] = *request.id;
-  head["outputs"] = std::move(outputs);
-  Reply reply;
-  // NaN and infinities, which JSON cannot write, come out as null.
-  reply.body = head.dump(-1, ' ', false, json::error_handler_t::replace);
+  head += "]}";
   reply.header_bytes = reply.body.size();
   reply.binary = !binary.empty() || std::any_of(request.outputs.begin(), request.outputs.end(),
                                                 [](const Output& o) { return o.binary; });
