@@ -322,8 +322,8 @@ int main(int argc, char** argv) {
   const std::string config = dir + "/net.toml";
   // One request per batch, no batching delay: the round trip is the front-end's and the ring's.
   std::ofstream(config) << "[server]\ninstance = \"netbench" << getpid()
-                        << "\"\ntcp = \"127.0.0.1:" << port << "\"\nhttp = \"127.0.0.1:" << http_port
-                        << "\"\n"
+                        << "\"\ntcp = \"127.0.0.1:" << port
+                        << "\"\nhttp = \"127.0.0.1:" << http_port << "\"\n"
                         << (poll_us >= 0 ? "io_poll_us = " + std::to_string(poll_us) + "\n" : "")
                         << "[policy]\nenabled = false\n"
                         << "[[model]]\nname = \"null\"\nkind = \"null\"\nslice = 50\n"
@@ -333,8 +333,8 @@ int main(int argc, char** argv) {
                         << "[[model]]\nname = \"tensor\"\nkind = \"null\"\nslice = 20\n"
                         << "max_batch = 1\nmax_queue_delay_us = 0\n"
                         << "inputs = [ { name = \"x\", dtype = \"FP32\", shape = [" << elements
-                        << "] } ]\noutputs = [ { name = \"y\", dtype = \"FP32\", shape = [" << elements
-                        << "] } ]\n";
+                        << "] } ]\noutputs = [ { name = \"y\", dtype = \"FP32\", shape = ["
+                        << elements << "] } ]\n";
   const std::string daemon = self_dir() + "/sliceserved";
   const std::string log = dir + "/sliceserved.log";
   posix_spawn_file_actions_t actions;

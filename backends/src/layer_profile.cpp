@@ -204,8 +204,8 @@ Result<LayerProfile> parse_layer_profile(std::string_view text) {
   }
   ASSIGN_OR_RETURN(profile.device, read_string(doc, "device", ""));
   if (profile.device != "hip" && profile.device != "cuda" && profile.device != "cpu") {
-    return bad(fmt::format("'device' must be \"hip\", \"cuda\" or \"cpu\", got \"{}\"",
-                           profile.device));
+    return bad(
+        fmt::format("'device' must be \"hip\", \"cuda\" or \"cpu\", got \"{}\"", profile.device));
   }
   ASSIGN_OR_RETURN(uint64_t batch, read_count(doc["batch"], "'batch'", 1, kMaxProfileBatch));
   profile.batch = int64_t(batch);

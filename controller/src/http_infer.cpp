@@ -6,9 +6,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <type_traits>
-#include <nlohmann/json.hpp>
 
 namespace sliceserve::controller::http_infer {
 namespace {
@@ -219,8 +219,8 @@ Status check_parameters(const json& j, const std::string& where) {
 
 // Appends one element as JSON text: integers as they are, floating point as the shortest text
 // that reads back as the same value of its own type (FP32 0.1 is "0.1", not the double's
-// "0.10000000149011612"; always with a point or an exponent), NaN and infinities as null (JSON has no words for them). Written
-// directly: a DOM of thousands of numbers costs more than the numbers.
+// "0.10000000149011612"; always with a point or an exponent), NaN and infinities as null (JSON has
+// no words for them). Written directly: a DOM of thousands of numbers costs more than the numbers.
 void append_element(std::string& out, const std::byte* p, shm::DataType dtype) {
   using shm::DataType;
   auto load = [p]<typename T>(T) {
@@ -238,7 +238,8 @@ void append_element(std::string& out, const std::byte* p, shm::DataType dtype) {
     }
     const auto [end, ec] = std::to_chars(text, text + sizeof text, v);
     out.append(text, ec == std::errc() ? end : text);
-    // "2.0", not "2": a reader that tells integers from numbers keeps it a float, and -0.0 its sign.
+    // "2.0", not "2": a reader that tells integers from numbers keeps it a float, and -0.0 its
+    // sign.
     if constexpr (std::is_floating_point_v<decltype(v)>) {
       if (std::find_if(text, end, [](char c) { return c == '.' || c == 'e'; }) == end) {
         out.append(".0");
@@ -474,8 +475,8 @@ Reply build_reply(const Request& request, const shm::ModelSpec& spec, std::strin
   for (size_t i = 0; i < request.outputs.size(); ++i) {
     const Output& o = request.outputs[i];
     const shm::TensorSpec& t = spec.outputs[o.model_index];
-    head += (i > 0 ? ",{\"name\":" : "{\"name\":") + json_text(t.name_view()) +
-            ",\"datatype\":\"" + std::string(shm::data_type_name(t.dtype)) + "\",\"shape\":[" +
+    head += (i > 0 ? ",{\"name\":" : "{\"name\":") + json_text(t.name_view()) + ",\"datatype\":\"" +
+            std::string(shm::data_type_name(t.dtype)) + "\",\"shape\":[" +
             std::to_string(items.size());
     for (uint32_t d = 0; d < t.ndims; ++d) head += "," + std::to_string(t.dims[d]);
     head += "]";
@@ -484,8 +485,9 @@ Reply build_reply(const Request& request, const shm::ModelSpec& spec, std::strin
         const std::span<const std::byte> bytes = item[o.model_index];
         binary.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
       }
-      head += ",\"parameters\":{\"binary_data_size\":" +
-              std::to_string(items.size() * t.byte_size()) + "}}";
+      head +=
+          ",\"parameters\":{\"binary_data_size\":" + std::to_string(items.size() * t.byte_size()) +
+          "}}";
       continue;
     }
     head += ",\"data\":[";

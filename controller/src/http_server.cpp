@@ -15,10 +15,10 @@
 #include <unordered_map>
 
 #include "http_infer.h"
-#include "sliceserve/controller/http_admin.h"
-#include "sliceserve/client/client.h"
-#include "sliceserve/controller/listen_address.h"
 #include "polling_loop.h"
+#include "sliceserve/client/client.h"
+#include "sliceserve/controller/http_admin.h"
+#include "sliceserve/controller/listen_address.h"
 #include "sliceserve/controller/stats_window.h"
 #include "sliceserve/shm/layout.h"
 #include "sliceserve/shm/segment.h"

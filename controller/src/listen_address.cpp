@@ -1,7 +1,7 @@
 #include "sliceserve/controller/listen_address.h"
 
-#include <asio/ip/address.hpp>
 #include <algorithm>
+#include <asio/ip/address.hpp>
 #include <charconv>
 
 #include "sliceserve/controller/config.h"
@@ -52,7 +52,8 @@ Result<std::pair<std::string, uint16_t>> checked_listen_address(std::string_view
 bool same_token(std::string_view given, std::string_view expected) {
   unsigned char diff = given.size() == expected.size() ? 0 : 1;
   for (size_t i = 0; i < given.size(); ++i) {
-    diff |= static_cast<unsigned char>(given[i] ^ expected[i % std::max<size_t>(expected.size(), 1)]);
+    diff |=
+        static_cast<unsigned char>(given[i] ^ expected[i % std::max<size_t>(expected.size(), 1)]);
   }
   return diff == 0;
 }

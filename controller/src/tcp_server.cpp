@@ -12,11 +12,11 @@
 #include <thread>
 #include <utility>
 
+#include "polling_loop.h"
 #include "sliceserve/client/client.h"
 #include "sliceserve/client/wire.h"
 #include "sliceserve/controller/config.h"
 #include "sliceserve/controller/listen_address.h"
-#include "polling_loop.h"
 
 namespace sliceserve::controller {
 namespace {

@@ -279,7 +279,8 @@ TEST_F(AdminApiTest, AnUnloadedModelIsUnmappedByTheFrontEndsAfterTheirLastReques
 
   ASSERT_EQ(admin("POST", "/v2/admin/models/brief/unload").status, 200);
   EXPECT_TRUE(eventually([&] { return !maps_segment(daemon_->pid(), instance_, "brief"); }))
-      << "the daemon still maps the unloaded model's segment\n" << log();
+      << "the daemon still maps the unloaded model's segment\n"
+      << log();
   close(keep);
 }
 

@@ -59,9 +59,10 @@ std::string tiny_gemm() {
 }
 
 HttpReply request(uint16_t port, const std::string& method, const std::string& target,
-              const std::string& extra_headers = "") {
-  return http_round_trip(port, method + " " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
-                              extra_headers + "\r\n");
+                  const std::string& extra_headers = "") {
+  return http_round_trip(port, method + " " + target +
+                                   " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra_headers +
+                                   "\r\n");
 }
 
 std::string config(const std::string& instance, uint16_t port, const std::string& extra = "",
@@ -270,7 +271,8 @@ TEST_F(HttpServerTest, JsonInferOnSyntheticAndOnnxModelsMatchesTheShmPath) {
   // The ONNX model's answer is W x + b itself, not merely what shared memory says.
   const nlohmann::json body = {
       {"inputs", {{{"name", "features"}, {"shape", {1, 4}}, {"datatype", "FP32"}, {"data", x}}}}};
-  const auto j = nlohmann::json::parse(http_round_trip(port_, infer_request("gemm", body.dump())).body);
+  const auto j =
+      nlohmann::json::parse(http_round_trip(port_, infer_request("gemm", body.dump())).body);
   const std::vector<float> got = j["outputs"][0]["data"].get<std::vector<float>>();
   EXPECT_NEAR(got[0], 0.25F + 1.0F + 4.0F + 1.0F + 0.1F, 1e-5);
   EXPECT_NEAR(got[1], 5.5F + 0.2F, 1e-5);
@@ -293,7 +295,8 @@ TEST_F(HttpServerTest, BinaryInferCarriesRawTensorsBothWays) {
          {"parameters", {{"binary_data_size", 4}}}}}},
       {"outputs", {{{"name", "o"}, {"parameters", {{"binary_data", true}}}}}}};
   const std::string json = head.dump();
-  HttpReply r = http_round_trip(port_, infer_request("mixed", json, bytes_of(a) + bytes_of(b) + bytes_of(c)));
+  HttpReply r =
+      http_round_trip(port_, infer_request("mixed", json, bytes_of(a) + bytes_of(b) + bytes_of(c)));
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(http_header(r, "Content-Type"), "application/octet-stream");
   const size_t n = std::stoul(http_header(r, "Inference-Header-Content-Length"));
@@ -339,11 +342,13 @@ std::string chunked_infer_request(const std::string& model, const std::string& j
 TEST_F(HttpServerTest, ChunkedBinaryInferIsReadLikeOneWithContentLength) {
   start();
   const std::vector<int32_t> x = {5, -6, 7, 8, 1, 2, 3, 4};
-  const std::string head =
-      nlohmann::json{{"inputs", {{{"name", "x"}, {"shape", {2, 4}}, {"datatype", "INT32"},
-                                  {"parameters", {{"binary_data_size", 32}}}}}},
-                     {"parameters", {{"binary_data_output", true}}}}
-          .dump();
+  const std::string head = nlohmann::json{{"inputs",
+                                           {{{"name", "x"},
+                                             {"shape", {2, 4}},
+                                             {"datatype", "INT32"},
+                                             {"parameters", {{"binary_data_size", 32}}}}}},
+                                          {"parameters", {{"binary_data_output", true}}}}
+                               .dump();
   for (size_t chunk : {size_t(7), size_t(1000)}) {  // chunks across the header/tensor border, one
     HttpReply r = http_round_trip(port_, chunked_infer_request("echo", head, bytes_of(x), chunk));
     ASSERT_EQ(r.status, 200) << chunk << ": " << r.body;
@@ -351,13 +356,13 @@ TEST_F(HttpServerTest, ChunkedBinaryInferIsReadLikeOneWithContentLength) {
     EXPECT_EQ(r.body.substr(n), bytes_of(x)) << chunk;
   }
   // Fewer tensor bytes than the header says, then the body's end: cut short.
-  HttpReply short_body = http_round_trip(
-      port_, chunked_infer_request("echo", head, bytes_of(x).substr(0, 20), 1000));
+  HttpReply short_body =
+      http_round_trip(port_, chunked_infer_request("echo", head, bytes_of(x).substr(0, 20), 1000));
   EXPECT_EQ(short_body.status, 400);
   EXPECT_NE(short_body.body.find("ended inside a tensor"), std::string::npos) << short_body.body;
   // More: refused, and nothing of it runs.
-  HttpReply long_body = http_round_trip(
-      port_, chunked_infer_request("echo", head, bytes_of(x) + "extra", 1000));
+  HttpReply long_body =
+      http_round_trip(port_, chunked_infer_request("echo", head, bytes_of(x) + "extra", 1000));
   EXPECT_EQ(long_body.status, 400);
   EXPECT_NE(long_body.body.find("longer than its JSON header and tensors"), std::string::npos)
       << long_body.body;
@@ -462,8 +467,8 @@ TEST_F(HttpServerTest, RefusedInferRequestsGet400NamingTheTensorWhileOthersAreSe
   });
   for (const Case& c : cases) {
     // The refused request, then a good one on the same connection: a 400 keeps it open.
-    const HttpReply both = http_round_trip(port_, infer_request(c.model, c.body, c.binary, false) +
-                                             infer_request("echo", good));
+    const HttpReply both = http_round_trip(
+        port_, infer_request(c.model, c.body, c.binary, false) + infer_request("echo", good));
     const std::vector<HttpReply> replies = split_http_replies(both);
     ASSERT_EQ(replies.size(), 2u) << c.error << "\n" << both.head << both.body;
     EXPECT_EQ(replies[0].status, 400) << c.error;
@@ -518,15 +523,17 @@ TEST_F(HttpServerTest, TruncatedAndOversizedInferBodiesAreRefused) {
   EXPECT_EQ(full.status, 200) << full.body;
   HttpReply r;
   // Over the limit (1 MiB here): 413 at once, from Content-Length alone.
-  r = http_round_trip(port_, "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n"
-                        "Content-Length: 2000000\r\n\r\n");
+  r = http_round_trip(port_,
+                      "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n"
+                      "Content-Length: 2000000\r\n\r\n");
   EXPECT_EQ(r.status, 413);
   EXPECT_NE(r.body.find("1048576"), std::string::npos) << r.body;
   // A header length beyond the body, and a zero one.
   for (const char* bad : {"99999", "0", "x"}) {
-    r = http_round_trip(port_, "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                          "Content-Length: 2\r\nInference-Header-Content-Length: " +
-                              std::string(bad) + "\r\n\r\n{}");
+    r = http_round_trip(port_,
+                        "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        "Content-Length: 2\r\nInference-Header-Content-Length: " +
+                            std::string(bad) + "\r\n\r\n{}");
     EXPECT_EQ(r.status, 400) << bad << r.body;
   }
   EXPECT_EQ(request(port_, "GET", "/v2/health/live").status, 200);
@@ -571,10 +578,11 @@ TEST_F(HttpServerTest, ConcurrentBatchesAreAnsweredWithBriefOrNoPolling) {
     for (int t = 0; t < 8; ++t) {
       threads.emplace_back([&, t] {
         for (int i = 0; i < 10; ++i) {
-          const nlohmann::json body = {
-              {"inputs",
-               {{{"name", "x"}, {"shape", {3, 4}}, {"datatype", "INT32"},
-                 {"data", {t, i, 0, 0, t, i, 1, 1, t, i, 2, 2}}}}}};
+          const nlohmann::json body = {{"inputs",
+                                        {{{"name", "x"},
+                                          {"shape", {3, 4}},
+                                          {"datatype", "INT32"},
+                                          {"data", {t, i, 0, 0, t, i, 1, 1, t, i, 2, 2}}}}}};
           const HttpReply r = http_round_trip(port_, infer_request("echo", body.dump()));
           if (r.status != 200) continue;
           const auto j = nlohmann::json::parse(r.body);
@@ -599,10 +607,11 @@ TEST_F(HttpServerTest, InferNeedsTheToken) {
       nlohmann::json{{"inputs", {{{"name", "x"}, {"shape", {1, 4}}, {"datatype", "INT32"},
                                   {"data", {1, 2, 3, 4}}}}}}.dump();
   EXPECT_EQ(http_round_trip(port_, infer_request("echo", body)).status, 401);
-  EXPECT_EQ(http_round_trip(port_, infer_request("echo", body, "", true,
-                                            std::string("Authorization: Bearer ") + kToken + "\r\n"))
-                .status,
-            200);
+  EXPECT_EQ(
+      http_round_trip(port_, infer_request("echo", body, "", true,
+                                           std::string("Authorization: Bearer ") + kToken + "\r\n"))
+          .status,
+      200);
 }
 
 TEST_F(HttpServerTest, InferOnALoadingModelIs503AndATimeoutIs503) {
@@ -733,9 +742,10 @@ TEST_F(HttpServerTest, MalformedAndOversizedRequestsGet400And431WhileOthersAreSe
   EXPECT_TRUE(nlohmann::json::parse(bad_line.body).contains("error"));
   EXPECT_EQ(big.status, 431);
   EXPECT_EQ(good.status, 200);
-  HttpReply body = http_round_trip(port_,
-                          "POST /v2/models/echo/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                          "Content-Length: 100000\r\n\r\n");
+  HttpReply body =
+      http_round_trip(port_,
+                      "POST /v2/models/echo/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      "Content-Length: 100000\r\n\r\n");
   EXPECT_EQ(body.status, 413);  // 4 KiB for bodies other than infer's
   close(slow);
   EXPECT_EQ(request(port_, "GET", "/v2/health/live").status, 200);
@@ -744,8 +754,8 @@ TEST_F(HttpServerTest, MalformedAndOversizedRequestsGet400And431WhileOthersAreSe
 TEST_F(HttpServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
   start();
   HttpReply r = http_round_trip(port_,
-                       "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
-                       "GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                                "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+                                "GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(r.status, 200);
   EXPECT_NE(r.body.find("\"sliceserve\""), std::string::npos) << r.body;
 }

@@ -276,9 +276,9 @@ class InferTest : public ::testing::Test {
     tcp_port_ = testing::free_port();
     http_port_ = testing::free_port();
     const std::string config = dir_->write(
-        "infer.toml", "[server]\ninstance = \"" + *instance_ + "\"\ntcp = \"127.0.0.1:" +
-                          std::to_string(tcp_port_) + "\"\nhttp = \"127.0.0.1:" +
-                          std::to_string(http_port_) + "\"\n" + R"(
+        "infer.toml", "[server]\ninstance = \"" + *instance_ +
+                          "\"\ntcp = \"127.0.0.1:" + std::to_string(tcp_port_) +
+                          "\"\nhttp = \"127.0.0.1:" + std::to_string(http_port_) + "\"\n" + R"(
 [policy]
 enabled = false
 
@@ -365,7 +365,8 @@ TEST_F(InferTest, TcpAndHttpTransportsGiveTheShmAnswer) {
   ASSERT_EQ(shm.rc, 0) << shm.err;
   const auto expected = read_npy(path("net_shm.npy"));
   ASSERT_TRUE(expected.is_ok());
-  for (const auto& [transport, port] : {std::pair{"tcp", tcp_port_}, std::pair{"http", http_port_}}) {
+  for (const auto& [transport, port] :
+       {std::pair{"tcp", tcp_port_}, std::pair{"http", http_port_}}) {
     const std::string out = path(std::string("net_") + transport + ".npy");
     CliRun r = infer("syn --input " + path("net.npy") + " --output " + out + " --transport " +
                      transport + " --address 127.0.0.1:" + std::to_string(port));
@@ -377,9 +378,9 @@ TEST_F(InferTest, TcpAndHttpTransportsGiveTheShmAnswer) {
     EXPECT_NE(r.err.find("infer syn: 3 requests -> y FP32 [3,4]; "), std::string::npos) << r.err;
   }
   // Nothing listening: the address is in the error.
-  CliRun refused = infer("syn --input " + path("net.npy") + " --output " + path("w.npy") +
-                         " --transport http --address 127.0.0.1:" +
-                         std::to_string(testing::free_port()));
+  CliRun refused =
+      infer("syn --input " + path("net.npy") + " --output " + path("w.npy") +
+            " --transport http --address 127.0.0.1:" + std::to_string(testing::free_port()));
   EXPECT_EQ(refused.rc, 1);
   EXPECT_NE(refused.err.find("127.0.0.1"), std::string::npos) << refused.err;
   CliRun bad = infer("syn --input " + path("net.npy") + " --output " + path("w.npy") +

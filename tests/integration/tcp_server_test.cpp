@@ -280,7 +280,8 @@ TEST_F(TcpServerTest, PipelinedRequestsAnswerWithTheirIds) {
 // 24 connections, 20 requests each, all answered right: with the I/O threads polling for answers
 // (the default), polling so briefly that most answers come through the completion threads, not
 // polling at all, and with two I/O threads sharing the connections.
-class TcpServerLoopTest : public TcpServerTest, public ::testing::WithParamInterface<const char*> {};
+class TcpServerLoopTest : public TcpServerTest,
+                          public ::testing::WithParamInterface<const char*> {};
 
 INSTANTIATE_TEST_SUITE_P(IoLoops, TcpServerLoopTest,
                          ::testing::Values("", "io_poll_us = 1\n", "io_poll_us = 0\n",

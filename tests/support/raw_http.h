@@ -80,8 +80,8 @@ inline std::string http_header(const HttpReply& r, const std::string& name) {
   std::string line;
   while (std::getline(in, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.size() > name.size() + 1 && strncasecmp(line.c_str(), name.c_str(), name.size()) == 0 &&
-        line[name.size()] == ':') {
+    if (line.size() > name.size() + 1 &&
+        strncasecmp(line.c_str(), name.c_str(), name.size()) == 0 && line[name.size()] == ':') {
       return line.substr(name.size() + 2);
     }
   }

@@ -651,7 +651,8 @@ TEST_F(ClientTest, APolledRequestPastItsDeadlineTimesOutOnThePoll) {
   c.set_polling(true);
   Request req(1);
   std::optional<Result<InferResult>> got;
-  c.infer_async(req.tensors(), [&](Result<InferResult> r) { got = std::move(r); }, 30ms);
+  c.infer_async(
+      req.tensors(), [&](Result<InferResult> r) { got = std::move(r); }, 30ms);
   const auto until = std::chrono::steady_clock::now() + 2s;
   while (!got && std::chrono::steady_clock::now() < until) c.poll_completions();
   ASSERT_TRUE(got.has_value());

@@ -36,7 +36,8 @@ std::span<const std::byte> bytes(const std::vector<T>& v) {
 
 TEST(HttpInferReplyTest, FloatsReadBackExactlyInTheirOwnTypesDigits) {
   const shm::ModelSpec spec = spec_of({{"y", DataType::kFp32}, {"d", DataType::kFp64}}, 6);
-  const std::vector<float> y = {0.1F, -2.5F, 1e30F, std::numeric_limits<float>::denorm_min(),
+  const std::vector<float> y = {0.1F,          -2.5F,
+                                1e30F,         std::numeric_limits<float>::denorm_min(),
                                 std::nanf(""), -std::numeric_limits<float>::infinity()};
   const std::vector<double> d = {0.1, 1.0 / 3.0, -0.0, 5e-324, 1e308, 2.0};
   Request request;

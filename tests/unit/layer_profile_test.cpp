@@ -115,7 +115,8 @@ TEST(LayerProfileTest, EachRuleIsAClearError) {
       {"\"batch\": 4", "\"batch\": 0", "'batch' must be an integer in 1..4096"},
       {"\"batch\": 4", "\"batch\": 4.5", "'batch' must be an integer"},
       {"\"repeats\": 5", "\"repeats\": -5", "'repeats' must be an integer"},
-      {"\"device\": \"hip\"", "\"device\": \"gpu\"", "'device' must be \"hip\", \"cuda\" or \"cpu\""},
+      {"\"device\": \"hip\"", "\"device\": \"gpu\"",
+       "'device' must be \"hip\", \"cuda\" or \"cpu\""},
       {"\"model\": \"resnet18-32.onnx\"", "\"model\": \"\"", "'model' must be a non-empty string"},
       {std::string(64, 'a'), std::string(63, 'a'), "64 lowercase hex digits"},
       {std::string(64, 'a'), std::string(64, 'A'), "64 lowercase hex digits"},
@@ -131,8 +132,9 @@ TEST(LayerProfileTest, EachRuleIsAClearError) {
       {"\"right_size\": 12", "\"right_size\": 10", "right_size 10 is not one of the measured"},
       {"\"right_size\": 12", "\"right_size\": 12, \"note\": 1", "layers[0]: unknown key 'note'"},
       {", \"right_size\": 12}", "}", "layers[0]: missing key 'right_size'"},
-      {"node \\\"fc\\\" (Gemm)\\n", "node 'conv1' (Conv)", "label \"node 'conv1' (Conv)\" appears "
-                                                          "twice"},
+      {"node \\\"fc\\\" (Gemm)\\n", "node 'conv1' (Conv)",
+       "label \"node 'conv1' (Conv)\" appears "
+       "twice"},
       {"{\n", "[\n", "not JSON"},
   };
   for (const BadCase& c : cases) {

@@ -53,8 +53,8 @@ TEST(ListenAddressTest, TokensMatchOnlyWhenEqual) {
 TEST(ListenAddressTest, ListensAndSaysWhichStepFailed) {
   asio::io_context ioc;
   asio::ip::tcp::acceptor first(ioc);
-  ASSERT_TRUE(listen_on<asio::error_code>(first, "127.0.0.1", 0, "127.0.0.1:0", "TCP front-end")
-                  .is_ok());
+  ASSERT_TRUE(
+      listen_on<asio::error_code>(first, "127.0.0.1", 0, "127.0.0.1:0", "TCP front-end").is_ok());
   const uint16_t port = first.local_endpoint().port();
   EXPECT_NE(port, 0);
   // The port is taken: binding fails, and says so with the front-end and the address.

@@ -93,7 +93,7 @@ struct ServerConfig {
   uint32_t tcp_max_connections = 256;    // more are told "busy" and closed
   uint32_t tcp_idle_timeout_ms = 30000;  // a TCP client idle this long is cut off
   uint32_t tcp_io_threads = 0;           // 0: one per two cores, at most two
-  uint32_t io_poll_us = 50;             // the front-ends' poll_us (TcpServerOptions)
+  uint32_t io_poll_us = 50;              // the front-ends' poll_us (TcpServerOptions)
   std::string worker_binary;                 // empty: sliceserve-worker next to sliceserved
   uint32_t restart_backoff_min_ms = 200;     // first restart delay after a worker death
   uint32_t restart_backoff_max_ms = 10000;   // doubling stops here

@@ -35,8 +35,8 @@ template <typename Error, typename Acceptor>
 Status listen_on(Acceptor& acceptor, const std::string& host, uint16_t port,
                  std::string_view address, std::string_view front_end) {
   const auto failed = [&](std::string_view step, const Error& ec) {
-    return Status(ErrorCode::kUnavailable, std::string(front_end) + ": " + std::string(step) +
-                                               " " + std::string(address) + ": " + ec.message());
+    return Status(ErrorCode::kUnavailable, std::string(front_end) + ": " + std::string(step) + " " +
+                                               std::string(address) + ": " + ec.message());
   };
   Error ec;
   typename Acceptor::protocol_type::resolver resolver(acceptor.get_executor());
