@@ -313,6 +313,9 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // A reader that goes away (`net_bench | head -1`) must not kill this process before it stops
+  // its daemon: the write fails instead, and the run ends as usual.
+  signal(SIGPIPE, SIG_IGN);
   const uint16_t port = free_port();
   uint16_t http_port = free_port();
   while (http_port == port) http_port = free_port();

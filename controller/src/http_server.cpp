@@ -43,6 +43,11 @@ constexpr auto kSlotRetry = std::chrono::microseconds(200);
 // Bodies read to be dropped (a refused request's), and JSON of unknown length, go in pieces.
 constexpr size_t kBodyChunk = 64 * 1024;
 constexpr const char* kHeaderLengthField = "Inference-Header-Content-Length";
+// JSON headers from this size on are parsed on the parse pool, off the I/O thread, while other
+// connections are open: parsing their numbers is most of such a request's CPU, and the I/O thread
+// serves the others meanwhile. Smaller ones, and a lone connection's, are parsed in place (the
+// two thread hops cost latency and gain nothing there).
+constexpr size_t kPoolParseBytes = 16 * 1024;
 
 Response empty_response(http::status status) {
   Response res{status, 11};
@@ -169,6 +174,8 @@ struct HttpServer::Impl {
   bool gate_open = true;  // false once the I/O thread is gone: completions are dropped
   // Destroyed before the members above: pending handlers hold sessions that refer to them.
   net::io_context ioc{1};
+  // Large JSON bodies are parsed here (kPoolParseBytes); results are posted back to `ioc`.
+  net::thread_pool parse_pool{std::clamp(std::thread::hardware_concurrency() / 2, 1u, 4u)};
   std::optional<tcp::acceptor> acceptor;
   // Sessions whose request is with a model: nothing else holds them while no I/O is pending
   // (completions find them by weak reference). I/O thread only, until the destructor.
@@ -182,6 +189,7 @@ struct HttpServer::Impl {
       std::lock_guard lock(gate_mu);
       gate_open = false;
     }
+    parse_pool.join();  // a parse still running posts into the closed gate: dropped
     in_flight.clear();  // while the io_context their sockets belong to still exists
   }
 
@@ -473,11 +481,26 @@ class Session : public std::enable_shared_from_this<Session> {
                      });
   }
 
+  Result<http_infer::Request> parse() const {
+    return http_infer::parse_request(json_, binary_len_, model_->client.spec(), model_->info.name,
+                                     model_->client.max_in_flight());
+  }
+
   void on_json() {
+    if (json_.size() < kPoolParseBytes || server_.connections < 2) return on_parsed(parse());
+    // The session waits (no I/O of its own is pending) while the pool reads json_ and the model's
+    // spec, both left alone here until the result comes back.
+    net::post(server_.parse_pool, [self = shared_from_this()]() mutable {
+      Result<http_infer::Request> parsed = self->parse();
+      HttpServer::Impl& server = self->server_;
+      server.post([self = std::move(self), parsed = std::move(parsed)]() mutable {
+        self->on_parsed(std::move(parsed));
+      });
+    });
+  }
+
+  void on_parsed(Result<http_infer::Request> parsed) {
     const shm::ModelSpec& spec = model_->client.spec();
-    Result<http_infer::Request> parsed =
-        http_infer::parse_request(json_, binary_len_, spec, model_->info.name,
-                                  model_->client.max_in_flight());
     if (!parsed.is_ok()) return refuse(http::status::bad_request, parsed.status().message());
     request_ = std::move(parsed).value();
     const uint64_t timeout_us =
