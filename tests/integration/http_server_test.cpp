@@ -617,8 +617,8 @@ outputs = [ { name = "y", dtype = "INT32", shape = [4096] } ]
     std::vector<int32_t> x(2 * 4096);
     for (size_t i = 0; i < x.size(); ++i) x[i] = seed * 100000 + int32_t(i);
     x.back() = last;
-    const nlohmann::json body = {{"inputs", {{{"name", "x"}, {"shape", {2, 4096}},
-                                               {"datatype", "INT32"}, {"data", x}}}}};
+    const nlohmann::json body = {
+        {"inputs", {{{"name", "x"}, {"shape", {2, 4096}}, {"datatype", "INT32"}, {"data", x}}}}};
     return std::pair{x, body.dump()};
   };
   std::vector<std::thread> threads;
