@@ -231,51 +231,61 @@ TEST(SyntheticModelTest, MoreThreadsRunAFixedBatchFaster) {
     batch.push_back(items.back()->io());
   }
 
-  // One whole core vs both cores of a two-core machine: neither is throttled. (Destroyed in
-  // reverse order, so the test thread gets its affinity back.)
-  auto one = backends::create_cpu_slice({50, "process", 2, 0});
-  ASSERT_TRUE(one.is_ok()) << one.status().to_string();
-  ASSERT_EQ((*one)->concurrency(), 1u);
-  auto two = backends::create_cpu_slice({100, "process", 2, 0});
-  ASSERT_TRUE(two.is_ok()) << two.status().to_string();
-  ASSERT_EQ((*two)->concurrency(), 2u);
-
-  // Calibrate flops so the single-thread batch takes about 100 ms on this build.
-  const double probe_flops = 4e6;
-  auto probe = make_model("synthetic", spec, probe_flops);
-  ASSERT_TRUE(probe);
-  ASSERT_TRUE(probe->warm_up(**one).is_ok());
-  double probe_time = 1e9;
-  for (int i = 0; i < 3; ++i) probe_time = std::min(probe_time, time_run(*probe, batch, **one));
-  const double flops = std::clamp(probe_flops * 0.1 / std::max(probe_time, 1e-6), 1e6, 1e11);
-  auto model = make_model("synthetic", spec, flops);
-  ASSERT_TRUE(model);
-  ASSERT_TRUE(model->warm_up(**one).is_ok());
-  ASSERT_TRUE(model->warm_up(**two).is_ok());
-
-  // Best of three, interleaved so that a burst of load elsewhere on the machine hits both sides;
-  // up to three rounds while the machine is too busy to show the speed-up.
+  // Calibrate flops so the single-thread batch takes about 100 ms on this build, then time the
+  // model on one whole core vs both cores of a two-core machine (neither is throttled). The slices
+  // live for one measurement; destroyed in reverse order, the test thread gets its affinity back.
+  std::unique_ptr<Model> model;
   double t1 = 1e9;
   double t2 = 1e9;
-  for (int round = 0; round < 3 && !(t1 / t2 >= 1.3); ++round) {
-    for (int i = 0; i < 3; ++i) {
-      t1 = std::min(t1, time_run(*model, batch, **one));
-      t2 = std::min(t2, time_run(*model, batch, **two));
+  auto measure = [&] {
+    auto one = backends::create_cpu_slice({50, "process", 2, 0});
+    ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+    ASSERT_EQ((*one)->concurrency(), 1u);
+    auto two = backends::create_cpu_slice({100, "process", 2, 0});
+    ASSERT_TRUE(two.is_ok()) << two.status().to_string();
+    ASSERT_EQ((*two)->concurrency(), 2u);
+    if (!model) {
+      const double probe_flops = 4e6;
+      auto probe = make_model("synthetic", spec, probe_flops);
+      ASSERT_TRUE(probe);
+      ASSERT_TRUE(probe->warm_up(**one).is_ok());
+      double probe_time = 1e9;
+      for (int i = 0; i < 3; ++i) {
+        probe_time = std::min(probe_time, time_run(*probe, batch, **one));
+      }
+      const double flops = std::clamp(probe_flops * 0.1 / std::max(probe_time, 1e-6), 1e6, 1e11);
+      model = make_model("synthetic", spec, flops);
+      ASSERT_TRUE(model);
     }
-  }
-  RecordProperty("one_thread_ms", std::to_string(t1 * 1e3));
-  RecordProperty("two_threads_ms", std::to_string(t2 * 1e3));
-  two->reset();
-  one->reset();
-  if (t1 / t2 < 1.3) {
-    // The slice fell short: a failure only if plain threads (the test thread has its affinity
-    // back) do better on the machine as it is.
+    ASSERT_TRUE(model->warm_up(**one).is_ok());
+    ASSERT_TRUE(model->warm_up(**two).is_ok());
+    // Best of three, interleaved so that a burst of load elsewhere on the machine hits both
+    // sides; up to three rounds while the machine is too busy to show the speed-up.
+    t1 = t2 = 1e9;
+    for (int round = 0; round < 3 && !(t1 / t2 >= 1.3); ++round) {
+      for (int i = 0; i < 3; ++i) {
+        t1 = std::min(t1, time_run(*model, batch, **one));
+        t2 = std::min(t2, time_run(*model, batch, **two));
+      }
+    }
+    two->reset();
+    one->reset();
+  };
+  measure();
+  // The slice fell short: a failure only if plain threads do better on the machine as it is, and
+  // the slice still does not when measured again after them (on a shared 2-core guest the other
+  // core can be taken for a second at a time).
+  for (int attempt = 0; attempt < 2 && !HasFatalFailure() && t1 / t2 < 1.3; ++attempt) {
     const double raw = raw_two_thread_speedup();
     if (raw < 1.3) {
       GTEST_SKIP() << "the machine is too busy to show a speed-up (two plain threads: " << raw
                    << "x; the slice: " << t1 / t2 << "x)";
     }
+    measure();
   }
+  if (HasFatalFailure()) return;
+  RecordProperty("one_thread_ms", std::to_string(t1 * 1e3));
+  RecordProperty("two_threads_ms", std::to_string(t2 * 1e3));
   EXPECT_GE(t1 / t2, 1.3) << "1 thread " << t1 * 1e3 << " ms, 2 threads " << t2 * 1e3 << " ms";
 }
 
