@@ -1,8 +1,7 @@
 // slicectl bench and infer: a client of the model over the chosen transport.
 
-#include <cstdlib>
-
 #include "slicectl.h"
+#include "sliceserve/controller/listen_address.h"
 
 namespace sliceserve::slicectl {
 
@@ -14,15 +13,14 @@ Result<client::Client> connect_over(const std::string& model, const Transport& t
   const bool http = transport.name == "http";
   const std::string address =
       !transport.address.empty() ? transport.address : (http ? "127.0.0.1:8000" : "127.0.0.1:8700");
-  const size_t colon = address.rfind(':');
-  std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  const int port = colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
-  if (port <= 0 || port > 65535) {
+  // The daemon's own reading of host:port ([::1]:8000 too); port 0 is no server's.
+  auto host_port = controller::split_address(address);
+  if (!host_port.is_ok() || host_port->second == 0) {
     return Status(ErrorCode::kInvalidArgument, "--address must be host:port, not " + address);
   }
-  return http ? client::Client::connect_http(model, host, uint16_t(port), options)
-              : client::Client::connect_tcp(model, host, uint16_t(port), options);
+  const auto& [host, port] = *host_port;
+  return http ? client::Client::connect_http(model, host, port, options)
+              : client::Client::connect_tcp(model, host, port, options);
 }
 
 }  // namespace sliceserve::slicectl

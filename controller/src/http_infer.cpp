@@ -1,7 +1,6 @@
 #include "http_infer.h"
 
 #include <algorithm>
-#include <bit>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -9,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <type_traits>
+
+#include "sliceserve/shm/element_conversions.h"
 
 namespace sliceserve::controller::http_infer {
 namespace {
@@ -91,7 +92,7 @@ Status put_float(const json& v, std::byte* out, const Where& where, shm::DataTyp
       return Status::ok();
     }
     default: {  // kFp16
-      const uint16_t h = float_to_half(float(d));
+      const uint16_t h = shm::double_to_half(float(d));  // via float, as the worker converts
       if ((h & 0x7c00) == 0x7c00) return bad(where() + " is out of range for FP16");
       store(out, h);
       return Status::ok();
@@ -275,7 +276,7 @@ void append_element(std::string& out, const std::byte* p, shm::DataType dtype) {
       put(load(int64_t{}));
       return;
     case DataType::kFp16:
-      put(half_to_float(load(uint16_t{})));
+      put(float(shm::half_to_double(load(uint16_t{}))));
       return;
     case DataType::kFp32:
       put(load(float{}));
@@ -509,42 +510,6 @@ Reply build_reply(const Request& request, const shm::ModelSpec& spec, std::strin
                                                 [](const Output& o) { return o.binary; });
   reply.body += binary;
   return reply;
-}
-
-uint16_t float_to_half(float f) {
-  const uint32_t x = std::bit_cast<uint32_t>(f);
-  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
-  const uint32_t exp8 = (x >> 23) & 0xff;
-  uint32_t mant = x & 0x7fffff;
-  if (exp8 == 0xff) return uint16_t(sign | 0x7c00 | (mant != 0 ? 0x200 : 0));  // inf, NaN
-  const int32_t exp = int32_t(exp8) - 127 + 15;
-  if (exp >= 31) return uint16_t(sign | 0x7c00);  // overflow: infinity
-  if (exp <= 0) {                                 // subnormal half, or zero
-    if (exp < -10) return sign;
-    mant |= 0x800000;
-    const uint32_t shift = uint32_t(14 - exp);
-    uint32_t h = mant >> shift;
-    const uint32_t rest = mant & ((1u << shift) - 1);
-    const uint32_t halfway = 1u << (shift - 1);
-    if (rest > halfway || (rest == halfway && (h & 1))) ++h;
-    return uint16_t(sign | h);
-  }
-  uint32_t h = (uint32_t(exp) << 10) | (mant >> 13);
-  const uint32_t rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // a carry rounds into the exponent
-  return uint16_t(sign | h);
-}
-
-float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16;
-  const uint32_t exp = (h >> 10) & 0x1f;
-  const uint32_t mant = h & 0x3ff;
-  if (exp == 0) {
-    const float v = std::ldexp(float(mant), -24);
-    return sign ? -v : v;
-  }
-  if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000 | (mant << 13));
-  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
 }
 
 }  // namespace sliceserve::controller::http_infer

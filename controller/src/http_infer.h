@@ -69,8 +69,4 @@ using ItemOutputs = std::array<std::span<const std::byte>, shm::kMaxTensors>;
 Reply build_reply(const Request& request, const shm::ModelSpec& spec, std::string_view model,
                   std::span<const ItemOutputs> items);
 
-// IEEE half precision, for FP16 tensors in JSON (round to nearest even).
-uint16_t float_to_half(float f);
-float half_to_float(uint16_t h);
-
 }  // namespace sliceserve::controller::http_infer

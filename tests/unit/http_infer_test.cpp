@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "sliceserve/shm/element_conversions.h"
+
 namespace sliceserve::controller::http_infer {
 namespace {
 
@@ -82,7 +84,7 @@ TEST(HttpInferReplyTest, IntegersBooleansAndHalvesAcrossABatch) {
                                       2);
   const std::vector<int8_t> i8a = {-128, 127}, i8b = {0, -1};
   const std::vector<uint8_t> u8 = {255, 0}, b = {1, 0};
-  const std::vector<uint16_t> h = {float_to_half(1.5F), float_to_half(-0.25F)};
+  const std::vector<uint16_t> h = {shm::double_to_half(1.5), shm::double_to_half(-0.25)};
   const std::vector<uint64_t> u64 = {std::numeric_limits<uint64_t>::max(), 7};
   const std::vector<int64_t> i64 = {std::numeric_limits<int64_t>::min(), -7};
   Request request;
